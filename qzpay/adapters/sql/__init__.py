@@ -1,0 +1,1 @@
+"""What the SQL adapters share: the schema builder, compiled statements, row converters, migrations."""

@@ -1,0 +1,263 @@
+"""The one SQLAlchemy Core ``MetaData`` builder both SQL adapters use.
+
+Tables, columns, unique indexes and references come from ``qzpay.domain.registry`` (columns
+are the attrs fields of each domain type), shaped by the table prefix and the tenancy mode:
+
+- every object the schema creates (tables, indexes, constraints, triggers) is named with the
+  prefix, so two prefixes live in one database without a name clash;
+- unique keys include ``livemode`` (and ``tenant_id`` in multi mode) and, for soft-deletable
+  kinds, are partial on ``deleted_at IS NULL`` so a deleted row frees its key;
+- references are composite ``(column, livemode[, tenant_id])`` foreign keys, so the database
+  itself refuses a row that points into another livemode or tenant;
+- ``CHECK`` constraints protect money: amounts are never negative, refunds never exceed the
+  payment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import types
+import typing
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+from uuid import UUID
+
+import attrs
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeEngine
+
+from qzpay.adapters import storage_rules as rules
+from qzpay.domain.registry import SPECS, EntitySpec
+
+_MAX_IDENTIFIER = 63  # PostgreSQL's limit; SQLite has none
+
+# Columns that hold money or counts and must never be negative, wherever they appear.
+_NON_NEGATIVE = frozenset(
+    {
+        "amount",
+        "unit_amount",
+        "subtotal",
+        "discount",
+        "tax",
+        "total",
+        "amount_paid",
+        "amount_due",
+        "amount_applied",
+        "amount_off",
+        "refunded_amount",
+        "discount_amount",
+        "times_redeemed",
+        "quantity",
+        "items_processed",
+        "current_value",
+        "max_value",
+        "trial_days",
+    }
+)
+_EXTRA_CHECKS: Mapping[str, tuple[tuple[str, str], ...]] = {
+    "payments": (("refunded_le_amount", "refunded_amount <= amount"),),
+    "invoices": (("total_sum", "total = subtotal - discount + tax"),),
+    "prices": (("interval_count_positive", "interval_count >= 1"),),
+    "subscriptions": (("interval_count_positive", "interval_count >= 1"),),
+}
+
+
+def constraint_name(prefix: str, table: str, suffix: str) -> str:
+    """``{prefix}{table}_{suffix}``, shortened with a hash where PostgreSQL would truncate it."""
+    name = f"{prefix}{table}_{suffix}"
+    if len(name) <= _MAX_IDENTIFIER:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{name[: _MAX_IDENTIFIER - 9]}_{digest}"
+
+
+def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [arg for arg in args if arg is not type(None)]
+        return rest[0], True
+    return annotation, False
+
+
+def _sql_type(annotation: Any) -> TypeEngine[Any]:
+    origin = typing.get_origin(annotation) or annotation
+    if origin is UUID:
+        return Uuid(as_uuid=True)
+    if origin is bool:
+        return Boolean()
+    if origin is int:
+        return BigInteger()
+    if origin is datetime:
+        return DateTime(timezone=True)
+    if origin is Decimal:
+        # SQLite's NUMERIC affinity would store a float: keep the exact decimal text there.
+        return Numeric(asdecimal=True).with_variant(Text(), "sqlite")
+    if isinstance(origin, type) and issubclass(origin, Enum | str):
+        return Text()
+    if origin in (tuple, Mapping, dict, list, typing.Any) or (
+        isinstance(origin, type) and issubclass(origin, Mapping)
+    ):
+        return JSON().with_variant(JSONB(), "postgresql")
+    raise TypeError(f"no SQL type for {annotation!r}")
+
+
+def _columns(spec: EntitySpec[Any], multi_tenant: bool) -> list[Column[Any]]:
+    columns: list[Column[Any]] = []
+    for field in attrs.fields(spec.kind):
+        if field.name == "tenant_id":
+            if multi_tenant:
+                columns.append(Column("tenant_id", Text(), nullable=False))
+            continue
+        annotation, nullable = _unwrap_optional(field.type)
+        columns.append(
+            Column(
+                field.name,
+                _sql_type(annotation),
+                primary_key=field.name == "id",
+                nullable=nullable,
+            )
+        )
+    return columns
+
+
+def _scope_columns(multi_tenant: bool) -> tuple[str, ...]:
+    return ("livemode", "tenant_id") if multi_tenant else ("livemode",)
+
+
+def _table(
+    metadata: MetaData,
+    prefix: str,
+    spec: EntitySpec[Any],
+    multi_tenant: bool,
+    referenced: set[str],
+) -> Table:
+    scope = _scope_columns(multi_tenant)
+    name = spec.table
+    table = Table(prefix + name, metadata, *_columns(spec, multi_tenant))
+    for column in table.columns:
+        if column.name in _NON_NEGATIVE:
+            table.append_constraint(
+                CheckConstraint(
+                    f"{column.name} >= 0",
+                    name=constraint_name(prefix, name, f"{column.name}_ck"),
+                )
+            )
+    for suffix, condition in _EXTRA_CHECKS.get(name, ()):
+        table.append_constraint(
+            CheckConstraint(condition, name=constraint_name(prefix, name, f"{suffix}_ck"))
+        )
+    if spec.versioned:
+        table.append_constraint(
+            CheckConstraint("version >= 1", name=constraint_name(prefix, name, "version_ck"))
+        )
+    if name in referenced:
+        # The target of composite foreign keys: (id, livemode[, tenant_id]) must be a key.
+        table.append_constraint(
+            UniqueConstraint("id", *scope, name=constraint_name(prefix, name, "scope_key"))
+        )
+    for column_name, target in spec.references.items():
+        table.append_constraint(
+            ForeignKeyConstraint(
+                [column_name, *scope],
+                [f"{prefix}{target}.id", *(f"{prefix}{target}.{c}" for c in scope)],
+                name=constraint_name(prefix, name, f"{column_name}_fk"),
+            )
+        )
+        Index(
+            constraint_name(prefix, name, f"{column_name}_idx"),
+            *(table.c[column] for column in (*scope, column_name)),
+        )
+    for key in spec.unique:
+        where = text("deleted_at IS NULL") if spec.soft_delete else None
+        Index(
+            constraint_name(prefix, name, "_".join(key) + "_key"),
+            *(table.c[column] for column in (*scope, *key)),
+            unique=True,
+            sqlite_where=where,
+            postgresql_where=where,
+        )
+    return table
+
+
+@attrs.frozen(kw_only=True)
+class Schema:
+    """The built ``MetaData`` plus the handles adapters need by entity kind."""
+
+    prefix: str
+    multi_tenant: bool
+    metadata: MetaData
+    tables: Mapping[type[Any], Table]
+    currencies: Table
+    invoice_sequences: Table
+    migrations: Table
+
+    def table(self, spec: EntitySpec[Any]) -> Table:
+        return self.tables[spec.kind]
+
+
+def build_schema(prefix: str, *, multi_tenant: bool) -> Schema:
+    """Build the whole schema for one prefix and tenancy mode (validated before any SQL)."""
+    prefix = rules.table_prefix(prefix)
+    metadata = MetaData()
+    referenced = {target for spec in SPECS for target in spec.references.values()}
+    tables = {spec.kind: _table(metadata, prefix, spec, multi_tenant, referenced) for spec in SPECS}
+    currencies = Table(
+        f"{prefix}currencies",
+        metadata,
+        Column("code", Text(), primary_key=True),
+        Column("exponent", Integer(), nullable=False),
+        Column("name", Text(), nullable=False),
+    )
+    scope = _scope_columns(multi_tenant)
+    sequence_columns: list[Column[Any]] = [Column("livemode", Boolean(), nullable=False)]
+    if multi_tenant:
+        sequence_columns.insert(0, Column("tenant_id", Text(), nullable=False))
+    invoice_sequences = Table(
+        f"{prefix}invoice_sequences",
+        metadata,
+        *sequence_columns,
+        Column("last_number", BigInteger(), nullable=False),
+        PrimaryKeyConstraint(*scope, name=constraint_name(prefix, "invoice_sequences", "pk")),
+    )
+    migrations = Table(
+        f"{prefix}migrations",
+        metadata,
+        Column("version", Integer(), primary_key=True),
+        Column("name", Text(), nullable=False),
+        Column("applied_at", DateTime(timezone=True), nullable=False),
+    )
+    return Schema(
+        prefix=prefix,
+        multi_tenant=multi_tenant,
+        metadata=metadata,
+        tables=tables,
+        currencies=currencies,
+        invoice_sequences=invoice_sequences,
+        migrations=migrations,
+    )
+
+
+def append_only_tables(schema: Schema) -> list[Table]:
+    return [schema.tables[spec.kind] for spec in SPECS if spec.append_only]

@@ -1,0 +1,499 @@
+"""SQLiteStorage: the embedded default, a single file, on aiosqlite (asyncio only).
+
+How it stays fast and safe (DESIGN §11, docs/decisions/0004-sqlite-unit-of-work.md):
+
+- Statements come from the shared SQLAlchemy schema, compiled once per shape, and run
+  straight on the sqlite3 connection inside aiosqlite's worker thread.
+- A transaction buffers its writes and sends them with the next read or the commit, in one
+  hop to the worker thread: ``customers.create`` (customer + audit row) costs one hop where a
+  hand-written aiosqlite call sequence costs four.
+- Write transactions begin with ``BEGIN IMMEDIATE``: the write lock is taken when the
+  transaction begins, so two processes never deadlock upgrading a read lock, and a busy
+  database is waited for (``busy_timeout``) instead of failing with "database is locked".
+- WAL journal, ``synchronous=NORMAL``, foreign keys on.
+
+>>> import asyncio, tempfile, os
+>>> from qzpay import create_billing
+>>> from qzpay.adapters.fake import FakeProvider
+>>> async def main(path: str) -> int:
+...     async with create_billing(storage=SQLiteStorage(path), provider=FakeProvider()) as billing:
+...         await billing.customers.create(email="ann@example.com")
+...         return (await billing.customers.list()).items.__len__()
+>>> asyncio.run(main(os.path.join(tempfile.mkdtemp(), "billing.db")))
+1
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+import aiosqlite
+import anyio
+import attrs
+import cattrs
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from qzpay.adapters import storage_rules as rules
+from qzpay.adapters.sql import migrations
+from qzpay.adapters.sql.rows import RowCodec, sqlite_converter
+from qzpay.adapters.sql.schema import Schema, build_schema
+from qzpay.adapters.sql.statements import Compiled, Statements, filter_shape
+from qzpay.contracts.storage import Filters, Page, Scope, StorageTransaction
+from qzpay.domain.registry import BY_TABLE, SPECS, EntitySpec, spec_for
+from qzpay.errors import (
+    ConfigurationError,
+    InvalidStateError,
+    QZPayError,
+    StorageError,
+    ValidationError,
+)
+
+E = TypeVar("E")
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 30_000
+_UNIQUE = re.compile(r"UNIQUE constraint failed: (.+)")
+_CHECK = re.compile(r"CHECK constraint failed: (\S+)")
+
+
+def sqlite_path(path_or_url: str | Path) -> str:
+    """A file path from a path or a ``sqlite:///`` (or ``sqlite+aiosqlite:///``) URL."""
+    text = str(path_or_url)
+    for scheme in ("sqlite+aiosqlite://", "sqlite://"):
+        if text.startswith(scheme):
+            rest = text[len(scheme) :]
+            if not rest.startswith("/"):
+                raise ValidationError(
+                    "must look like sqlite:///relative/path or sqlite:////absolute/path",
+                    field="path_or_url",
+                    rule="sqlite_url",
+                )
+            return rest[1:] or ":memory:"
+    if not text:
+        raise ValidationError("must not be empty", field="path_or_url", rule="required")
+    return text
+
+
+def require_asyncio(adapter: str) -> None:
+    """SQL drivers run on asyncio only: say so plainly instead of failing deep inside."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise ConfigurationError(
+            f"{adapter} needs asyncio (its driver does); on trio use MemoryStorage"
+        ) from None
+
+
+@attrs.frozen
+class _Write:
+    """One buffered statement and how to explain it if the database refuses it."""
+
+    spec: EntitySpec[Any]
+    statement: Compiled
+    params: dict[str, Any]
+    on_no_row: Callable[[sqlite3.Connection], QZPayError] | None = None
+
+
+class SQLiteStorage:
+    """Billing records in one SQLite file; see the module docstring for how."""
+
+    def __init__(
+        self,
+        path_or_url: str | Path,
+        *,
+        table_prefix: str = "billing_",
+        multi_tenant: bool = False,
+    ) -> None:
+        self._path = sqlite_path(path_or_url)
+        self._schema: Schema = build_schema(table_prefix, multi_tenant=multi_tenant)
+        self._statements = Statements(self._schema, sqlite_dialect.dialect(paramstyle="named"))
+        self._converter: cattrs.Converter = sqlite_converter()
+        self._codecs: dict[type[Any], RowCodec[Any]] = {
+            spec.kind: RowCodec(spec, self._converter, self._statements.columns(spec))
+            for spec in SPECS
+        }
+        self._connection: aiosqlite.Connection | None = None
+        self._raw: sqlite3.Connection | None = None
+        self._lock = anyio.Lock()
+
+    @property
+    def table_prefix(self) -> str:
+        return self._schema.prefix
+
+    @property
+    def multi_tenant(self) -> bool:
+        return self._schema.multi_tenant
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def url(self) -> str:
+        """A SQLAlchemy URL for the same file, e.g. for a read-only view of the rows."""
+        return f"sqlite:///{self._path}"
+
+    async def open(self) -> None:
+        """Connect, set the pragmas, and create or upgrade the schema (idempotent)."""
+        require_asyncio("SQLiteStorage")
+        if self._connection is not None:
+            return
+        connection = await aiosqlite.connect(self._path, isolation_level=None)
+        try:
+            await connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await connection.execute("PRAGMA journal_mode = WAL")
+            await connection.execute("PRAGMA synchronous = NORMAL")
+            await connection.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            await connection.close()
+            raise
+        self._connection = connection
+        self._raw = connection._conn  # the sqlite3 connection aiosqlite's thread owns
+        await self.create_schema()
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            connection, self._connection, self._raw = self._connection, None, None
+            await connection.close()
+
+    async def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in aiosqlite's worker thread: one hop, however many statements."""
+        if self._connection is None or self._raw is None:
+            raise ConfigurationError("SQLiteStorage is not open: use `async with billing:`")
+        try:
+            return await self._connection._execute(work, self._raw)  # type: ignore[no-untyped-call,no-any-return]
+        except sqlite3.OperationalError as error:
+            raise StorageError(f"SQLite failed: {error}", retryable=_retryable(error)) from None
+
+    async def create_schema(self) -> None:
+        """Create the schema, or apply the migrations it lacks, in one write transaction."""
+        dialect = self._statements._dialect
+        schema = self._schema
+        version_sql = f"SELECT max(version) FROM {schema.migrations.name}"
+        record_sql = (
+            f"INSERT INTO {schema.migrations.name} (version, name, applied_at) VALUES (?, ?, ?)"
+        )
+
+        def migrate(connection: sqlite3.Connection) -> None:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                exists = connection.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                    (schema.migrations.name,),
+                ).fetchone()
+                current = connection.execute(version_sql).fetchone()[0] if exists else None
+                if current is None:
+                    steps = [(m.version, m.name) for m in migrations.MIGRATIONS]
+                    statements = migrations.create_statements(schema, dialect)
+                else:
+                    todo = migrations.pending(current)
+                    steps = [(m.version, m.name) for m in todo]
+                    statements = [s for m in todo for s in m.statements(schema, dialect)]
+                for statement in statements:
+                    connection.execute(statement)
+                applied_at = datetime.now(UTC).isoformat(sep=" ")  # a record, not business time
+                for version, name in steps:
+                    connection.execute(record_sql, (version, name, applied_at))
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+
+        await self._call(migrate)
+
+    @asynccontextmanager
+    async def transaction(
+        self, scope: Scope, *, readonly: bool = False
+    ) -> AsyncIterator[StorageTransaction]:
+        require_asyncio("SQLiteStorage")
+        rules.check_scope(scope, self.multi_tenant)
+        async with self._lock:
+            transaction = _SQLiteTransaction(self, scope, readonly=readonly)
+            try:
+                yield transaction
+                with anyio.CancelScope(shield=True):
+                    await transaction.commit()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await transaction.rollback()
+                raise
+
+    # What transactions need from the store, named so they read well there.
+    def codec(self, kind: type[E]) -> RowCodec[E]:
+        codec = self._codecs.get(kind)
+        if codec is None:
+            spec_for(kind)  # raises the clear TypeError
+        return codec  # type: ignore[return-value]
+
+    def encode(self, value: object) -> Any:
+        return self._converter.unstructure(value)
+
+    @property
+    def statements(self) -> Statements:
+        return self._statements
+
+
+def _retryable(error: sqlite3.OperationalError) -> bool:
+    message = str(error)
+    return "locked" in message or "busy" in message
+
+
+class _SQLiteTransaction:
+    __slots__ = ("_begun", "_readonly", "_scope", "_scope_params", "_store", "_writes")
+
+    def __init__(self, store: SQLiteStorage, scope: Scope, *, readonly: bool) -> None:
+        self._store = store
+        self._scope = scope
+        self._readonly = readonly
+        self._scope_params: dict[str, Any] = {
+            "s_livemode": scope.livemode,
+            "s_tenant_id": scope.tenant_id,
+        }
+        self._writes: list[_Write] = []
+        self._begun = False
+
+    @property
+    def scope(self) -> Scope:
+        return self._scope
+
+    # -- the one way statements reach the database ------------------------------------
+
+    async def _run(self, read: Callable[[sqlite3.Connection], T] | None, *, end: bool) -> T | None:
+        """Send buffered writes (and ``read``, and the COMMIT if ``end``) in one hop."""
+        writes, self._writes = self._writes, []
+        begin = not self._begun and not self._readonly and (bool(writes) or not end)
+        if begin:
+            self._begun = True
+        commit = end and self._begun
+
+        def work(connection: sqlite3.Connection) -> T | None:
+            if begin:
+                connection.execute("BEGIN IMMEDIATE")
+            for write in writes:
+                _apply(self._store, connection, write)
+            result = read(connection) if read is not None else None
+            if commit:
+                connection.execute("COMMIT")
+            return result
+
+        if not (begin or writes or read or commit):
+            return None
+        return await self._store._call(work)
+
+    async def _read(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(read, end=False)  # type: ignore[return-value]
+
+    async def commit(self) -> None:
+        await self._run(None, end=True)
+
+    async def rollback(self) -> None:
+        self._writes = []
+        if self._begun:
+
+            def undo(connection: sqlite3.Connection) -> None:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+
+            await self._store._call(undo)
+
+    async def flush(self) -> None:
+        if self._writes:
+            await self._read(lambda connection: None)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def _key(self, entity_id: UUID) -> dict[str, Any]:
+        return {**self._scope_params, "k_id": entity_id.hex}
+
+    async def get(self, kind: type[E], id: UUID, *, include_deleted: bool = False) -> E | None:
+        codec = self._store.codec(kind)
+        spec = spec_for(kind)
+        statement = self._store.statements.get(spec, include_deleted)
+        params = self._key(id)
+        row = await self._read(lambda c: c.execute(statement.sql, params).fetchone())
+        return None if row is None else codec.entity(row)
+
+    def _filter_params(self, spec: EntitySpec[Any], filters: Filters | None) -> dict[str, Any]:
+        rules.check_filters(spec, filters)
+        params = dict(self._scope_params)
+        for name, value in (filters or {}).items():
+            if value is not None:
+                params[f"f_{name}"] = self._store.encode(value)
+        return params
+
+    async def find(
+        self, kind: type[E], *, include_deleted: bool = False, **key: object
+    ) -> E | None:
+        page = await self.list(kind, filters=key, limit=1, include_deleted=include_deleted)
+        return page.items[0] if page.items else None
+
+    async def list(
+        self,
+        kind: type[E],
+        *,
+        filters: Filters | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+        include_deleted: bool = False,
+    ) -> Page[E]:
+        spec = spec_for(kind)
+        codec = self._store.codec(kind)
+        limit = rules.page_size(limit)
+        params = self._filter_params(spec, filters)
+        if cursor is not None:
+            params["cursor"] = rules.decode_cursor(cursor).hex
+        params["limit"] = limit + 1
+        params["offset"] = 0
+        statement = self._store.statements.select(
+            spec, filter_shape(dict(filters or {})), include_deleted, cursor is not None
+        )
+        rows = await self._read(lambda c: c.execute(statement.sql, params).fetchall())
+        items = [codec.entity(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        next_cursor = rules.encode_cursor(items[-1].id) if more else None  # type: ignore[attr-defined]
+        return Page(items=items, next_cursor=next_cursor)
+
+    async def count(
+        self, kind: type[E], *, filters: Filters | None = None, include_deleted: bool = False
+    ) -> int:
+        spec = spec_for(kind)
+        params = self._filter_params(spec, filters)
+        statement = self._store.statements.count(
+            spec, filter_shape(dict(filters or {})), include_deleted
+        )
+        row = await self._read(lambda c: c.execute(statement.sql, params).fetchone())
+        return int(row[0])
+
+    # -- writes (buffered) ---------------------------------------------------------------
+
+    def _buffer(self, write: _Write) -> None:
+        if self._readonly:
+            raise ConfigurationError("this transaction was opened readonly")
+        self._writes.append(write)
+
+    async def insert(self, entity: E) -> None:
+        spec = spec_for(type(entity))
+        rules.check_entity_scope(entity, self._scope)
+        params = self._store.codec(type(entity)).params(entity)
+        self._buffer(_Write(spec, self._store.statements.insert(spec), params))
+
+    def _explain_no_row(
+        self, spec: EntitySpec[Any], entity_id: UUID, expected: int | None
+    ) -> Callable[[sqlite3.Connection], QZPayError]:
+        """After an UPDATE hit no row: was the row missing, or its version stale?"""
+        statement = self._store.statements.exists(spec, include_deleted=False)
+        params = self._key(entity_id)
+
+        def explain(connection: sqlite3.Connection) -> QZPayError:
+            found = connection.execute(statement.sql, params).fetchone()
+            if found is None or expected is None:
+                return rules.missing(spec, entity_id)
+            return rules.stale(spec, entity_id, expected)
+
+        return explain
+
+    async def update(self, entity: E, *, expected_version: int | None = None) -> E:
+        kind = type(entity)
+        spec = spec_for(kind)
+        rules.refuse_append_only(spec, "updated")
+        rules.check_entity_scope(entity, self._scope)
+        entity_id: UUID = entity.id  # type: ignore[attr-defined]
+        params = self._store.codec(kind).params(entity)
+        params.update(self._key(entity_id))
+        expected: int | None = None
+        if spec.versioned:
+            expected = entity.version if expected_version is None else expected_version  # type: ignore[attr-defined]
+            params["expected_version"] = expected
+        self._buffer(
+            _Write(
+                spec,
+                self._store.statements.update(spec),
+                params,
+                self._explain_no_row(spec, entity_id, expected),
+            )
+        )
+        if expected is None:
+            return entity
+        return attrs.evolve(entity, version=expected + 1)  # type: ignore[misc]
+
+    async def soft_delete(
+        self, kind: type[E], id: UUID, *, at: datetime, expected_version: int | None = None
+    ) -> None:
+        spec = spec_for(kind)
+        rules.refuse_not_deletable(spec)
+        check_version = spec.versioned and expected_version is not None
+        params = {**self._key(id), "deleted_at": self._store.encode(at)}
+        if check_version:
+            params["expected_version"] = expected_version
+        self._buffer(
+            _Write(
+                spec,
+                self._store.statements.soft_delete(spec, check_version),
+                params,
+                self._explain_no_row(spec, id, expected_version if check_version else None),
+            )
+        )
+
+
+def _apply(store: SQLiteStorage, connection: sqlite3.Connection, write: _Write) -> None:
+    """Execute one buffered write, turning the database's refusals into qzpay's errors."""
+    try:
+        cursor = connection.execute(write.statement.sql, write.params)
+    except sqlite3.IntegrityError as error:
+        raise _integrity_error(store, connection, write, error) from None
+    if write.on_no_row is not None and cursor.rowcount != 1:
+        raise write.on_no_row(connection)
+
+
+def _integrity_error(
+    store: SQLiteStorage,
+    connection: sqlite3.Connection,
+    write: _Write,
+    error: sqlite3.IntegrityError,
+) -> QZPayError:
+    message = str(error)
+    spec = write.spec
+    if match := _UNIQUE.match(message):
+        columns = [name.split(".", 1)[-1] for name in match.group(1).split(", ")]
+        key = [name for name in columns if name not in ("livemode", "tenant_id")] or ["id"]
+        return rules.unique_conflict(spec, key)
+    if "FOREIGN KEY" in message:
+        return _dangling_reference(store, connection, write)
+    if match := _CHECK.match(message):
+        return ValidationError(
+            f"breaks the database rule {match.group(1)}", field=spec.table, rule="check"
+        )
+    if "append-only" in message:
+        return InvalidStateError(message, field=spec.table, rule="append_only")
+    return ValidationError(message, field=spec.table, rule="integrity")
+
+
+def _dangling_reference(
+    store: SQLiteStorage, connection: sqlite3.Connection, write: _Write
+) -> QZPayError:
+    """SQLite does not say which foreign key failed: look each one up in scope."""
+    spec = write.spec
+    for column, target in spec.references.items():
+        value = write.params.get(column)
+        if value is None:
+            continue
+        statement = store.statements.exists(BY_TABLE[target], include_deleted=True)
+        params = {
+            "k_id": value,
+            "s_livemode": write.params["livemode"],
+            "s_tenant_id": write.params.get("tenant_id"),
+        }
+        if connection.execute(statement.sql, params).fetchone() is None:
+            return rules.dangling(spec, column)
+    return ValidationError("points at a row outside this scope", field=spec.table, rule="reference")
+
+
+__all__: Sequence[str] = ("SQLiteStorage",)

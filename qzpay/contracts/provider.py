@@ -1,0 +1,181 @@
+"""The PaymentProvider port and the provider-neutral values it exchanges.
+
+A provider adapter (Stripe, MercadoPago, the fake) turns these calls into its own API. Money
+crosses the port as int minor units with an upper-case ISO 4217 code. Every call that can
+move money takes qzpay's own idempotency key, which the adapter must pass through to the
+provider, so an application-level retry never charges twice.
+
+Failures: a refusal that is the customer's (a decline) comes back as a result with
+``status == "failed"`` and a ``failure_code``; a failure of the provider or the network
+raises ``qzpay.errors.ProviderError`` with ``retryable`` set honestly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import attrs
+
+
+@attrs.frozen(kw_only=True)
+class ProviderCapabilities:
+    """What a provider can do beyond charges and refunds; services check before calling."""
+
+    payment_methods: bool = True
+    refunds: bool = True
+    three_d_secure: bool = False
+    subscriptions: bool = False
+    checkout: bool = False
+    webhooks: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class ProviderCustomer:
+    provider_id: str
+
+
+@attrs.frozen(kw_only=True)
+class ProviderPaymentMethod:
+    """A payment method as the provider stores it; never holds a full card number."""
+
+    provider_id: str
+    type: str
+    brand: str | None = None
+    last4: str | None = None
+    exp_month: int | None = None
+    exp_year: int | None = None
+
+
+ChargeStatus = Literal["succeeded", "requires_action", "processing", "failed"]
+
+
+@attrs.frozen(kw_only=True)
+class ChargeRequest:
+    amount: int
+    currency: str
+    provider_customer_id: str
+    provider_payment_method_id: str | None
+    idempotency_key: str
+    description: str | None = None
+    metadata: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class ChargeResult:
+    """The outcome of a charge; ``next_action_url`` is set when 3-D Secure is required."""
+
+    provider_id: str
+    status: ChargeStatus
+    failure_code: str | None = None
+    failure_message: str | None = None
+    next_action_url: str | None = None
+
+
+RefundStatusLiteral = Literal["succeeded", "pending", "failed"]
+
+
+@attrs.frozen(kw_only=True)
+class RefundRequest:
+    provider_payment_id: str
+    amount: int
+    currency: str
+    idempotency_key: str
+    reason: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class RefundResult:
+    provider_id: str
+    status: RefundStatusLiteral
+    failure_code: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ProviderSubscriptionRequest:
+    provider_customer_id: str
+    provider_price_id: str
+    quantity: int
+    idempotency_key: str
+    trial_end: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ProviderSubscription:
+    provider_id: str
+    status: str
+
+
+@attrs.frozen(kw_only=True)
+class CheckoutRequest:
+    amount: int
+    currency: str
+    success_url: str
+    cancel_url: str
+    idempotency_key: str
+    provider_customer_id: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ProviderCheckout:
+    provider_id: str
+    url: str
+
+
+@attrs.frozen(kw_only=True)
+class ProviderEvent:
+    """A verified webhook, mapped to a provider-neutral ``type`` (e.g. ``payment.succeeded``)."""
+
+    provider: str
+    provider_event_id: str
+    type: str
+    provider_type: str
+    occurred_at: datetime | None
+    data: Mapping[str, Any]
+
+
+@runtime_checkable
+class PaymentProvider(Protocol):
+    """The narrow port qzpay charges through.
+
+    ``name`` is what lands in the ``provider`` column of payments, payment methods and
+    customer provider references: a third-party provider needs no schema change.
+    Methods a provider cannot serve (see ``capabilities``) raise
+    ``ConfigurationError``.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def capabilities(self) -> ProviderCapabilities: ...
+
+    async def create_customer(
+        self, *, email: str, name: str | None, idempotency_key: str
+    ) -> ProviderCustomer: ...
+
+    async def attach_payment_method(
+        self, *, provider_customer_id: str, token: str
+    ) -> ProviderPaymentMethod: ...
+
+    async def detach_payment_method(self, *, provider_payment_method_id: str) -> None: ...
+
+    async def charge(self, request: ChargeRequest) -> ChargeResult: ...
+
+    async def refund(self, request: RefundRequest) -> RefundResult: ...
+
+    async def create_subscription(
+        self, request: ProviderSubscriptionRequest
+    ) -> ProviderSubscription: ...
+
+    async def create_checkout(self, request: CheckoutRequest) -> ProviderCheckout: ...
+
+    def verify_webhook(
+        self, *, payload: bytes, headers: Mapping[str, str], now: datetime
+    ) -> ProviderEvent:
+        """Check the signature (and its timestamp against ``now``) and parse the event.
+
+        Raises ``SignatureError`` when the payload was not sent by the provider.
+        """
+        ...

@@ -1,0 +1,199 @@
+"""Which table each domain type lives in, and the rules storage must keep for it.
+
+This is the one description of the data model that every storage adapter reads: the SQL
+schema builder turns it into tables, unique indexes and foreign keys; the memory adapter
+turns it into dictionaries and checks. Columns are the attrs fields of the domain type, so
+a field added to a domain class is a column added everywhere.
+
+Whether a kind is soft-deletable or optimistically locked is derived from its fields
+(``deleted_at``, ``version``), never declared twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+from qzpay.domain.access import (
+    CustomerEntitlement,
+    CustomerLimit,
+    Entitlement,
+    Limit,
+    UsageRecord,
+)
+from qzpay.domain.catalog import Addon, Plan, Price
+from qzpay.domain.checkout import Checkout
+from qzpay.domain.customers import Customer, CustomerProviderRef
+from qzpay.domain.invoices import Invoice, InvoiceLine, InvoicePayment
+from qzpay.domain.marketplace import Vendor, VendorPayout
+from qzpay.domain.payments import Payment, PaymentMethod, Refund
+from qzpay.domain.promotions import PromoCode, PromoCodeUsage
+from qzpay.domain.records import AuditLog, IdempotencyKey, JobExecution, WebhookEvent
+from qzpay.domain.subscriptions import Subscription, SubscriptionAddon
+
+E = TypeVar("E")
+
+
+@attrs.frozen(kw_only=True)
+class EntitySpec(Generic[E]):
+    """Storage rules for one domain type.
+
+    ``unique`` keys are unique among the rows of one livemode (and tenant, in multi mode)
+    and, for soft-deletable kinds, among rows not deleted. ``references`` maps a column to
+    the table it points at; the reference is only valid inside the same livemode and tenant.
+    """
+
+    kind: type[E]
+    table: str
+    name: str
+    unique: tuple[tuple[str, ...], ...] = ()
+    references: Mapping[str, str] = attrs.field(factory=dict)
+    append_only: bool = False
+    fields: tuple[str, ...] = attrs.field(init=False)
+    soft_delete: bool = attrs.field(init=False)
+    versioned: bool = attrs.field(init=False)
+
+    @fields.default
+    def _fields(self) -> tuple[str, ...]:
+        kind: Any = self.kind
+        attrs.resolve_types(kind)
+        return tuple(field.name for field in attrs.fields(kind))
+
+    @soft_delete.default
+    def _soft_delete(self) -> bool:
+        return "deleted_at" in self.fields
+
+    @versioned.default
+    def _versioned(self) -> bool:
+        return "version" in self.fields
+
+
+def _spec(kind: type[E], table: str, name: str, **rules: Any) -> EntitySpec[E]:
+    return EntitySpec(kind=kind, table=table, name=name, **rules)
+
+
+# Ordered so that a table comes after every table it references (DDL order).
+SPECS: tuple[EntitySpec[Any], ...] = (
+    _spec(Customer, "customers", "customer", unique=(("external_id",),)),
+    _spec(
+        CustomerProviderRef,
+        "customer_provider_refs",
+        "customer_provider_ref",
+        unique=(("provider", "provider_customer_id"), ("customer_id", "provider")),
+        references={"customer_id": "customers"},
+    ),
+    _spec(Plan, "plans", "plan"),
+    _spec(Price, "prices", "price", references={"plan_id": "plans"}),
+    _spec(Addon, "addons", "addon"),
+    _spec(
+        PaymentMethod,
+        "payment_methods",
+        "payment_method",
+        unique=(("provider", "provider_id"),),
+        references={"customer_id": "customers"},
+    ),
+    _spec(PromoCode, "promo_codes", "promo_code", unique=(("code",),)),
+    _spec(
+        Subscription,
+        "subscriptions",
+        "subscription",
+        references={
+            "customer_id": "customers",
+            "plan_id": "plans",
+            "price_id": "prices",
+            "default_payment_method_id": "payment_methods",
+            "promo_code_id": "promo_codes",
+        },
+    ),
+    _spec(
+        SubscriptionAddon,
+        "subscription_addons",
+        "subscription_addon",
+        references={"subscription_id": "subscriptions", "addon_id": "addons"},
+    ),
+    _spec(
+        Invoice,
+        "invoices",
+        "invoice",
+        unique=(("number",),),
+        references={"customer_id": "customers", "subscription_id": "subscriptions"},
+    ),
+    _spec(InvoiceLine, "invoice_lines", "invoice_line", references={"invoice_id": "invoices"}),
+    _spec(
+        Payment,
+        "payments",
+        "payment",
+        references={
+            "customer_id": "customers",
+            "subscription_id": "subscriptions",
+            "invoice_id": "invoices",
+            "payment_method_id": "payment_methods",
+        },
+    ),
+    _spec(
+        InvoicePayment,
+        "invoice_payments",
+        "invoice_payment",
+        unique=(("invoice_id", "payment_id"),),
+        references={"invoice_id": "invoices", "payment_id": "payments"},
+    ),
+    _spec(Refund, "refunds", "refund", references={"payment_id": "payments"}),
+    _spec(
+        PromoCodeUsage,
+        "promo_code_usage",
+        "promo_code_usage",
+        references={
+            "promo_code_id": "promo_codes",
+            "customer_id": "customers",
+            "subscription_id": "subscriptions",
+        },
+    ),
+    _spec(Vendor, "vendors", "vendor", unique=(("external_id",),)),
+    _spec(VendorPayout, "vendor_payouts", "vendor_payout", references={"vendor_id": "vendors"}),
+    _spec(Entitlement, "entitlements", "entitlement", unique=(("key",),)),
+    _spec(
+        CustomerEntitlement,
+        "customer_entitlements",
+        "customer_entitlement",
+        references={"customer_id": "customers"},
+    ),
+    _spec(Limit, "limits", "limit", unique=(("key",),)),
+    _spec(
+        CustomerLimit,
+        "customer_limits",
+        "customer_limit",
+        unique=(("customer_id", "limit_key"),),
+        references={"customer_id": "customers"},
+    ),
+    _spec(
+        UsageRecord,
+        "usage_records",
+        "usage_record",
+        unique=(("idempotency_key",),),
+        references={"customer_id": "customers", "subscription_id": "subscriptions"},
+    ),
+    _spec(Checkout, "checkouts", "checkout", references={"customer_id": "customers"}),
+    _spec(AuditLog, "audit_logs", "audit_log", append_only=True),
+    _spec(
+        WebhookEvent,
+        "webhook_events",
+        "webhook_event",
+        unique=(("provider", "provider_event_id"),),
+        append_only=True,
+    ),
+    _spec(JobExecution, "job_executions", "job_execution"),
+    _spec(IdempotencyKey, "idempotency_keys", "idempotency_key", unique=(("key",),)),
+)
+
+_BY_KIND: dict[type[Any], EntitySpec[Any]] = {spec.kind: spec for spec in SPECS}
+BY_TABLE: Mapping[str, EntitySpec[Any]] = {spec.table: spec for spec in SPECS}
+
+
+def spec_for(kind: type[E]) -> EntitySpec[E]:
+    """The storage rules for ``kind``; a type that is not a table is a programming error."""
+    try:
+        return _BY_KIND[kind]
+    except KeyError:
+        raise TypeError(f"{kind.__name__} is not a stored entity kind") from None

@@ -1,0 +1,65 @@
+"""Subscriptions and the add-ons attached to them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from uuid import UUID
+
+import attrs
+
+from qzpay.domain.enums import Interval, SubscriptionStatus
+
+
+@attrs.frozen(kw_only=True)
+class Subscription:
+    """A customer's recurring purchase of a price.
+
+    Periods are computed from ``billing_anchor`` (never from the previous period's end), so
+    a subscription anchored on the 31st bills on the last day of short months and on the
+    31st again afterwards.
+    """
+
+    id: UUID
+    livemode: bool
+    tenant_id: str | None = None
+    customer_id: UUID
+    plan_id: UUID
+    price_id: UUID
+    status: SubscriptionStatus
+    quantity: int = 1
+    currency: str
+    unit_amount: int
+    interval: Interval
+    interval_count: int = 1
+    billing_anchor: datetime
+    current_period_start: datetime
+    current_period_end: datetime
+    trial_start: datetime | None = None
+    trial_end: datetime | None = None
+    cancel_at_period_end: bool = False
+    canceled_at: datetime | None = None
+    ended_at: datetime | None = None
+    paused_at: datetime | None = None
+    default_payment_method_id: UUID | None = None
+    promo_code_id: UUID | None = None
+    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    version: int = 1
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class SubscriptionAddon:
+    id: UUID
+    livemode: bool
+    tenant_id: str | None = None
+    subscription_id: UUID
+    addon_id: UUID
+    quantity: int = 1
+    unit_amount: int
+    currency: str
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None = None

@@ -1,0 +1,265 @@
+"""The catalog: plans (what a customer gets) and prices (what it costs)."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import attrs
+
+from qzpay import money
+from qzpay import validation as check
+from qzpay.contracts.storage import Page
+from qzpay.domain.catalog import Plan, Price
+from qzpay.domain.enums import Interval
+from qzpay.errors import ValidationError
+from qzpay.ids import new_id
+from qzpay.services.context import ServiceContext, require
+from qzpay.validation import UNSET, Unset
+
+MAX_TRIAL_DAYS = 730
+_PLAN_EDITABLE = ("name", "description", "active", "entitlements", "limits", "metadata")
+_PRICE_EDITABLE = ("nickname", "active", "metadata", "trial_days")
+
+
+def interval(value: object) -> Interval:
+    try:
+        return Interval(str(value))
+    except ValueError:
+        raise ValidationError(
+            "must be one of day, week, month, year", field="interval", rule="interval"
+        ) from None
+
+
+def trial_days(value: object, *, field: str = "trial_days") -> int | None:
+    return None if value is None else check.integer(value, field=field, maximum=MAX_TRIAL_DAYS)
+
+
+class PlansService:
+    """``billing.plans``: product tiers with entitlement keys and limits.
+
+    >>> import anyio
+    >>> from qzpay import create_billing
+    >>> from qzpay.adapters.memory import MemoryStorage
+    >>> from qzpay.adapters.fake import FakeProvider
+    >>> async def main() -> dict[str, int]:
+    ...     async with create_billing(storage=MemoryStorage(), provider=FakeProvider()) as billing:
+    ...         plan = await billing.plans.create(name="Pro", entitlements=["reports"], limits={"seats": 5})
+    ...         return dict(plan.limits)
+    >>> anyio.run(main)
+    {'seats': 5}
+    """
+
+    def __init__(self, context: ServiceContext) -> None:
+        self._context = context
+
+    async def create(
+        self,
+        *,
+        name: str,
+        description: str | None = None,
+        entitlements: list[str] | tuple[str, ...] = (),
+        limits: dict[str, int] | None = None,
+        metadata: dict[str, str] | None = None,
+        active: bool = True,
+    ) -> Plan:
+        plan_name = check.text(name, field="name", max_length=200)
+        plan_description = check.optional_text(description, field="description")
+        plan_entitlements = check.keys(entitlements, field="entitlements")
+        plan_limits = check.limits(limits)
+        plan_metadata = check.metadata(metadata)
+        plan_active = check.boolean(active, field="active")
+        async with self._context.unit_of_work() as uow:
+            plan = Plan(
+                id=new_id(),
+                livemode=uow.scope.livemode,
+                tenant_id=uow.scope.tenant_id,
+                name=plan_name,
+                description=plan_description,
+                active=plan_active,
+                entitlements=plan_entitlements,
+                limits=plan_limits,
+                metadata=plan_metadata,
+                created_at=uow.now,
+                updated_at=uow.now,
+            )
+            await uow.tx.insert(plan)
+            await uow.record("plan.created", plan, changes={"name": plan_name})
+        return plan
+
+    async def get(self, plan_id: UUID | str) -> Plan:
+        plan: Plan = await self._context.read(
+            Plan, check.identifier(plan_id, field="plan_id"), field="plan_id"
+        )
+        return plan
+
+    async def update(
+        self,
+        plan_id: UUID | str,
+        *,
+        name: str | Unset = UNSET,
+        description: str | Unset | None = UNSET,
+        active: bool | Unset = UNSET,
+        entitlements: list[str] | tuple[str, ...] | Unset = UNSET,
+        limits: dict[str, int] | Unset = UNSET,
+        metadata: dict[str, str] | Unset | None = UNSET,
+    ) -> Plan:
+        entity_id = check.identifier(plan_id, field="plan_id")
+        changes: dict[str, Any] = {}
+        if check.given(name):
+            changes["name"] = check.text(name, field="name", max_length=200)
+        if check.given(description):
+            changes["description"] = check.optional_text(description, field="description")
+        if check.given(active):
+            changes["active"] = check.boolean(active, field="active")
+        if check.given(entitlements):
+            changes["entitlements"] = check.keys(entitlements, field="entitlements")
+        if check.given(limits):
+            changes["limits"] = check.limits(limits)
+        if check.given(metadata):
+            changes["metadata"] = check.metadata(metadata)
+        async with self._context.unit_of_work() as uow:
+            current: Plan = await require(uow.tx, Plan, entity_id, field="plan_id")
+            wanted = attrs.evolve(current, **changes, updated_at=uow.now)
+            diff = check.changed(current, wanted, _PLAN_EDITABLE)
+            if not diff:
+                return current
+            updated = await uow.tx.update(wanted)
+            await uow.record("plan.updated", updated, changes=diff)
+        return updated
+
+    async def list(
+        self, *, limit: int = 20, cursor: str | None = None, active: bool | None = None
+    ) -> Page[Plan]:
+        filters = {} if active is None else {"active": check.boolean(active, field="active")}
+        async with self._context.unit_of_work(readonly=True) as uow:
+            return await uow.tx.list(Plan, filters=filters, limit=limit, cursor=cursor)
+
+
+class PricesService:
+    """``billing.prices``: amounts in minor units per interval; immutable once created.
+
+    To change what a plan costs, create a new price and archive the old one
+    (``update(price_id, active=False)``), as in Stripe: existing subscriptions keep theirs.
+
+    >>> import anyio
+    >>> from qzpay import create_billing
+    >>> from qzpay.adapters.memory import MemoryStorage
+    >>> from qzpay.adapters.fake import FakeProvider
+    >>> async def main() -> str:
+    ...     async with create_billing(storage=MemoryStorage(), provider=FakeProvider()) as billing:
+    ...         plan = await billing.plans.create(name="Pro")
+    ...         price = await billing.prices.create(
+    ...             plan_id=plan.id, unit_amount=2900, currency="usd", interval="month"
+    ...         )
+    ...         return f"{price.unit_amount} {price.currency} / {price.interval}"
+    >>> anyio.run(main)
+    '2900 USD / month'
+    """
+
+    def __init__(self, context: ServiceContext) -> None:
+        self._context = context
+
+    async def create(
+        self,
+        *,
+        plan_id: UUID | str,
+        unit_amount: int,
+        currency: str,
+        interval: Interval | str,
+        interval_count: int = 1,
+        trial_days: int | None = None,
+        nickname: str | None = None,
+        metadata: dict[str, str] | None = None,
+        active: bool = True,
+    ) -> Price:
+        entity_plan_id = check.identifier(plan_id, field="plan_id")
+        price_amount = money.amount(unit_amount, field="unit_amount")
+        price_currency = money.currency(currency).code
+        price_interval = _interval(interval)
+        price_count = check.integer(interval_count, field="interval_count", minimum=1, maximum=365)
+        price_trial = _trial_days(trial_days)
+        price_nickname = check.optional_text(nickname, field="nickname", max_length=200)
+        price_metadata = check.metadata(metadata)
+        price_active = check.boolean(active, field="active")
+        async with self._context.unit_of_work() as uow:
+            await require(uow.tx, Plan, entity_plan_id, field="plan_id")
+            price = Price(
+                id=new_id(),
+                livemode=uow.scope.livemode,
+                tenant_id=uow.scope.tenant_id,
+                plan_id=entity_plan_id,
+                unit_amount=price_amount,
+                currency=price_currency,
+                interval=price_interval,
+                interval_count=price_count,
+                trial_days=price_trial,
+                nickname=price_nickname,
+                active=price_active,
+                metadata=price_metadata,
+                created_at=uow.now,
+                updated_at=uow.now,
+            )
+            await uow.tx.insert(price)
+            await uow.record(
+                "price.created",
+                price,
+                changes={"unit_amount": price_amount, "currency": price_currency},
+            )
+        return price
+
+    async def get(self, price_id: UUID | str) -> Price:
+        price: Price = await self._context.read(
+            Price, check.identifier(price_id, field="price_id"), field="price_id"
+        )
+        return price
+
+    async def update(
+        self,
+        price_id: UUID | str,
+        *,
+        active: bool | Unset = UNSET,
+        nickname: str | Unset | None = UNSET,
+        trial_days: int | Unset | None = UNSET,
+        metadata: dict[str, str] | Unset | None = UNSET,
+    ) -> Price:
+        """Change what may change; amount, currency and interval never do."""
+        entity_id = check.identifier(price_id, field="price_id")
+        changes: dict[str, Any] = {}
+        if check.given(active):
+            changes["active"] = check.boolean(active, field="active")
+        if check.given(nickname):
+            changes["nickname"] = check.optional_text(nickname, field="nickname", max_length=200)
+        if check.given(trial_days):
+            changes["trial_days"] = _trial_days(trial_days)
+        if check.given(metadata):
+            changes["metadata"] = check.metadata(metadata)
+        async with self._context.unit_of_work() as uow:
+            current: Price = await require(uow.tx, Price, entity_id, field="price_id")
+            wanted = attrs.evolve(current, **changes, updated_at=uow.now)
+            diff = check.changed(current, wanted, _PRICE_EDITABLE)
+            if not diff:
+                return current
+            updated = await uow.tx.update(wanted)
+            await uow.record("price.updated", updated, changes=diff)
+        return updated
+
+    async def list(
+        self,
+        *,
+        plan_id: UUID | str | None = None,
+        active: bool | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> Page[Price]:
+        filters: dict[str, object] = {}
+        if plan_id is not None:
+            filters["plan_id"] = check.identifier(plan_id, field="plan_id")
+        if active is not None:
+            filters["active"] = check.boolean(active, field="active")
+        async with self._context.unit_of_work(readonly=True) as uow:
+            return await uow.tx.list(Price, filters=filters, limit=limit, cursor=cursor)
+
+
+_interval = interval
+_trial_days = trial_days

@@ -1,0 +1,119 @@
+"""What every service call runs in: the ports, the scope, and the unit of work.
+
+A service call opens one unit of work: one storage transaction for its scope. Each change it
+makes is recorded with ``uow.record(...)``, which writes the audit row in the same
+transaction and queues the event; events are published only after the commit, so a handler
+never sees a change that was rolled back, and a failing handler never breaks the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import attrs
+
+from qzpay.contracts.clock import Clock
+from qzpay.contracts.events import Event, EventBus
+from qzpay.contracts.provider import PaymentProvider
+from qzpay.contracts.storage import Scope, StoragePort, StorageTransaction
+from qzpay.domain.records import AuditLog
+from qzpay.errors import ConfigurationError, NotFoundError
+from qzpay.ids import new_id
+
+
+class UnitOfWork:
+    """One transaction plus the audit rows and events of the changes made in it."""
+
+    __slots__ = ("events", "now", "scope", "tx")
+
+    def __init__(self, tx: StorageTransaction, scope: Scope, now: datetime) -> None:
+        self.tx = tx
+        self.scope = scope
+        self.now = now
+        self.events: list[Event] = []
+
+    async def record(
+        self,
+        event_type: str,
+        entity: Any,
+        *,
+        changes: Mapping[str, Any] | None = None,
+        actor: str | None = None,
+    ) -> None:
+        """Audit ``entity``'s change (``customer.created``...) and queue its event."""
+        entity_type, _, action = event_type.rpartition(".")
+        await self.tx.insert(
+            AuditLog(
+                id=new_id(),
+                livemode=self.scope.livemode,
+                tenant_id=self.scope.tenant_id,
+                entity_type=entity_type,
+                entity_id=entity.id,
+                action=action,
+                actor=actor,
+                changes=changes or {},
+                created_at=self.now,
+            )
+        )
+        self.events.append(
+            Event(
+                id=new_id(),
+                type=event_type,
+                data=entity,
+                livemode=self.scope.livemode,
+                tenant_id=self.scope.tenant_id,
+                created_at=self.now,
+            )
+        )
+
+
+@attrs.frozen(kw_only=True)
+class ServiceContext:
+    """The ports and the scope a service works with; built once by ``create_billing``."""
+
+    storage: StoragePort
+    provider: PaymentProvider
+    clock: Clock
+    events: EventBus
+    livemode: bool
+    tenant_id: str | None
+    multi_tenant: bool
+
+    def scope(self) -> Scope:
+        if self.multi_tenant and self.tenant_id is None:
+            raise ConfigurationError(
+                "this billing instance is multi-tenant: call billing.for_tenant(tenant_id) first"
+            )
+        return Scope(livemode=self.livemode, tenant_id=self.tenant_id)
+
+    @asynccontextmanager
+    async def unit_of_work(self, *, readonly: bool = False) -> AsyncIterator[UnitOfWork]:
+        scope = self.scope()
+        async with self.storage.transaction(scope, readonly=readonly) as tx:
+            uow = UnitOfWork(tx, scope, self.clock.now())
+            yield uow
+        for event in uow.events:
+            await self.events.publish(event)
+
+    async def read(self, kind: type[Any], entity_id: UUID, *, field: str = "id") -> Any:
+        """One entity by id in its own short read transaction, or ``NotFoundError``."""
+        async with self.unit_of_work(readonly=True) as uow:
+            return await require(uow.tx, kind, entity_id, field=field)
+
+
+async def require(tx: StorageTransaction, kind: type[Any], entity_id: UUID, *, field: str) -> Any:
+    """The entity, or a ``NotFoundError`` that names the argument that pointed at it."""
+    entity = await tx.get(kind, entity_id)
+    if entity is None:
+        raise NotFoundError(
+            f"no {kind.__name__.lower()} with id {entity_id} in this "
+            f"{'live' if tx.scope.livemode else 'test'} mode"
+            + (f" and tenant {tx.scope.tenant_id!r}" if tx.scope.tenant_id else ""),
+            field=field,
+            rule="exists",
+        )
+    return entity

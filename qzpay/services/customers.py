@@ -1,0 +1,161 @@
+"""Customers: the people and companies who pay."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import attrs
+
+from qzpay import validation as check
+from qzpay.contracts.storage import Page
+from qzpay.domain.customers import Customer
+from qzpay.errors import NotFoundError
+from qzpay.ids import new_id
+from qzpay.services.context import ServiceContext, require
+from qzpay.validation import UNSET, Unset
+
+_EDITABLE = ("email", "name", "external_id", "phone", "metadata")
+
+
+class CustomersService:
+    """``billing.customers``: create, read, update, delete and list customers.
+
+    >>> import anyio
+    >>> from qzpay import create_billing
+    >>> from qzpay.adapters.memory import MemoryStorage
+    >>> from qzpay.adapters.fake import FakeProvider
+    >>> async def main() -> str | None:
+    ...     async with create_billing(storage=MemoryStorage(), provider=FakeProvider()) as billing:
+    ...         ann = await billing.customers.create(email="ann@example.com", external_id="u_1")
+    ...         ann = await billing.customers.update(ann.id, name="Ann")
+    ...         return (await billing.customers.get_by_external_id("u_1")).name
+    >>> anyio.run(main)
+    'Ann'
+    """
+
+    def __init__(self, context: ServiceContext) -> None:
+        self._context = context
+
+    async def create(
+        self,
+        *,
+        email: str,
+        name: str | None = None,
+        external_id: str | None = None,
+        phone: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> Customer:
+        """Create a customer; ``external_id`` (your user id) is unique among live customers."""
+        customer_email = check.email(email)
+        customer_name = check.optional_text(name, field="name")
+        customer_external_id = (
+            None if external_id is None else check.key(external_id, field="external_id")
+        )
+        customer_phone = check.optional_text(phone, field="phone", max_length=40)
+        customer_metadata = check.metadata(metadata)
+        async with self._context.unit_of_work() as uow:
+            customer = Customer(
+                id=new_id(),
+                livemode=uow.scope.livemode,
+                tenant_id=uow.scope.tenant_id,
+                email=customer_email,
+                name=customer_name,
+                external_id=customer_external_id,
+                phone=customer_phone,
+                metadata=customer_metadata,
+                created_at=uow.now,
+                updated_at=uow.now,
+            )
+            await uow.tx.insert(customer)
+            await uow.record(
+                "customer.created",
+                customer,
+                changes={"email": customer_email, "external_id": customer_external_id},
+            )
+        return customer
+
+    async def get(self, customer_id: UUID | str) -> Customer:
+        """The customer, or ``NotFoundError`` (also once deleted)."""
+        entity: Customer = await self._context.read(
+            Customer, check.identifier(customer_id, field="customer_id"), field="customer_id"
+        )
+        return entity
+
+    async def get_by_external_id(self, external_id: str) -> Customer:
+        key = check.key(external_id, field="external_id")
+        async with self._context.unit_of_work(readonly=True) as uow:
+            customer = await uow.tx.find(Customer, external_id=key)
+        if customer is None:
+            raise NotFoundError(
+                f"no customer with external_id {key!r}", field="external_id", rule="exists"
+            )
+        return customer
+
+    async def update(
+        self,
+        customer_id: UUID | str,
+        *,
+        email: str | Unset = UNSET,
+        name: str | Unset | None = UNSET,
+        external_id: str | Unset | None = UNSET,
+        phone: str | Unset | None = UNSET,
+        metadata: dict[str, str] | Unset | None = UNSET,
+    ) -> Customer:
+        """Change the given fields (``None`` clears an optional one); others stay."""
+        entity_id = check.identifier(customer_id, field="customer_id")
+        changes: dict[str, Any] = {}
+        if check.given(email):
+            changes["email"] = check.email(email)
+        if check.given(name):
+            changes["name"] = check.optional_text(name, field="name")
+        if check.given(external_id):
+            changes["external_id"] = (
+                None if external_id is None else check.key(external_id, field="external_id")
+            )
+        if check.given(phone):
+            changes["phone"] = check.optional_text(phone, field="phone", max_length=40)
+        if check.given(metadata):
+            changes["metadata"] = check.metadata(metadata)
+        async with self._context.unit_of_work() as uow:
+            current: Customer = await require(uow.tx, Customer, entity_id, field="customer_id")
+            wanted = attrs.evolve(current, **changes, updated_at=uow.now)
+            diff = check.changed(current, wanted, _EDITABLE)
+            if not diff:
+                return current
+            updated = await uow.tx.update(wanted)
+            await uow.record("customer.updated", updated, changes=diff)
+        return updated
+
+    async def delete(self, customer_id: UUID | str) -> Customer:
+        """Soft-delete: the row stays for the books, and its ``external_id`` is free again."""
+        entity_id = check.identifier(customer_id, field="customer_id")
+        async with self._context.unit_of_work() as uow:
+            current: Customer = await require(uow.tx, Customer, entity_id, field="customer_id")
+            await uow.tx.soft_delete(
+                Customer, entity_id, at=uow.now, expected_version=current.version
+            )
+            deleted = attrs.evolve(
+                current, deleted_at=uow.now, updated_at=uow.now, version=current.version + 1
+            )
+            await uow.record("customer.deleted", deleted)
+        return deleted
+
+    async def list(
+        self,
+        *,
+        limit: int = 20,
+        cursor: str | None = None,
+        email: str | None = None,
+        include_deleted: bool = False,
+    ) -> Page[Customer]:
+        """Customers newest first; filter by exact ``email``."""
+        filters = {} if email is None else {"email": check.email(email)}
+        async with self._context.unit_of_work(readonly=True) as uow:
+            return await uow.tx.list(
+                Customer,
+                filters=filters,
+                limit=limit,
+                cursor=cursor,
+                include_deleted=check.boolean(include_deleted, field="include_deleted"),
+            )

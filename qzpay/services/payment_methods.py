@@ -1,0 +1,199 @@
+"""Payment methods: cards and accounts attached through the provider, one default per customer."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import attrs
+
+from qzpay import validation as check
+from qzpay.contracts.storage import Page, StorageTransaction
+from qzpay.domain.customers import Customer, CustomerProviderRef
+from qzpay.domain.payments import PaymentMethod
+from qzpay.errors import ConflictError, InvalidStateError
+from qzpay.ids import new_id
+from qzpay.services.context import ServiceContext, UnitOfWork, require
+
+
+class PaymentMethodsService:
+    """``billing.payment_methods``: attach, list, set the default, detach.
+
+    Provider calls happen outside any database transaction, so a slow provider never holds
+    a lock; the local rows are written after the provider said yes.
+
+    >>> import anyio
+    >>> from qzpay import create_billing
+    >>> from qzpay.adapters.memory import MemoryStorage
+    >>> from qzpay.adapters.fake import FakeProvider
+    >>> async def main() -> tuple[str | None, bool]:
+    ...     async with create_billing(storage=MemoryStorage(), provider=FakeProvider()) as billing:
+    ...         ann = await billing.customers.create(email="ann@example.com")
+    ...         card = await billing.payment_methods.attach(ann.id, token="pm_card_visa", set_default=True)
+    ...         return card.last4, card.is_default
+    >>> anyio.run(main)
+    ('4242', True)
+    """
+
+    def __init__(self, context: ServiceContext) -> None:
+        self._context = context
+
+    async def _provider_customer_id(self, customer: Customer) -> str:
+        """The customer's id at the provider, created there on first need."""
+        provider = self._context.provider
+        async with self._context.unit_of_work(readonly=True) as uow:
+            ref = await uow.tx.find(
+                CustomerProviderRef, customer_id=customer.id, provider=provider.name
+            )
+        if ref is not None:
+            return ref.provider_customer_id
+        # The key is derived from our customer id, so a concurrent or retried attach gets the
+        # same provider customer back instead of a second one.
+        created = await provider.create_customer(
+            email=customer.email,
+            name=customer.name,
+            idempotency_key=f"qzpay-customer-{customer.id}",
+        )
+        try:
+            async with self._context.unit_of_work() as uow:
+                ref = CustomerProviderRef(
+                    id=new_id(),
+                    livemode=uow.scope.livemode,
+                    tenant_id=uow.scope.tenant_id,
+                    customer_id=customer.id,
+                    provider=provider.name,
+                    provider_customer_id=created.provider_id,
+                    created_at=uow.now,
+                )
+                await uow.tx.insert(ref)
+                await uow.record(
+                    "customer.provider_linked", customer, changes={"provider": provider.name}
+                )
+        except ConflictError:
+            pass  # a concurrent attach linked the same provider customer first
+        return created.provider_id
+
+    async def attach(
+        self, customer_id: UUID | str, *, token: str, set_default: bool = False
+    ) -> PaymentMethod:
+        """Attach the card behind ``token`` (``pm_card_visa`` with the fake provider).
+
+        The first method a customer gets becomes the default whatever ``set_default`` says.
+        """
+        entity_id = check.identifier(customer_id, field="customer_id")
+        card_token = check.text(token, field="token", max_length=255)
+        make_default = check.boolean(set_default, field="set_default")
+        customer: Customer = await self._context.read(Customer, entity_id, field="customer_id")
+        provider_customer_id = await self._provider_customer_id(customer)
+        attached = await self._context.provider.attach_payment_method(
+            provider_customer_id=provider_customer_id, token=card_token
+        )
+        async with self._context.unit_of_work() as uow:
+            await require(uow.tx, Customer, entity_id, field="customer_id")
+            current_default = await uow.tx.find(
+                PaymentMethod, customer_id=entity_id, is_default=True
+            )
+            method = PaymentMethod(
+                id=new_id(),
+                livemode=uow.scope.livemode,
+                tenant_id=uow.scope.tenant_id,
+                customer_id=entity_id,
+                provider=self._context.provider.name,
+                provider_id=attached.provider_id,
+                type=attached.type,
+                brand=attached.brand,
+                last4=attached.last4,
+                exp_month=attached.exp_month,
+                exp_year=attached.exp_year,
+                is_default=make_default or current_default is None,
+                created_at=uow.now,
+                updated_at=uow.now,
+            )
+            if method.is_default and current_default is not None:
+                await self._unset_default(uow, current_default)
+            await uow.tx.insert(method)
+            await uow.record(
+                "payment_method.attached",
+                method,
+                changes={
+                    "brand": method.brand,
+                    "last4": method.last4,
+                    "is_default": method.is_default,
+                },
+            )
+        return method
+
+    async def _unset_default(self, uow: UnitOfWork, method: PaymentMethod) -> None:
+        updated = await uow.tx.update(attrs.evolve(method, is_default=False, updated_at=uow.now))
+        await uow.record("payment_method.updated", updated, changes={"is_default": [True, False]})
+
+    async def get(self, payment_method_id: UUID | str) -> PaymentMethod:
+        method: PaymentMethod = await self._context.read(
+            PaymentMethod,
+            check.identifier(payment_method_id, field="payment_method_id"),
+            field="payment_method_id",
+        )
+        return method
+
+    async def list(
+        self, customer_id: UUID | str, *, limit: int = 20, cursor: str | None = None
+    ) -> Page[PaymentMethod]:
+        entity_id = check.identifier(customer_id, field="customer_id")
+        async with self._context.unit_of_work(readonly=True) as uow:
+            return await uow.tx.list(
+                PaymentMethod, filters={"customer_id": entity_id}, limit=limit, cursor=cursor
+            )
+
+    async def get_default(self, customer_id: UUID | str) -> PaymentMethod | None:
+        entity_id = check.identifier(customer_id, field="customer_id")
+        async with self._context.unit_of_work(readonly=True) as uow:
+            return await default_method(uow.tx, entity_id)
+
+    async def set_default(self, payment_method_id: UUID | str) -> PaymentMethod:
+        """Make this the customer's default; the previous default stops being one."""
+        entity_id = check.identifier(payment_method_id, field="payment_method_id")
+        async with self._context.unit_of_work() as uow:
+            method: PaymentMethod = await require(
+                uow.tx, PaymentMethod, entity_id, field="payment_method_id"
+            )
+            if method.is_default:
+                return method
+            current_default = await default_method(uow.tx, method.customer_id)
+            if current_default is not None:
+                await self._unset_default(uow, current_default)
+            updated = await uow.tx.update(attrs.evolve(method, is_default=True, updated_at=uow.now))
+            await uow.record(
+                "payment_method.updated", updated, changes={"is_default": [False, True]}
+            )
+        return updated
+
+    async def detach(self, payment_method_id: UUID | str) -> PaymentMethod:
+        """Detach at the provider, then soft-delete here; a detached default leaves none."""
+        entity_id = check.identifier(payment_method_id, field="payment_method_id")
+        method: PaymentMethod = await self._context.read(
+            PaymentMethod, entity_id, field="payment_method_id"
+        )
+        if method.provider != self._context.provider.name:
+            raise InvalidStateError(
+                f"was attached through {method.provider!r}, not {self._context.provider.name!r}",
+                field="payment_method_id",
+                rule="same_provider",
+            )
+        await self._context.provider.detach_payment_method(
+            provider_payment_method_id=method.provider_id
+        )
+        async with self._context.unit_of_work() as uow:
+            current: PaymentMethod = await require(
+                uow.tx, PaymentMethod, entity_id, field="payment_method_id"
+            )
+            if current.is_default:
+                current = await uow.tx.update(
+                    attrs.evolve(current, is_default=False, updated_at=uow.now)
+                )
+            await uow.tx.soft_delete(PaymentMethod, entity_id, at=uow.now)
+            detached = attrs.evolve(current, deleted_at=uow.now, updated_at=uow.now)
+            await uow.record("payment_method.detached", detached)
+        return detached
+
+
+async def default_method(tx: StorageTransaction, customer_id: UUID) -> PaymentMethod | None:
+    return await tx.find(PaymentMethod, customer_id=customer_id, is_default=True)

@@ -1,0 +1,236 @@
+"""Subscriptions: a customer's recurring purchase of a price.
+
+Creating one (docs/decisions/0005-first-period.md):
+
+- with a trial (``trial_days`` given, or the price's own), the subscription starts
+  ``trialing``; its first period runs from now to the trial's end, which becomes the billing
+  anchor for every later period;
+- without a trial, the first period (anchored now, month ends clamped) is charged at once
+  through the provider with the customer's payment method: ``active`` when the charge
+  succeeds, ``incomplete`` when it is declined, needs 3-D Secure, or there is no payment
+  method yet (as Stripe's ``default_incomplete``); a free price is ``active`` at once.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from uuid import UUID
+
+from qzpay import periods
+from qzpay import validation as check
+from qzpay.contracts.provider import ChargeRequest, ChargeResult
+from qzpay.contracts.storage import Page
+from qzpay.domain.catalog import Price
+from qzpay.domain.customers import Customer, CustomerProviderRef
+from qzpay.domain.enums import PaymentStatus, SubscriptionStatus
+from qzpay.domain.payments import Payment, PaymentMethod
+from qzpay.domain.subscriptions import Subscription
+from qzpay.errors import InvalidStateError, ValidationError
+from qzpay.ids import new_id
+from qzpay.services.catalog import trial_days as checked_trial_days
+from qzpay.services.context import ServiceContext, require
+from qzpay.services.payment_methods import default_method
+
+MAX_QUANTITY = 1_000_000
+_CHARGE_STATUS = {
+    "succeeded": PaymentStatus.SUCCEEDED,
+    "requires_action": PaymentStatus.REQUIRES_ACTION,
+    "processing": PaymentStatus.PROCESSING,
+    "failed": PaymentStatus.FAILED,
+}
+
+
+class SubscriptionsService:
+    """``billing.subscriptions``: create, get and list subscriptions.
+
+    >>> import anyio
+    >>> from datetime import datetime, UTC
+    >>> from qzpay import create_billing
+    >>> from qzpay.adapters.clock import FrozenClock
+    >>> from qzpay.adapters.memory import MemoryStorage
+    >>> from qzpay.adapters.fake import FakeProvider
+    >>> async def main() -> tuple[str, str]:
+    ...     clock = FrozenClock(datetime(2028, 1, 31, 9, 0, tzinfo=UTC))
+    ...     billing = create_billing(storage=MemoryStorage(), provider=FakeProvider(), clock=clock)
+    ...     async with billing:
+    ...         ann = await billing.customers.create(email="ann@example.com")
+    ...         await billing.payment_methods.attach(ann.id, token="pm_card_visa")
+    ...         plan = await billing.plans.create(name="Pro")
+    ...         price = await billing.prices.create(
+    ...             plan_id=plan.id, unit_amount=2900, currency="USD", interval="month"
+    ...         )
+    ...         sub = await billing.subscriptions.create(customer_id=ann.id, price_id=price.id)
+    ...         return sub.status, sub.current_period_end.date().isoformat()
+    >>> anyio.run(main)
+    ('active', '2028-02-29')
+    """
+
+    def __init__(self, context: ServiceContext) -> None:
+        self._context = context
+
+    async def create(
+        self,
+        *,
+        customer_id: UUID | str,
+        price_id: UUID | str,
+        trial_days: int | None = None,
+        quantity: int = 1,
+        payment_method_id: UUID | str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> Subscription:
+        """Subscribe ``customer_id`` to ``price_id`` (see the module docstring for the first period)."""
+        customer_key = check.identifier(customer_id, field="customer_id")
+        price_key = check.identifier(price_id, field="price_id")
+        trial = checked_trial_days(trial_days)
+        count = check.integer(quantity, field="quantity", minimum=1, maximum=MAX_QUANTITY)
+        method_key = (
+            None
+            if payment_method_id is None
+            else check.identifier(payment_method_id, field="payment_method_id")
+        )
+        sub_metadata = check.metadata(metadata)
+        provider = self._context.provider
+
+        async with self._context.unit_of_work(readonly=True) as uow:
+            await require(uow.tx, Customer, customer_key, field="customer_id")
+            price: Price = await require(uow.tx, Price, price_key, field="price_id")
+            if not price.active:
+                raise InvalidStateError(
+                    "is archived: new subscriptions need an active price",
+                    field="price_id",
+                    rule="active_price",
+                )
+            method: PaymentMethod | None
+            if method_key is not None:
+                method = await require(uow.tx, PaymentMethod, method_key, field="payment_method_id")
+                if method.customer_id != customer_key:
+                    raise ValidationError(
+                        "belongs to another customer", field="payment_method_id", rule="owner"
+                    )
+            else:
+                method = await default_method(uow.tx, customer_key)
+            ref = await uow.tx.find(
+                CustomerProviderRef, customer_id=customer_key, provider=provider.name
+            )
+
+        trial = price.trial_days if trial is None else trial
+        subscription_id = new_id()
+        now = self._context.clock.now()
+        amount = price.unit_amount * count
+        charge: ChargeResult | None = None
+        if trial:
+            status = SubscriptionStatus.TRIALING
+            trial_end = now + timedelta(days=trial)
+            anchor, period_start, period_end = trial_end, now, trial_end
+        else:
+            trial_end = None
+            anchor = now
+            period_start, period_end = periods.period_bounds(
+                anchor, price.interval, price.interval_count, 0
+            )
+            if amount == 0:
+                status = SubscriptionStatus.ACTIVE
+            elif method is None or ref is None or method.provider != provider.name:
+                status = SubscriptionStatus.INCOMPLETE
+            else:
+                charge = await provider.charge(
+                    ChargeRequest(
+                        amount=amount,
+                        currency=price.currency,
+                        provider_customer_id=ref.provider_customer_id,
+                        provider_payment_method_id=method.provider_id,
+                        idempotency_key=f"qzpay-subscription-{subscription_id}-period-0",
+                        description=f"Subscription {subscription_id}, first period",
+                    )
+                )
+                status = (
+                    SubscriptionStatus.ACTIVE
+                    if charge.status == "succeeded"
+                    else SubscriptionStatus.INCOMPLETE
+                )
+
+        async with self._context.unit_of_work() as uow:
+            subscription = Subscription(
+                id=subscription_id,
+                livemode=uow.scope.livemode,
+                tenant_id=uow.scope.tenant_id,
+                customer_id=customer_key,
+                plan_id=price.plan_id,
+                price_id=price.id,
+                status=status,
+                quantity=count,
+                currency=price.currency,
+                unit_amount=price.unit_amount,
+                interval=price.interval,
+                interval_count=price.interval_count,
+                billing_anchor=anchor,
+                current_period_start=period_start,
+                current_period_end=period_end,
+                trial_start=now if trial_end else None,
+                trial_end=trial_end,
+                default_payment_method_id=method.id if method is not None else None,
+                metadata=sub_metadata,
+                created_at=uow.now,
+                updated_at=uow.now,
+            )
+            await uow.tx.insert(subscription)
+            await uow.record(
+                "subscription.created",
+                subscription,
+                changes={"status": status.value, "price_id": str(price.id)},
+            )
+            if charge is not None and method is not None:
+                payment = Payment(
+                    id=new_id(),
+                    livemode=uow.scope.livemode,
+                    tenant_id=uow.scope.tenant_id,
+                    customer_id=customer_key,
+                    subscription_id=subscription_id,
+                    payment_method_id=method.id,
+                    amount=amount,
+                    currency=price.currency,
+                    status=_CHARGE_STATUS[charge.status],
+                    provider=provider.name,
+                    provider_id=charge.provider_id,
+                    failure_code=charge.failure_code,
+                    failure_message=charge.failure_message,
+                    idempotency_key=f"qzpay-subscription-{subscription_id}-period-0",
+                    created_at=uow.now,
+                    updated_at=uow.now,
+                )
+                await uow.tx.insert(payment)
+                await uow.record(
+                    f"payment.{payment.status.value}",
+                    payment,
+                    changes={"amount": amount, "currency": price.currency},
+                )
+        return subscription
+
+    async def get(self, subscription_id: UUID | str) -> Subscription:
+        subscription: Subscription = await self._context.read(
+            Subscription,
+            check.identifier(subscription_id, field="subscription_id"),
+            field="subscription_id",
+        )
+        return subscription
+
+    async def list(
+        self,
+        *,
+        customer_id: UUID | str | None = None,
+        status: SubscriptionStatus | str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> Page[Subscription]:
+        filters: dict[str, object] = {}
+        if customer_id is not None:
+            filters["customer_id"] = check.identifier(customer_id, field="customer_id")
+        if status is not None:
+            try:
+                filters["status"] = SubscriptionStatus(status)
+            except ValueError:
+                raise ValidationError(
+                    "is not a subscription status", field="status", rule="status"
+                ) from None
+        async with self._context.unit_of_work(readonly=True) as uow:
+            return await uow.tx.list(Subscription, filters=filters, limit=limit, cursor=cursor)
