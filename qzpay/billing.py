@@ -15,6 +15,7 @@ from qzpay.services.audit import AuditService
 from qzpay.services.catalog import PlansService, PricesService
 from qzpay.services.context import ServiceContext
 from qzpay.services.customers import CustomersService
+from qzpay.services.jobs import JobsService
 from qzpay.services.payment_methods import PaymentMethodsService
 from qzpay.services.subscriptions import SubscriptionsService
 
@@ -36,6 +37,7 @@ class Billing:
         self.prices = PricesService(context)
         self.payment_methods = PaymentMethodsService(context)
         self.subscriptions = SubscriptionsService(context)
+        self.jobs = JobsService(context)
         self.audit = AuditService(context)
 
     @property

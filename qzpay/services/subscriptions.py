@@ -16,28 +16,22 @@ from __future__ import annotations
 from datetime import timedelta
 from uuid import UUID
 
-from qzpay import periods
+from qzpay import money, periods
 from qzpay import validation as check
-from qzpay.contracts.provider import ChargeRequest, ChargeResult
+from qzpay.contracts.provider import ChargeResult
 from qzpay.contracts.storage import Page
 from qzpay.domain.catalog import Price
-from qzpay.domain.customers import Customer, CustomerProviderRef
-from qzpay.domain.enums import PaymentStatus, SubscriptionStatus
-from qzpay.domain.payments import Payment, PaymentMethod
+from qzpay.domain.customers import Customer
+from qzpay.domain.enums import SubscriptionStatus
+from qzpay.domain.payments import PaymentMethod
 from qzpay.domain.subscriptions import Subscription
 from qzpay.errors import InvalidStateError, ValidationError
 from qzpay.ids import new_id
+from qzpay.services import charging
 from qzpay.services.catalog import trial_days as checked_trial_days
 from qzpay.services.context import ServiceContext, require
-from qzpay.services.payment_methods import default_method
 
 MAX_QUANTITY = 1_000_000
-_CHARGE_STATUS = {
-    "succeeded": PaymentStatus.SUCCEEDED,
-    "requires_action": PaymentStatus.REQUIRES_ACTION,
-    "processing": PaymentStatus.PROCESSING,
-    "failed": PaymentStatus.FAILED,
-}
 
 
 class SubscriptionsService:
@@ -60,7 +54,7 @@ class SubscriptionsService:
     ...             plan_id=plan.id, unit_amount=2900, currency="USD", interval="month"
     ...         )
     ...         sub = await billing.subscriptions.create(customer_id=ann.id, price_id=price.id)
-    ...         return sub.status, sub.current_period_end.date().isoformat()
+    ...         return str(sub.status), sub.current_period_end.date().isoformat()
     >>> anyio.run(main)
     ('active', '2028-02-29')
     """
@@ -100,23 +94,22 @@ class SubscriptionsService:
                     field="price_id",
                     rule="active_price",
                 )
-            method: PaymentMethod | None
             if method_key is not None:
-                method = await require(uow.tx, PaymentMethod, method_key, field="payment_method_id")
-                if method.customer_id != customer_key:
+                chosen: PaymentMethod = await require(
+                    uow.tx, PaymentMethod, method_key, field="payment_method_id"
+                )
+                if chosen.customer_id != customer_key:
                     raise ValidationError(
                         "belongs to another customer", field="payment_method_id", rule="owner"
                     )
-            else:
-                method = await default_method(uow.tx, customer_key)
-            ref = await uow.tx.find(
-                CustomerProviderRef, customer_id=customer_key, provider=provider.name
+            payable = await charging.chargeable_method(
+                uow.tx, customer_key, method_key, provider.name
             )
 
         trial = price.trial_days if trial is None else trial
         subscription_id = new_id()
         now = self._context.clock.now()
-        amount = price.unit_amount * count
+        amount = money.amount(price.unit_amount * count, field="quantity")
         charge: ChargeResult | None = None
         if trial:
             status = SubscriptionStatus.TRIALING
@@ -130,18 +123,17 @@ class SubscriptionsService:
             )
             if amount == 0:
                 status = SubscriptionStatus.ACTIVE
-            elif method is None or ref is None or method.provider != provider.name:
+            elif payable is None:
                 status = SubscriptionStatus.INCOMPLETE
             else:
-                charge = await provider.charge(
-                    ChargeRequest(
-                        amount=amount,
-                        currency=price.currency,
-                        provider_customer_id=ref.provider_customer_id,
-                        provider_payment_method_id=method.provider_id,
-                        idempotency_key=f"qzpay-subscription-{subscription_id}-period-0",
-                        description=f"Subscription {subscription_id}, first period",
-                    )
+                charge = await charging.charge(
+                    self._context,
+                    method=payable[0],
+                    provider_customer_id=payable[1],
+                    amount=amount,
+                    currency=price.currency,
+                    idempotency_key=charging.period_key(subscription_id, 0),
+                    description=f"Subscription {subscription_id}, first period",
                 )
                 status = (
                     SubscriptionStatus.ACTIVE
@@ -168,7 +160,7 @@ class SubscriptionsService:
                 current_period_end=period_end,
                 trial_start=now if trial_end else None,
                 trial_end=trial_end,
-                default_payment_method_id=method.id if method is not None else None,
+                default_payment_method_id=payable[0].id if payable is not None else method_key,
                 metadata=sub_metadata,
                 created_at=uow.now,
                 updated_at=uow.now,
@@ -179,30 +171,16 @@ class SubscriptionsService:
                 subscription,
                 changes={"status": status.value, "price_id": str(price.id)},
             )
-            if charge is not None and method is not None:
-                payment = Payment(
-                    id=new_id(),
-                    livemode=uow.scope.livemode,
-                    tenant_id=uow.scope.tenant_id,
-                    customer_id=customer_key,
+            if charge is not None and payable is not None:
+                await charging.record_payment(
+                    uow,
+                    self._context,
+                    result=charge,
+                    method=payable[0],
                     subscription_id=subscription_id,
-                    payment_method_id=method.id,
                     amount=amount,
                     currency=price.currency,
-                    status=_CHARGE_STATUS[charge.status],
-                    provider=provider.name,
-                    provider_id=charge.provider_id,
-                    failure_code=charge.failure_code,
-                    failure_message=charge.failure_message,
-                    idempotency_key=f"qzpay-subscription-{subscription_id}-period-0",
-                    created_at=uow.now,
-                    updated_at=uow.now,
-                )
-                await uow.tx.insert(payment)
-                await uow.record(
-                    f"payment.{payment.status.value}",
-                    payment,
-                    changes={"amount": amount, "currency": price.currency},
+                    idempotency_key=charging.period_key(subscription_id, 0),
                 )
         return subscription
 

@@ -1,0 +1,194 @@
+"""Time-driven work: what is due "now" (by the Clock port) gets done by ``run_due``.
+
+This issue's job is the end of trials. Each due subscription is charged for its first paid
+period with an idempotency key derived from the subscription and the period, and then moved
+with an optimistic-lock update: if two runners pick the same subscription, the provider sees
+one charge (same key) and only one runner's update lands; the other counts it as skipped.
+Renewals and dunning join this runner in the lifecycle issue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import attrs
+
+from qzpay import periods
+from qzpay.contracts.provider import ChargeResult
+from qzpay.domain.enums import JobStatus, SubscriptionStatus
+from qzpay.domain.records import JobExecution
+from qzpay.domain.subscriptions import Subscription
+from qzpay.errors import ConflictError, ProviderError
+from qzpay.ids import new_id
+from qzpay.services import charging
+from qzpay.services.context import ServiceContext
+from qzpay.transitions import transition
+
+PAGE = 100
+
+
+@attrs.frozen(kw_only=True)
+class JobRunReport:
+    """What one ``run_due`` did."""
+
+    trials_ended: int = 0
+    charged: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+class JobsService:
+    """``billing.jobs``: run what is due at the clock's "now".
+
+    >>> import anyio
+    >>> from datetime import datetime, timedelta, UTC
+    >>> from qzpay import create_billing
+    >>> from qzpay.adapters.clock import FrozenClock
+    >>> from qzpay.adapters.memory import MemoryStorage
+    >>> from qzpay.adapters.fake import FakeProvider
+    >>> async def main() -> str:
+    ...     clock = FrozenClock(datetime(2028, 1, 1, tzinfo=UTC))
+    ...     billing = create_billing(storage=MemoryStorage(), provider=FakeProvider(), clock=clock)
+    ...     async with billing:
+    ...         ann = await billing.customers.create(email="ann@example.com")
+    ...         await billing.payment_methods.attach(ann.id, token="pm_card_visa")
+    ...         plan = await billing.plans.create(name="Pro")
+    ...         price = await billing.prices.create(
+    ...             plan_id=plan.id, unit_amount=2900, currency="USD", interval="month"
+    ...         )
+    ...         sub = await billing.subscriptions.create(
+    ...             customer_id=ann.id, price_id=price.id, trial_days=14
+    ...         )
+    ...         clock.advance(timedelta(days=15))
+    ...         await billing.jobs.run_due()
+    ...         return str((await billing.subscriptions.get(sub.id)).status)
+    >>> anyio.run(main)
+    'active'
+    """
+
+    def __init__(self, context: ServiceContext) -> None:
+        self._context = context
+
+    async def run_due(self) -> JobRunReport:
+        """Do everything due now; safe to run again (what was done is not due any more)."""
+        started = self._context.clock.now()
+        async with self._context.unit_of_work() as uow:
+            execution = JobExecution(
+                id=new_id(),
+                livemode=uow.scope.livemode,
+                tenant_id=uow.scope.tenant_id,
+                job_name="run_due",
+                status=JobStatus.RUNNING,
+                started_at=started,
+                created_at=uow.now,
+                updated_at=uow.now,
+            )
+            await uow.tx.insert(execution)
+        report = JobRunReport()
+        status, error = JobStatus.SUCCEEDED, None
+        try:
+            async for subscription in self._due_trials():
+                report = attrs.evolve(report, **await self._end_trial(subscription, report))
+        except BaseException as failure:
+            status, error = JobStatus.FAILED, type(failure).__name__
+            raise
+        finally:
+            async with self._context.unit_of_work() as uow:
+                await uow.tx.update(
+                    attrs.evolve(
+                        execution,
+                        status=status,
+                        finished_at=uow.now,
+                        items_processed=report.trials_ended,
+                        error=error,
+                        updated_at=uow.now,
+                    )
+                )
+        return report
+
+    async def _due_trials(self) -> AsyncIterator[Subscription]:
+        now = self._context.clock.now()
+        cursor: str | None = None
+        while True:
+            async with self._context.unit_of_work(readonly=True) as uow:
+                page = await uow.tx.list(
+                    Subscription,
+                    filters={"status": SubscriptionStatus.TRIALING},
+                    limit=PAGE,
+                    cursor=cursor,
+                )
+            for subscription in page.items:
+                if subscription.trial_end is not None and subscription.trial_end <= now:
+                    yield subscription
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def _end_trial(self, subscription: Subscription, report: JobRunReport) -> dict[str, int]:
+        """Charge the first paid period; ``active`` if paid, ``past_due`` if not."""
+        context = self._context
+        async with context.unit_of_work(readonly=True) as uow:
+            payable = await charging.chargeable_method(
+                uow.tx,
+                subscription.customer_id,
+                subscription.default_payment_method_id,
+                context.provider.name,
+            )
+        amount = subscription.unit_amount * subscription.quantity
+        key = charging.period_key(subscription.id, 0)
+        result: ChargeResult | None = None
+        paid = amount == 0
+        if not paid and payable is not None:
+            try:
+                result = await charging.charge(
+                    context,
+                    method=payable[0],
+                    provider_customer_id=payable[1],
+                    amount=amount,
+                    currency=subscription.currency,
+                    idempotency_key=key,
+                    description=f"Subscription {subscription.id}, first period after trial",
+                )
+            except ProviderError as failure:
+                if failure.retryable:
+                    return {"skipped": report.skipped + 1}  # due again at the next run
+                raise
+            paid = result.status == "succeeded"
+        target = SubscriptionStatus.ACTIVE if paid else SubscriptionStatus.PAST_DUE
+        start, end = periods.period_bounds(
+            subscription.billing_anchor, subscription.interval, subscription.interval_count, 0
+        )
+        try:
+            async with context.unit_of_work() as uow:
+                updated = await uow.tx.update(
+                    attrs.evolve(
+                        subscription,
+                        status=transition(subscription.status, target),
+                        current_period_start=start,
+                        current_period_end=end,
+                        updated_at=uow.now,
+                    )
+                )
+                await uow.record(
+                    "subscription.trial_ended",
+                    updated,
+                    changes={"status": [subscription.status.value, target.value]},
+                )
+                if result is not None and payable is not None:
+                    await charging.record_payment(
+                        uow,
+                        context,
+                        result=result,
+                        method=payable[0],
+                        subscription_id=subscription.id,
+                        amount=amount,
+                        currency=subscription.currency,
+                        idempotency_key=key,
+                    )
+        except ConflictError:
+            return {"skipped": report.skipped + 1}  # another runner moved it first
+        return {
+            "trials_ended": report.trials_ended + 1,
+            "charged": report.charged + (1 if paid and result is not None else 0),
+            "failed": report.failed + (0 if paid else 1),
+        }
