@@ -21,18 +21,23 @@ failure, which gives the strongest isolation there is at the price of no paralle
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
 import anyio
 import attrs
 
+from qzpay.adapters import serialized
 from qzpay.adapters import storage_rules as rules
 from qzpay.contracts.storage import Filters, Page, Scope, StorageTransaction
+from qzpay.domain.payments import Payment, Refund
+from qzpay.domain.promotions import PromoCode, PromoCodeUsage
+from qzpay.domain.records import IdempotencyKey
 from qzpay.domain.registry import SPECS, EntitySpec, spec_for
+from qzpay.domain.subscriptions import Subscription
 from qzpay.errors import ConfigurationError
 
 E = TypeVar("E")
@@ -70,7 +75,12 @@ class MemoryDatabase:
 
     def __init__(self) -> None:
         self.tables: dict[str, _Table] = {}
+        self.counters: dict[str, dict[tuple[bool, str | None], int]] = {}
         self.lock = anyio.Lock()
+
+    def sequences(self, prefix: str) -> dict[tuple[bool, str | None], int]:
+        """Invoice number counters per (livemode, tenant) under one prefix."""
+        return self.counters.setdefault(prefix, {})
 
     def table(self, prefix: str, spec: EntitySpec[Any]) -> _Table:
         name = prefix + spec.table
@@ -96,6 +106,7 @@ class MemoryStorage:
         self._tables: dict[type[Any], _Table] = {
             spec.kind: self._database.table(self._prefix, spec) for spec in SPECS
         }
+        self._sequences = self._database.sequences(self._prefix)
 
     @property
     def table_prefix(self) -> str:
@@ -121,7 +132,9 @@ class MemoryStorage:
     ) -> AsyncIterator[StorageTransaction]:
         rules.check_scope(scope, self._multi_tenant)
         async with self._database.lock:
-            transaction = _MemoryTransaction(scope, self._tables, readonly=readonly)
+            transaction = _MemoryTransaction(
+                scope, self._tables, self._sequences, readonly=readonly
+            )
             try:
                 yield transaction
             except BaseException:
@@ -130,11 +143,19 @@ class MemoryStorage:
 
 
 class _MemoryTransaction:
-    __slots__ = ("_readonly", "_scope", "_tables", "_undo")
+    __slots__ = ("_readonly", "_scope", "_sequences", "_tables", "_undo")
 
-    def __init__(self, scope: Scope, tables: dict[type[Any], _Table], *, readonly: bool) -> None:
+    def __init__(
+        self,
+        scope: Scope,
+        tables: dict[type[Any], _Table],
+        sequences: dict[tuple[bool, str | None], int],
+        *,
+        readonly: bool,
+    ) -> None:
         self._scope = scope
         self._tables = tables
+        self._sequences = sequences
         self._readonly = readonly
         self._undo: list[Callable[[], None]] = []
 
@@ -318,6 +339,58 @@ class _MemoryTransaction:
 
     async def flush(self) -> None:
         """Writes are applied at once; nothing is buffered."""
+
+    # -- atomic operations: the database lock makes each read-check-write atomic --------
+
+    async def next_invoice_number(self) -> int:
+        self._check_writable()
+        key = (self._scope.livemode, self._scope.tenant_id)
+        sequences = self._sequences
+        previous = sequences.get(key, 0)
+        sequences[key] = previous + 1
+
+        def undo() -> None:
+            if previous:
+                sequences[key] = previous
+            else:
+                del sequences[key]
+
+        self._undo.append(undo)
+        return previous + 1
+
+    async def redeem_promo_code(self, usage: PromoCodeUsage) -> PromoCode:
+        return await serialized.redeem_promo_code(self, usage)
+
+    async def add_refund(self, refund: Refund) -> Payment:
+        return await serialized.add_refund(self, refund)
+
+    async def claim_due_subscriptions(
+        self, *, now: datetime, limit: int, claimant: str, lease: timedelta
+    ) -> Sequence[Subscription]:
+        self._check_writable()
+        limit = rules.claim_size(limit)
+        table = self._table(Subscription)
+        due = sorted(
+            (
+                row
+                for row in self._matching(table, None, False)
+                if row.due_at is not None
+                and row.due_at <= now
+                and (row.claimed_until is None or row.claimed_until <= now)
+            ),
+            key=lambda row: (row.due_at, row.id),
+        )[:limit]
+        claimed = []
+        for row in due:
+            held = attrs.evolve(
+                row, claimed_by=claimant, claimed_until=now + lease, version=row.version + 1
+            )
+            self._put(table, held)
+            claimed.append(held)
+        return claimed
+
+    async def store_idempotency_key(self, record: IdempotencyKey) -> IdempotencyKey:
+        return await serialized.store_idempotency_key(self, record)
 
 
 _KIND_BY_TABLE: dict[str, type[Any]] = {spec.table: spec.kind for spec in SPECS}

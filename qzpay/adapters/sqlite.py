@@ -30,7 +30,7 @@ import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
@@ -41,13 +41,18 @@ import attrs
 import cattrs
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
+from qzpay.adapters import serialized
 from qzpay.adapters import storage_rules as rules
 from qzpay.adapters.sql import migrations
 from qzpay.adapters.sql.rows import RowCodec, sqlite_converter
 from qzpay.adapters.sql.schema import Schema, build_schema
 from qzpay.adapters.sql.statements import Compiled, Statements, filter_shape
 from qzpay.contracts.storage import Filters, Page, Scope, StorageTransaction
+from qzpay.domain.payments import Payment, Refund
+from qzpay.domain.promotions import PromoCode, PromoCodeUsage
+from qzpay.domain.records import IdempotencyKey
 from qzpay.domain.registry import BY_TABLE, SPECS, EntitySpec, spec_for
+from qzpay.domain.subscriptions import Subscription
 from qzpay.errors import (
     ConfigurationError,
     InvalidStateError,
@@ -441,6 +446,48 @@ class _SQLiteTransaction:
                 self._explain_no_row(spec, id, expected_version if check_version else None),
             )
         )
+
+    # -- atomic operations: BEGIN IMMEDIATE makes a read-check-write atomic here ---------
+
+    async def next_invoice_number(self) -> int:
+        if self._readonly:
+            raise ConfigurationError("this transaction was opened readonly")
+        statement = self._store.statements.next_number()
+        params = self._scope_params
+        row = await self._read(lambda c: c.execute(statement.sql, params).fetchone())
+        return int(row[0])
+
+    async def redeem_promo_code(self, usage: PromoCodeUsage) -> PromoCode:
+        return await serialized.redeem_promo_code(self, usage)
+
+    async def add_refund(self, refund: Refund) -> Payment:
+        return await serialized.add_refund(self, refund)
+
+    async def store_idempotency_key(self, record: IdempotencyKey) -> IdempotencyKey:
+        return await serialized.store_idempotency_key(self, record)
+
+    async def claim_due_subscriptions(
+        self, *, now: datetime, limit: int, claimant: str, lease: timedelta
+    ) -> Sequence[Subscription]:
+        if self._readonly:
+            raise ConfigurationError("this transaction was opened readonly")
+        spec = spec_for(Subscription)
+        codec = self._store.codec(Subscription)
+        statement = self._store.statements.due_subscriptions(spec, skip_locked=False)
+        params = {
+            **self._scope_params,
+            "now": self._store.encode(now),
+            "limit": rules.claim_size(limit),
+            "offset": 0,
+        }
+        rows = await self._read(lambda c: c.execute(statement.sql, params).fetchall())
+        claimed = []
+        for row in rows:
+            due = codec.entity(row)
+            claimed.append(
+                await self.update(attrs.evolve(due, claimed_by=claimant, claimed_until=now + lease))
+            )
+        return claimed
 
 
 def _apply(store: SQLiteStorage, connection: sqlite3.Connection, write: _Write) -> None:

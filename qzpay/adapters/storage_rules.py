@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from qzpay.contracts.storage import Filters, Scope
+from qzpay.domain.payments import Payment, Refund
+from qzpay.domain.promotions import PromoCode
 from qzpay.domain.registry import EntitySpec
 from qzpay.errors import (
     ConfigurationError,
@@ -122,6 +124,55 @@ def stale(spec: EntitySpec[Any], entity_id: uuid.UUID, expected: int) -> Conflic
         f"{spec.name} {entity_id} changed since version {expected} was read; read it again",
         field="version",
         rule="optimistic_lock",
+    )
+
+
+MAX_CLAIM = 1000
+
+
+def claim_size(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CLAIM:
+        raise ValidationError(
+            f"must be an int from 1 to {MAX_CLAIM}", field="limit", rule="claim_size"
+        )
+    return limit
+
+
+def check_redemption(code: PromoCode, customer_redemptions: int) -> None:
+    """Refuse a redemption past the code's limits (checked under the code's lock)."""
+    if code.max_redemptions is not None and code.times_redeemed >= code.max_redemptions:
+        raise InvalidStateError(
+            f"promo code {code.code!r} reached its {code.max_redemptions} redemptions",
+            field="promo_code",
+            rule="max_redemptions",
+        )
+    per_customer = code.max_redemptions_per_customer
+    if per_customer is not None and customer_redemptions >= per_customer:
+        raise InvalidStateError(
+            f"this customer already redeemed {code.code!r} {per_customer} time(s)",
+            field="promo_code",
+            rule="max_redemptions_per_customer",
+        )
+
+
+def check_refund(payment: Payment, refund: Refund) -> None:
+    """Refuse a refund that would take the refunded total past the payment's amount."""
+    if refund.currency != payment.currency:
+        raise ValidationError(
+            f"must be the payment's currency {payment.currency}",
+            field="currency",
+            rule="same_currency",
+        )
+    if payment.refunded_amount + refund.amount > payment.amount:
+        raise refund_too_large(payment)
+
+
+def refund_too_large(payment: Payment) -> ValidationError:
+    left = payment.amount - payment.refunded_amount
+    return ValidationError(
+        f"would refund more than the payment: at most {left} is left to refund",
+        field="amount",
+        rule="refund_within_payment",
     )
 
 

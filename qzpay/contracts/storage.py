@@ -20,11 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 from uuid import UUID
 
 import attrs
+
+from qzpay.domain.payments import Payment, Refund
+from qzpay.domain.promotions import PromoCode, PromoCodeUsage
+from qzpay.domain.records import IdempotencyKey
+from qzpay.domain.subscriptions import Subscription
 
 E = TypeVar("E")
 T = TypeVar("T")
@@ -120,6 +125,48 @@ class StorageTransaction(Protocol):
 
     async def flush(self) -> None:
         """Send buffered writes now, so their errors surface here."""
+        ...
+
+    # -- the named atomic operations (DESIGN §5.6) ------------------------------------
+    # Each is correct under concurrency (many tasks; on a server database many
+    # connections) and takes effect with the transaction: rolled back with it.
+
+    async def next_invoice_number(self) -> int:
+        """The next number of this scope's gapless sequence: 1, 2, 3... never twice, no gap."""
+        ...
+
+    async def redeem_promo_code(self, usage: PromoCodeUsage) -> PromoCode:
+        """Count one redemption of ``usage.promo_code_id`` and store ``usage``, only while
+        under the code's ``max_redemptions`` and ``max_redemptions_per_customer``.
+
+        Returns the code with its new ``times_redeemed``; a limit reached raises
+        ``InvalidStateError`` (rule ``max_redemptions`` or ``max_redemptions_per_customer``),
+        a missing code ``NotFoundError``.
+        """
+        ...
+
+    async def add_refund(self, refund: Refund) -> Payment:
+        """Store ``refund`` and add its amount to the payment's ``refunded_amount``, only
+        while the total stays within the payment's ``amount``.
+
+        Returns the payment as updated (version moved on); going beyond raises
+        ``ValidationError`` (field ``amount``, rule ``refund_within_payment``).
+        """
+        ...
+
+    async def claim_due_subscriptions(
+        self, *, now: datetime, limit: int, claimant: str, lease: timedelta
+    ) -> Sequence[Subscription]:
+        """Claim up to ``limit`` subscriptions with ``due_at <= now`` that no one holds.
+
+        A claim sets ``claimed_by=claimant`` and ``claimed_until=now + lease`` (and moves
+        the version on); until then no other claimant gets them, so two workers never
+        work on one subscription. Oldest due first.
+        """
+        ...
+
+    async def store_idempotency_key(self, record: IdempotencyKey) -> IdempotencyKey:
+        """Store ``record`` unless its key is taken in this scope; return what is stored."""
         ...
 
 

@@ -18,6 +18,10 @@ class Subscription:
     Periods are computed from ``billing_anchor`` (never from the previous period's end), so
     a subscription anchored on the 31st bills on the last day of short months and on the
     31st again afterwards.
+
+    ``due_at`` is when the job runner next has work on it (trial end, period end, a dunning
+    retry); a runner claims it by setting ``claimed_by``/``claimed_until`` (a lease), so two
+    runners never work on the same subscription at once.
     """
 
     id: UUID
@@ -43,6 +47,9 @@ class Subscription:
     paused_at: datetime | None = None
     default_payment_method_id: UUID | None = None
     promo_code_id: UUID | None = None
+    due_at: datetime | None = None
+    claimed_by: str | None = None
+    claimed_until: datetime | None = None
     metadata: Mapping[str, str] = attrs.field(factory=dict)
     version: int = 1
     created_at: datetime

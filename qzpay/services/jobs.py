@@ -1,15 +1,20 @@
 """Time-driven work: what is due "now" (by the Clock port) gets done by ``run_due``.
 
-This issue's job is the end of trials. Each due subscription is charged for its first paid
-period with an idempotency key derived from the subscription and the period, and then moved
-with an optimistic-lock update: if two runners pick the same subscription, the provider sees
-one charge (same key) and only one runner's update lands; the other counts it as skipped.
-Renewals and dunning join this runner in the lifecycle issue.
+Subscriptions carry ``due_at``, when the runner next has work on them. A run claims due
+subscriptions in batches through the storage's atomic claim (a lease: no other runner gets
+them meanwhile), does the work, and writes the outcome with an optimistic-lock update that
+also releases the claim. Charges use an idempotency key derived from the subscription and
+the period, so even a runner that lost its lease cannot make the provider charge twice.
+
+The work done today is the end of trials; renewals and dunning join in the lifecycle issue
+(docs/decisions/0005-first-period.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Sequence
+from datetime import timedelta
+from uuid import UUID
 
 import attrs
 
@@ -18,13 +23,14 @@ from qzpay.contracts.provider import ChargeResult
 from qzpay.domain.enums import JobStatus, SubscriptionStatus
 from qzpay.domain.records import JobExecution
 from qzpay.domain.subscriptions import Subscription
-from qzpay.errors import ConflictError, ProviderError
+from qzpay.errors import ConflictError, InvalidStateError, ProviderError
 from qzpay.ids import new_id
 from qzpay.services import charging
 from qzpay.services.context import ServiceContext
 from qzpay.transitions import transition
 
-PAGE = 100
+BATCH = 100
+LEASE = timedelta(minutes=5)
 
 
 @attrs.frozen(kw_only=True)
@@ -87,8 +93,9 @@ class JobsService:
         report = JobRunReport()
         status, error = JobStatus.SUCCEEDED, None
         try:
-            async for subscription in self._due_trials():
-                report = attrs.evolve(report, **await self._end_trial(subscription, report))
+            while batch := await self._claim(execution.id):
+                for subscription in batch:
+                    report = attrs.evolve(report, **await self._end_trial(subscription, report))
         except BaseException as failure:
             status, error = JobStatus.FAILED, type(failure).__name__
             raise
@@ -106,27 +113,22 @@ class JobsService:
                 )
         return report
 
-    async def _due_trials(self) -> AsyncIterator[Subscription]:
-        now = self._context.clock.now()
-        cursor: str | None = None
-        while True:
-            async with self._context.unit_of_work(readonly=True) as uow:
-                page = await uow.tx.list(
-                    Subscription,
-                    filters={"status": SubscriptionStatus.TRIALING},
-                    limit=PAGE,
-                    cursor=cursor,
-                )
-            for subscription in page.items:
-                if subscription.trial_end is not None and subscription.trial_end <= now:
-                    yield subscription
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+    async def _claim(self, run_id: UUID) -> Sequence[Subscription]:
+        async with self._context.unit_of_work() as uow:
+            return await uow.tx.claim_due_subscriptions(
+                now=uow.now, limit=BATCH, claimant=str(run_id), lease=LEASE
+            )
 
     async def _end_trial(self, subscription: Subscription, report: JobRunReport) -> dict[str, int]:
         """Charge the first paid period; ``active`` if paid, ``past_due`` if not."""
         context = self._context
+        if subscription.status != SubscriptionStatus.TRIALING:
+            raise InvalidStateError(
+                f"subscription {subscription.id} is due but {subscription.status.value}: "
+                "this version of the job runner only ends trials",
+                field="due_at",
+                rule="due_work",
+            )
         async with context.unit_of_work(readonly=True) as uow:
             payable = await charging.chargeable_method(
                 uow.tx,
@@ -151,7 +153,8 @@ class JobsService:
                 )
             except ProviderError as failure:
                 if failure.retryable:
-                    return {"skipped": report.skipped + 1}  # due again at the next run
+                    # Left claimed: due again once the lease ends, charged with the same key.
+                    return {"skipped": report.skipped + 1}
                 raise
             paid = result.status == "succeeded"
         target = SubscriptionStatus.ACTIVE if paid else SubscriptionStatus.PAST_DUE
@@ -166,6 +169,9 @@ class JobsService:
                         status=transition(subscription.status, target),
                         current_period_start=start,
                         current_period_end=end,
+                        due_at=None,  # renewals set it from the lifecycle issue on
+                        claimed_by=None,
+                        claimed_until=None,
                         updated_at=uow.now,
                     )
                 )

@@ -160,6 +160,7 @@ class SubscriptionsService:
                 current_period_end=period_end,
                 trial_start=now if trial_end else None,
                 trial_end=trial_end,
+                due_at=trial_end,
                 default_payment_method_id=payable[0].id if payable is not None else method_key,
                 metadata=sub_metadata,
                 created_at=uow.now,

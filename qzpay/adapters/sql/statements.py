@@ -25,9 +25,11 @@ from sqlalchemy import (
     func,
     insert,
     literal_column,
+    or_,
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 
@@ -185,3 +187,49 @@ class Statements:
                 table.c.id == bindparam("k_id"), *self._scoped(table, spec, include_deleted)
             ),
         )
+
+    def next_number(self) -> Compiled:
+        """Bump this scope's invoice counter (creating it at 1) and return the new value.
+
+        The upsert holds the counter row's lock until the transaction ends, so concurrent
+        allocations queue on it, and a rolled-back allocation is given out again: no gap.
+        """
+        table = self._schema.invoice_sequences
+        scope = ["livemode", "tenant_id"] if self._schema.multi_tenant else ["livemode"]
+
+        def build() -> ClauseElement:
+            dialect_insert = (
+                postgresql.insert if self._dialect.name == "postgresql" else sqlite.insert
+            )
+            values: dict[str, Any] = {name: bindparam(f"s_{name}") for name in scope}
+            return (
+                dialect_insert(table)
+                .values(**values, last_number=literal_column("1"))
+                .on_conflict_do_update(
+                    index_elements=scope,
+                    set_={"last_number": table.c.last_number + literal_column("1")},
+                )
+                .returning(table.c.last_number)
+            )
+
+        return self._cached(("next_number",), build)
+
+    def due_subscriptions(self, spec: EntitySpec[Any], *, skip_locked: bool) -> Compiled:
+        """Unclaimed subscriptions due by ``now``, oldest due first, at most ``limit``."""
+        table = self._schema.table(spec)
+
+        def build() -> ClauseElement:
+            statement = (
+                select(*table.columns)
+                .where(
+                    *self._scoped(table, spec, False),
+                    table.c.due_at <= bindparam("now"),
+                    or_(table.c.claimed_until.is_(None), table.c.claimed_until <= bindparam("now")),
+                )
+                .order_by(table.c.due_at, table.c.id)
+                .limit(bindparam("limit"))
+                .offset(bindparam("offset"))
+            )
+            return statement.with_for_update(skip_locked=True) if skip_locked else statement
+
+        return self._cached(("due", spec.kind, skip_locked), build)
