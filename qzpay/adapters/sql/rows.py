@@ -85,6 +85,23 @@ def sqlite_converter() -> cattrs.Converter:
     return converter
 
 
+def postgres_converter() -> cattrs.Converter:
+    """Rows as asyncpg binds and returns them: native uuid, timestamptz, numeric; JSON as text.
+
+    asyncpg hands back its own UUID subclass; domain objects get the standard ``uuid.UUID``.
+    """
+    converter = cattrs.Converter()
+    converter.register_unstructure_hook(UUID, lambda value: value)
+    converter.register_structure_hook(UUID, lambda value, _: UUID(bytes=value.bytes))
+    converter.register_unstructure_hook(datetime, lambda value: value)
+    converter.register_structure_hook(datetime, lambda value, _: value.astimezone(UTC))
+    converter.register_unstructure_hook(Decimal, lambda value: value)
+    converter.register_structure_hook(Decimal, lambda value, _: Decimal(value))
+    converter.register_unstructure_hook_func(_is_json, _to_json)
+    converter.register_structure_hook_factory(_is_json, _from_json)
+    return converter
+
+
 class RowCodec(Generic[E]):
     """Turns one entity kind into bind parameters and driver rows back into the entity."""
 

@@ -261,3 +261,37 @@ def build_schema(prefix: str, *, multi_tenant: bool) -> Schema:
 
 def append_only_tables(schema: Schema) -> list[Table]:
     return [schema.tables[spec.kind] for spec in SPECS if spec.append_only]
+
+
+@attrs.frozen
+class ConstraintOwner:
+    """Which entity kind and columns a named constraint or index guards."""
+
+    spec: EntitySpec[Any]
+    columns: tuple[str, ...]
+
+
+def constraint_owners(schema: Schema) -> dict[str, ConstraintOwner]:
+    """Constraint and index names → what they protect, to name the field in an error.
+
+    Scope columns (livemode, tenant_id) are left out: they are never the user's mistake.
+    """
+    owners: dict[str, ConstraintOwner] = {}
+    scope = {"livemode", "tenant_id"}
+    for spec in SPECS:
+        table = schema.tables[spec.kind]
+        for index in table.indexes:
+            columns = tuple(c.name for c in index.columns if c.name not in scope)
+            owners[str(index.name)] = ConstraintOwner(spec, columns)
+        for constraint in table.constraints:
+            if constraint.name is None:
+                continue
+            if isinstance(constraint, ForeignKeyConstraint):
+                columns = tuple(c for c in constraint.column_keys if c not in scope)
+            else:
+                columns = tuple(
+                    c.name for c in getattr(constraint, "columns", ()) if c.name not in scope
+                )
+            owners[str(constraint.name)] = ConstraintOwner(spec, columns)
+        owners.setdefault(f"{table.name}_pkey", ConstraintOwner(spec, ("id",)))
+    return owners

@@ -233,3 +233,30 @@ class Statements:
             return statement.with_for_update(skip_locked=True) if skip_locked else statement
 
         return self._cached(("due", spec.kind, skip_locked), build)
+
+    def lock(self, spec: EntitySpec[Any]) -> Compiled:
+        """``SELECT id ... FOR UPDATE``: take the row's lock for the rest of the transaction."""
+        table = self._schema.table(spec)
+        return self._cached(
+            ("lock", spec.kind),
+            lambda: (
+                select(table.c.id)
+                .where(table.c.id == bindparam("k_id"), *self._scoped(table, spec, False))
+                .with_for_update()
+            ),
+        )
+
+    def insert_if_absent(self, spec: EntitySpec[Any]) -> Compiled:
+        """INSERT that does nothing (and returns no row) when a unique key is taken."""
+        table = self._schema.table(spec)
+
+        def build() -> ClauseElement:
+            values: dict[str, Any] = {c.name: bindparam(c.name) for c in table.columns}
+            return (
+                postgresql.insert(table)
+                .values(values)
+                .on_conflict_do_nothing()
+                .returning(table.c.id)
+            )
+
+        return self._cached(("insert_if_absent", spec.kind), build)

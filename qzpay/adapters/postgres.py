@@ -1,0 +1,628 @@
+"""PostgresStorage: the production adapter, on asyncpg (asyncio only).
+
+How it stays fast and safe (DESIGN §11, docs/decisions/0008-postgres-unit-of-work.md):
+
+- Statements come from the shared SQLAlchemy schema, compiled once per shape for the
+  asyncpg dialect, and run straight on asyncpg (which prepares and caches them).
+- A transaction buffers its writes. A call that only writes (``customers.create``:
+  customer + audit row) sends them as ONE statement of data-modifying CTEs in autocommit:
+  one round trip, atomic by itself. A call that reads first opens ``BEGIN`` at its first read
+  and sends its buffered writes as one statement before ``COMMIT``.
+- Atomic operations use the database: a counter row upserted and locked for invoice numbers,
+  ``SELECT ... FOR UPDATE`` before redeeming a promo code or adding a refund,
+  ``FOR UPDATE SKIP LOCKED`` to claim due subscriptions, ``ON CONFLICT`` for idempotency keys.
+- A unique key taken by a concurrent writer raises the same ``ConflictError`` as a
+  sequential duplicate. A deadlock or serialization failure of a single-statement call is
+  retried (a bounded number of times); elsewhere, and on a lost connection during a write, it
+  surfaces as a retryable ``StorageError``; reads retry on a fresh connection.
+- The schema is created or upgraded only by ``qzpay migrate`` or ``auto_migrate=True``;
+  otherwise opening a missing or older schema raises ``ConfigurationError`` saying so.
+
+>>> import asyncio, os
+>>> from qzpay.adapters.postgres import PostgresStorage
+>>> storage = PostgresStorage("postgresql://postgres@127.0.0.1:5432/test", table_prefix="doc_")
+>>> storage.url
+'postgresql+asyncpg://postgres@127.0.0.1:5432/test'
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+from uuid import UUID
+
+import anyio
+import asyncpg
+import attrs
+import cattrs
+from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
+
+from qzpay.adapters import storage_rules as rules
+from qzpay.adapters.serialized import add_refund, redeem_promo_code
+from qzpay.adapters.sql import migrations
+from qzpay.adapters.sql.rows import RowCodec, postgres_converter
+from qzpay.adapters.sql.schema import Schema, build_schema, constraint_owners
+from qzpay.adapters.sql.statements import Compiled, Statements, filter_shape
+from qzpay.adapters.sqlite import require_asyncio
+from qzpay.contracts.storage import Filters, Page, Scope, StorageTransaction
+from qzpay.domain.payments import Payment, Refund
+from qzpay.domain.promotions import PromoCode, PromoCodeUsage
+from qzpay.domain.records import IdempotencyKey
+from qzpay.domain.registry import SPECS, EntitySpec, spec_for
+from qzpay.domain.subscriptions import Subscription
+from qzpay.errors import (
+    ConfigurationError,
+    InvalidStateError,
+    QZPayError,
+    StorageError,
+    ValidationError,
+)
+
+E = TypeVar("E")
+
+TRANSIENT_RETRIES = 3
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+_CONNECTION_ERRORS = (
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    ConnectionError,
+    OSError,
+)
+_TRANSIENT = (
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+)
+
+
+def asyncpg_dsn(dsn: str) -> str:
+    """What asyncpg accepts, from what a ``DATABASE_URL`` holds."""
+    for scheme in ("postgresql+asyncpg://", "postgres://", "postgresql://"):
+        if dsn.startswith(scheme):
+            return "postgresql://" + dsn[len(scheme) :]
+    raise ValidationError(
+        "must be a postgresql://, postgres:// or postgresql+asyncpg:// URL",
+        field="dsn",
+        rule="postgres_url",
+    )
+
+
+async def _no_reset(connection: asyncpg.Connection) -> None:
+    """qzpay leaves no session state behind, so a returned connection needs no reset query."""
+
+
+@attrs.frozen
+class _Write:
+    spec: EntitySpec[Any]
+    statement: Compiled
+    args: list[Any]
+    checked: bool = False  # an UPDATE that must hit exactly one row
+    entity_id: UUID | None = None
+    expected_version: int | None = None
+
+
+class PostgresStorage:
+    """Billing records in PostgreSQL; see the module docstring for how."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        table_prefix: str = "billing_",
+        multi_tenant: bool = False,
+        auto_migrate: bool = False,
+        pool_size: int = 10,
+    ) -> None:
+        self._dsn = asyncpg_dsn(dsn)
+        self._schema: Schema = build_schema(table_prefix, multi_tenant=multi_tenant)
+        self._dialect = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]
+        self._statements = Statements(self._schema, self._dialect)
+        self._converter: cattrs.Converter = postgres_converter()
+        self._codecs: dict[type[Any], RowCodec[Any]] = {
+            spec.kind: RowCodec(spec, self._converter, self._statements.columns(spec))
+            for spec in SPECS
+        }
+        self._owners = constraint_owners(self._schema)
+        self._auto_migrate = auto_migrate
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._batches: dict[tuple[Compiled, ...], str] = {}
+
+    @property
+    def table_prefix(self) -> str:
+        return self._schema.prefix
+
+    @property
+    def multi_tenant(self) -> bool:
+        return self._schema.multi_tenant
+
+    @property
+    def url(self) -> str:
+        """A SQLAlchemy URL for the same database (for a read-only view of the rows)."""
+        return "postgresql+asyncpg://" + self._dsn[len("postgresql://") :]
+
+    @property
+    def statements(self) -> Statements:
+        return self._statements
+
+    async def open(self) -> None:
+        """Connect (a pool of ``pool_size``) and check, or with ``auto_migrate`` bring, the schema."""
+        require_asyncio("PostgresStorage")
+        if self._pool is not None:
+            return
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=1,
+                max_size=self._pool_size,
+                reset=_no_reset,
+                statement_cache_size=1024,
+            )
+        except (OSError, asyncpg.PostgresError) as error:
+            raise StorageError(f"cannot connect to PostgreSQL: {error}") from None
+        try:
+            version = await self.schema_version()
+            if version != migrations.LATEST_VERSION:
+                if version is not None and version > migrations.LATEST_VERSION:
+                    raise ConfigurationError(
+                        f"the schema under prefix {self.table_prefix!r} is at version {version}, "
+                        f"newer than this qzpay ({migrations.LATEST_VERSION}): upgrade qzpay"
+                    )
+                if not self._auto_migrate:
+                    state = "missing" if version is None else f"at version {version}"
+                    raise ConfigurationError(
+                        f"the qzpay schema under prefix {self.table_prefix!r} is {state}, and "
+                        f"this qzpay needs version {migrations.LATEST_VERSION}: run "
+                        f"`qzpay migrate --url DATABASE_URL --prefix {self.table_prefix}"
+                        f"{' --multi-tenant' if self.multi_tenant else ''}` "
+                        "or open with auto_migrate=True"
+                    )
+                await self.migrate()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    def _require_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise ConfigurationError("PostgresStorage is not open: use `async with billing:`")
+        return self._pool
+
+    async def schema_version(self) -> int | None:
+        """The applied schema version under this prefix, or ``None`` when there is none."""
+        pool = self._require_pool()
+        table = self._schema.migrations.name
+        async with pool.acquire() as connection:
+            exists = await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", table)
+            if not exists:
+                return None
+            version: int | None = await connection.fetchval(f"SELECT max(version) FROM {table}")
+            return version
+
+    async def migrate(self) -> list[int]:
+        """Create or upgrade the schema; returns the versions applied (idempotent).
+
+        Concurrent migrators of one prefix queue on an advisory lock, so each step runs once.
+        """
+        pool = self._require_pool()
+        table = self._schema.migrations.name
+        async with pool.acquire() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", table)
+            exists = await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", table)
+            current = (
+                await connection.fetchval(f"SELECT max(version) FROM {table}") if exists else None
+            )
+            if current is None:
+                steps = list(migrations.MIGRATIONS)
+                statements = migrations.create_statements(self._schema, self._dialect)
+            else:
+                steps = migrations.pending(current)
+                statements = [s for m in steps for s in m.statements(self._schema, self._dialect)]
+            for statement in statements:
+                await connection.execute(statement)
+            for step in steps:
+                await connection.execute(
+                    f"INSERT INTO {table} (version, name, applied_at) VALUES ($1, $2, now())",
+                    step.version,
+                    step.name,
+                )
+            return [step.version for step in steps]
+
+    @asynccontextmanager
+    async def transaction(
+        self, scope: Scope, *, readonly: bool = False
+    ) -> AsyncIterator[StorageTransaction]:
+        require_asyncio("PostgresStorage")
+        rules.check_scope(scope, self.multi_tenant)
+        pool = self._require_pool()
+        connection = await pool.acquire()
+        transaction = _PostgresTransaction(self, connection, scope, readonly=readonly)
+        try:
+            try:
+                yield transaction
+                with anyio.CancelScope(shield=True):
+                    await transaction.commit()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await transaction.rollback()
+                raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pool.release(transaction.connection)
+
+    # What transactions need from the store.
+    def codec(self, kind: type[E]) -> RowCodec[E]:
+        codec = self._codecs.get(kind)
+        if codec is None:
+            spec_for(kind)
+        return codec  # type: ignore[return-value]
+
+    def encode(self, value: object) -> Any:
+        return self._converter.unstructure(value)
+
+    def batch_sql(self, statements: tuple[Compiled, ...]) -> str:
+        """Several writes as one statement of data-modifying CTEs, built once per shape.
+
+        Each CTE returns one row per row it wrote, and the final SELECT counts them, so an
+        UPDATE that hit no row (stale version, missing row) is seen without another trip.
+        """
+        found = self._batches.get(statements)
+        if found is not None:
+            return found
+        parts, counts, offset = [], [], 0
+        for index, statement in enumerate(statements):
+            sql = _renumber(statement.sql, offset)
+            parts.append(f"w{index} AS ({sql} RETURNING 1)")
+            counts.append(f"(SELECT count(*) FROM w{index})")
+            offset += len(statement.names)
+        found = f"WITH {', '.join(parts)} SELECT {', '.join(counts)}"
+        self._batches[statements] = found
+        return found
+
+    def explain(self, error: asyncpg.PostgresError, write: _Write | None) -> QZPayError:
+        """The database's refusal as qzpay's named error."""
+        name = getattr(error, "constraint_name", None)
+        owner = self._owners.get(name) if name else None
+        if isinstance(error, asyncpg.exceptions.UniqueViolationError):
+            if owner is not None:
+                return rules.unique_conflict(owner.spec, owner.columns)
+            spec = write.spec if write is not None else SPECS[0]
+            return rules.unique_conflict(spec, ("id",))
+        if isinstance(error, asyncpg.exceptions.ForeignKeyViolationError) and owner is not None:
+            return rules.dangling(owner.spec, owner.columns[0])
+        if isinstance(error, asyncpg.exceptions.CheckViolationError):
+            return ValidationError(
+                f"breaks the database rule {name}",
+                field=owner.spec.table if owner else "row",
+                rule="check",
+            )
+        if isinstance(error, asyncpg.exceptions.RestrictViolationError):
+            return InvalidStateError(str(error), field="table", rule="append_only")
+        if isinstance(error, _TRANSIENT):
+            return StorageError(f"PostgreSQL asked to retry: {error}", retryable=True)
+        return StorageError(f"PostgreSQL failed: {type(error).__name__}", retryable=False)
+
+
+class _PostgresTransaction:
+    __slots__ = (
+        "_begun",
+        "_readonly",
+        "_scope",
+        "_scope_params",
+        "_store",
+        "_writes",
+        "connection",
+    )
+
+    def __init__(
+        self,
+        store: PostgresStorage,
+        connection: asyncpg.Connection,
+        scope: Scope,
+        *,
+        readonly: bool,
+    ) -> None:
+        self._store = store
+        self.connection = connection
+        self._scope = scope
+        self._readonly = readonly
+        self._scope_params: dict[str, Any] = {
+            "s_livemode": scope.livemode,
+            "s_tenant_id": scope.tenant_id,
+        }
+        self._writes: list[_Write] = []
+        self._begun = False
+
+    @property
+    def scope(self) -> Scope:
+        return self._scope
+
+    # -- the ways statements reach the server -------------------------------------------
+
+    async def _begin(self) -> None:
+        if not self._begun and not self._readonly:
+            await self.connection.execute("BEGIN")
+            self._begun = True
+
+    async def _fetch(self, statement: Compiled, params: dict[str, Any]) -> list[Any]:
+        """A read: sends buffered writes first; a readonly read retries on a new connection."""
+        await self._begin()
+        await self._send_writes()
+        args = statement.positional(params)
+        for attempt in range(TRANSIENT_RETRIES):
+            try:
+                rows: list[Any] = await self.connection.fetch(statement.sql, *args)
+                return rows
+            except _CONNECTION_ERRORS as error:
+                if self._begun or attempt == TRANSIENT_RETRIES - 1:
+                    raise StorageError(f"lost the PostgreSQL connection: {error}") from None
+                await self._reconnect()
+            except asyncpg.PostgresError as error:
+                raise self._store.explain(error, None) from None
+        raise AssertionError("unreachable")
+
+    async def _reconnect(self) -> None:
+        pool = self._store._require_pool()
+        broken, self.connection = self.connection, await pool.acquire()
+        broken.terminate()
+        await pool.release(broken)
+
+    async def _send_writes(self) -> None:
+        """All buffered writes as one statement; inside BEGIN if the transaction has one."""
+        writes, self._writes = self._writes, []
+        if not writes:
+            return
+        autocommit = not self._begun
+        for attempt in range(TRANSIENT_RETRIES):
+            try:
+                counts = await self._execute(writes)
+                break
+            except _TRANSIENT as error:
+                # A single autocommit statement failed whole: nothing happened, try again.
+                if not autocommit or attempt == TRANSIENT_RETRIES - 1:
+                    raise self._store.explain(error, None) from None
+            except asyncpg.PostgresError as error:
+                raise self._store.explain(error, _culprit(writes, error)) from None
+            except _CONNECTION_ERRORS as error:
+                raise StorageError(
+                    f"lost the PostgreSQL connection while writing: {error}; the write may or "
+                    "may not have happened"
+                ) from None
+        for write, count in zip(writes, counts, strict=True):
+            if write.checked and count != 1:
+                raise await self._no_row(write)
+
+    async def _execute(self, writes: list[_Write]) -> list[int]:
+        if len(writes) == 1:
+            status: str = await self.connection.execute(writes[0].statement.sql, *writes[0].args)
+            return [int(status.rsplit(" ", 1)[-1])]
+        sql = self._store.batch_sql(tuple(write.statement for write in writes))
+        args = [arg for write in writes for arg in write.args]
+        row = await self.connection.fetchrow(sql, *args)
+        return [int(count) for count in row]
+
+    async def _no_row(self, write: _Write) -> QZPayError:
+        """After an UPDATE hit no row: was the row missing, or its version stale?"""
+        assert write.entity_id is not None
+        statement = self._store.statements.exists(write.spec, include_deleted=False)
+        found = await self.connection.fetch(
+            statement.sql, *statement.positional(self._key(write.entity_id))
+        )
+        if not found or write.expected_version is None:
+            return rules.missing(write.spec, write.entity_id)
+        return rules.stale(write.spec, write.entity_id, write.expected_version)
+
+    async def commit(self) -> None:
+        if not self._begun and any(write.checked for write in self._writes):
+            await self._begin()  # a checked UPDATE must be able to roll the others back
+        await self._send_writes()
+        if self._begun:
+            await self.connection.execute("COMMIT")
+            self._begun = False
+
+    async def rollback(self) -> None:
+        self._writes = []
+        if self._begun:
+            self._begun = False
+            try:
+                await self.connection.execute("ROLLBACK")
+            except (*_CONNECTION_ERRORS, asyncpg.PostgresError):
+                self.connection.terminate()  # the pool replaces it; the server rolls back
+
+    async def flush(self) -> None:
+        await self._send_writes()
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def _key(self, entity_id: UUID) -> dict[str, Any]:
+        return {**self._scope_params, "k_id": entity_id}
+
+    async def get(self, kind: type[E], id: UUID, *, include_deleted: bool = False) -> E | None:
+        spec = spec_for(kind)
+        rows = await self._fetch(self._store.statements.get(spec, include_deleted), self._key(id))
+        return self._store.codec(kind).entity(rows[0]) if rows else None
+
+    def _filter_params(self, spec: EntitySpec[Any], filters: Filters | None) -> dict[str, Any]:
+        rules.check_filters(spec, filters)
+        params = dict(self._scope_params)
+        for name, value in (filters or {}).items():
+            if value is not None:
+                params[f"f_{name}"] = self._store.encode(value)
+        return params
+
+    async def find(
+        self, kind: type[E], *, include_deleted: bool = False, **key: object
+    ) -> E | None:
+        page = await self.list(kind, filters=key, limit=1, include_deleted=include_deleted)
+        return page.items[0] if page.items else None
+
+    async def list(
+        self,
+        kind: type[E],
+        *,
+        filters: Filters | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+        include_deleted: bool = False,
+    ) -> Page[E]:
+        spec = spec_for(kind)
+        codec = self._store.codec(kind)
+        limit = rules.page_size(limit)
+        params = self._filter_params(spec, filters)
+        if cursor is not None:
+            params["cursor"] = rules.decode_cursor(cursor)
+        params["limit"] = limit + 1
+        params["offset"] = 0
+        statement = self._store.statements.select(
+            spec, filter_shape(dict(filters or {})), include_deleted, cursor is not None
+        )
+        rows = await self._fetch(statement, params)
+        items = [codec.entity(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        next_cursor = rules.encode_cursor(items[-1].id) if more else None  # type: ignore[attr-defined]
+        return Page(items=items, next_cursor=next_cursor)
+
+    async def count(
+        self, kind: type[E], *, filters: Filters | None = None, include_deleted: bool = False
+    ) -> int:
+        spec = spec_for(kind)
+        statement = self._store.statements.count(
+            spec, filter_shape(dict(filters or {})), include_deleted
+        )
+        rows = await self._fetch(statement, self._filter_params(spec, filters))
+        return int(rows[0][0])
+
+    # -- writes (buffered) ---------------------------------------------------------------
+
+    def _buffer(self, write: _Write) -> None:
+        if self._readonly:
+            raise ConfigurationError("this transaction was opened readonly")
+        self._writes.append(write)
+
+    async def insert(self, entity: E) -> None:
+        spec = spec_for(type(entity))
+        rules.check_entity_scope(entity, self._scope)
+        statement = self._store.statements.insert(spec)
+        params = self._store.codec(type(entity)).params(entity)
+        self._buffer(_Write(spec, statement, statement.positional(params)))
+
+    async def update(self, entity: E, *, expected_version: int | None = None) -> E:
+        kind = type(entity)
+        spec = spec_for(kind)
+        rules.refuse_append_only(spec, "updated")
+        rules.check_entity_scope(entity, self._scope)
+        entity_id: UUID = entity.id  # type: ignore[attr-defined]
+        params = self._store.codec(kind).params(entity)
+        params.update(self._key(entity_id))
+        expected: int | None = None
+        if spec.versioned:
+            expected = entity.version if expected_version is None else expected_version  # type: ignore[attr-defined]
+            params["expected_version"] = expected
+        statement = self._store.statements.update(spec)
+        self._buffer(
+            _Write(spec, statement, statement.positional(params), True, entity_id, expected)
+        )
+        return entity if expected is None else attrs.evolve(entity, version=expected + 1)  # type: ignore[misc]
+
+    async def soft_delete(
+        self, kind: type[E], id: UUID, *, at: datetime, expected_version: int | None = None
+    ) -> None:
+        spec = spec_for(kind)
+        rules.refuse_not_deletable(spec)
+        check_version = spec.versioned and expected_version is not None
+        params = {**self._key(id), "deleted_at": at}
+        if check_version:
+            params["expected_version"] = expected_version
+        statement = self._store.statements.soft_delete(spec, check_version)
+        self._buffer(
+            _Write(
+                spec,
+                statement,
+                statement.positional(params),
+                True,
+                id,
+                expected_version if check_version else None,
+            )
+        )
+
+    # -- atomic operations: row locks in the database ------------------------------------
+
+    def _check_writable(self) -> None:
+        if self._readonly:
+            raise ConfigurationError("this transaction was opened readonly")
+
+    async def _lock(self, kind: type[Any], entity_id: UUID) -> None:
+        """Hold the row's lock until the transaction ends: the next read-check-write is atomic."""
+        self._check_writable()
+        spec = spec_for(kind)
+        await self._fetch(self._store.statements.lock(spec), self._key(entity_id))
+
+    async def next_invoice_number(self) -> int:
+        self._check_writable()
+        rows = await self._fetch(self._store.statements.next_number(), self._scope_params)
+        return int(rows[0][0])
+
+    async def redeem_promo_code(self, usage: PromoCodeUsage) -> PromoCode:
+        await self._lock(PromoCode, usage.promo_code_id)
+        return await redeem_promo_code(self, usage)
+
+    async def add_refund(self, refund: Refund) -> Payment:
+        await self._lock(Payment, refund.payment_id)
+        return await add_refund(self, refund)
+
+    async def store_idempotency_key(self, record: IdempotencyKey) -> IdempotencyKey:
+        """Insert unless taken (``ON CONFLICT DO NOTHING`` waits for a concurrent inserter)."""
+        self._check_writable()
+        spec = spec_for(IdempotencyKey)
+        statement = self._store.statements.insert_if_absent(spec)
+        params = self._store.codec(IdempotencyKey).params(record)
+        rules.check_entity_scope(record, self._scope)
+        inserted = await self._fetch(statement, params)
+        if inserted:
+            return record
+        stored: IdempotencyKey | None = await self.find(IdempotencyKey, key=record.key)
+        if stored is None:  # the holder was deleted in between: cannot happen (append-only use)
+            raise StorageError("the idempotency key vanished while being stored")
+        return stored
+
+    async def claim_due_subscriptions(
+        self, *, now: datetime, limit: int, claimant: str, lease: timedelta
+    ) -> Sequence[Subscription]:
+        self._check_writable()
+        spec = spec_for(Subscription)
+        codec = self._store.codec(Subscription)
+        params = {
+            **self._scope_params,
+            "now": now,
+            "limit": rules.claim_size(limit),
+            "offset": 0,
+        }
+        rows = await self._fetch(
+            self._store.statements.due_subscriptions(spec, skip_locked=True), params
+        )
+        claimed = []
+        for row in rows:
+            due = codec.entity(row)
+            claimed.append(
+                await self.update(attrs.evolve(due, claimed_by=claimant, claimed_until=now + lease))
+            )
+        return claimed
+
+
+def _renumber(sql: str, offset: int) -> str:
+    """Move ``$n`` placeholders up by ``offset``, to append one statement's args to another's."""
+    return _PLACEHOLDER.sub(lambda match: f"${int(match.group(1)) + offset}", sql)
+
+
+def _culprit(writes: list[_Write], error: asyncpg.PostgresError) -> _Write | None:
+    table = getattr(error, "table_name", None)
+    return next((write for write in writes if write.statement.sql.find(f" {table} ") > 0), None)
+
+
+__all__ = ["PostgresStorage", "asyncpg_dsn"]
