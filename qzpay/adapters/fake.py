@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import re
+import secrets
 from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -241,8 +242,10 @@ class FakeProvider:
     the customer's (a decline) is a ``ChargeResult`` with ``status == "failed"``; a request
     the provider rejects raises ``ProviderError(retryable=False)``.
 
-    Ids count up per kind (``cus_fake_000001``, ``pm_fake_000001``, ``ch_fake_000001``,
-    ``re_fake_000001``, ``cs_fake_000001``), so runs are reproducible. Tests can inject
+    Ids count up per kind after a namespace (``pm_fake_3fa9c2_000001``): random per instance
+    by default, so a new run against a saved database never reuses an id; pass
+    ``namespace=""`` for bare, reproducible ids (``cus_fake_000001``, ``pm_fake_000001``,
+    ``ch_fake_000001``, ``re_fake_000001``, ``cs_fake_000001``). Tests can inject
     faults with ``fail_next`` and inspect ``customers``, ``payment_methods``, ``charges``
     and ``refunds``.
 
@@ -253,7 +256,7 @@ class FakeProvider:
     >>> import anyio
     >>> from qzpay.contracts.provider import ChargeRequest
     >>> async def checkout() -> str:
-    ...     fake = FakeProvider()
+    ...     fake = FakeProvider(namespace="")
     ...     customer = await fake.create_customer(
     ...         email="ann@example.com", name="Ann", idempotency_key="customer-u_1")
     ...     card = await fake.attach_payment_method(
@@ -280,6 +283,7 @@ class FakeProvider:
         *,
         webhook_secret: str = "whsec_fake",
         webhook_tolerance: timedelta = timedelta(minutes=5),
+        namespace: str | None = None,
     ) -> None:
         if not isinstance(webhook_secret, str) or not webhook_secret:
             raise ValidationError("must be a non-empty string", field="webhook_secret")
@@ -287,6 +291,11 @@ class FakeProvider:
             raise ValidationError("must be a timedelta of zero or more", field="webhook_tolerance")
         self._webhook_secret = webhook_secret.encode()
         self._webhook_tolerance = webhook_tolerance
+        if namespace is not None and not re.fullmatch(r"[a-z0-9]{0,12}", namespace):
+            raise ValidationError("must be 0-12 lower-case letters or digits", field="namespace")
+        # Ids must not repeat across runs against one saved database: a fresh provider
+        # starts its counters again, so each instance gets a random namespace unless told.
+        self._namespace = secrets.token_hex(3) if namespace is None else namespace
         self._counters: dict[str, int] = {}
         self._customers: dict[str, FakeCustomer] = {}
         self._payment_methods: dict[str, FakePaymentMethod] = {}
@@ -612,7 +621,8 @@ class FakeProvider:
     def _next_id(self, prefix: str) -> str:
         count = self._counters.get(prefix, 0) + 1
         self._counters[prefix] = count
-        return f"{prefix}_fake_{count:06d}"
+        tag = f"{self._namespace}_" if self._namespace else ""
+        return f"{prefix}_fake_{tag}{count:06d}"
 
     def _key_use(self, operation: str, key: str, params: object) -> _KeyUse | None:
         """Return the key's first use, raising if it was for other parameters or operation."""

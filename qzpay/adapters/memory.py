@@ -289,6 +289,7 @@ class _MemoryTransaction:
         self._check_writable()
         table = self._table(type(entity))
         rules.check_entity_scope(entity, self._scope)
+        rules.check_timestamps(entity)
         if entity.id in table.rows:  # type: ignore[attr-defined]
             raise rules.unique_conflict(table.spec, ("id",))
         self._check_unique(table, entity)
@@ -310,6 +311,7 @@ class _MemoryTransaction:
         table = self._table(type(entity))
         rules.refuse_append_only(table.spec, "updated")
         rules.check_entity_scope(entity, self._scope)
+        rules.check_timestamps(entity)
         current = self._current(table, entity.id)  # type: ignore[attr-defined]
         changes: dict[str, Any] = {"created_at": current.created_at}
         if table.spec.versioned:
@@ -328,6 +330,7 @@ class _MemoryTransaction:
         self._check_writable()
         table = self._table(kind)
         rules.refuse_not_deletable(table.spec)
+        at = rules.aware(at, field="at")
         current = self._current(table, id)
         changes: dict[str, Any] = {"deleted_at": at}
         if "updated_at" in table.spec.fields:

@@ -151,7 +151,12 @@ class SQLiteStorage:
         require_asyncio("SQLiteStorage")
         if self._connection is not None:
             return
-        connection = await aiosqlite.connect(self._path, isolation_level=None)
+        try:
+            connection = await aiosqlite.connect(self._path, isolation_level=None)
+        except sqlite3.Error as error:
+            raise StorageError(
+                f"cannot open SQLite database {self._path!r}: {error}", retryable=False
+            ) from None
         try:
             await connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             await connection.execute("PRAGMA journal_mode = WAL")
@@ -162,7 +167,7 @@ class SQLiteStorage:
             raise
         self._connection = connection
         self._raw = connection._conn  # the sqlite3 connection aiosqlite's thread owns
-        await self.create_schema()
+        await self.migrate()
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -178,41 +183,61 @@ class SQLiteStorage:
         except sqlite3.OperationalError as error:
             raise StorageError(f"SQLite failed: {error}", retryable=_retryable(error)) from None
 
-    async def create_schema(self) -> None:
-        """Create the schema, or apply the migrations it lacks, in one write transaction."""
-        dialect = self._statements._dialect
-        schema = self._schema
-        version_sql = f"SELECT max(version) FROM {schema.migrations.name}"
-        record_sql = (
-            f"INSERT INTO {schema.migrations.name} (version, name, applied_at) VALUES (?, ?, ?)"
-        )
+    async def schema_version(self) -> int | None:
+        """The applied schema version under this prefix, or ``None`` when there is none."""
+        table = self._schema.migrations.name
 
-        def migrate(connection: sqlite3.Connection) -> None:
+        def read(connection: sqlite3.Connection) -> int | None:
+            if not _table_exists(connection, table):
+                return None
+            version: int | None = connection.execute(
+                f"SELECT max(version) FROM {table}"
+            ).fetchone()[0]
+            return version
+
+        return await self._call(read)
+
+    async def migrate(self) -> list[int]:
+        """Create the schema, or apply the migrations it lacks; returns the versions applied.
+
+        Idempotent, and done in one write transaction, so two processes opening one new file
+        at once create the schema once.
+        """
+        dialect = self._statements.dialect
+        schema = self._schema
+        table = schema.migrations.name
+        record_sql = f"INSERT INTO {table} (version, name, applied_at) VALUES (?, ?, ?)"
+
+        def migrate(connection: sqlite3.Connection) -> list[int]:
             connection.execute("BEGIN IMMEDIATE")
             try:
-                exists = connection.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                    (schema.migrations.name,),
-                ).fetchone()
-                current = connection.execute(version_sql).fetchone()[0] if exists else None
+                current = (
+                    connection.execute(f"SELECT max(version) FROM {table}").fetchone()[0]
+                    if _table_exists(connection, table)
+                    else None
+                )
                 if current is None:
-                    steps = [(m.version, m.name) for m in migrations.MIGRATIONS]
+                    steps = list(migrations.MIGRATIONS)
                     statements = migrations.create_statements(schema, dialect)
                 else:
-                    todo = migrations.pending(current)
-                    steps = [(m.version, m.name) for m in todo]
-                    statements = [s for m in todo for s in m.statements(schema, dialect)]
+                    steps = migrations.pending(current)
+                    statements = [s for m in steps for s in m.statements(schema, dialect)]
                 for statement in statements:
                     connection.execute(statement)
                 applied_at = datetime.now(UTC).isoformat(sep=" ")  # a record, not business time
-                for version, name in steps:
-                    connection.execute(record_sql, (version, name, applied_at))
+                for step in steps:
+                    connection.execute(record_sql, (step.version, step.name, applied_at))
                 connection.execute("COMMIT")
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
+            return [step.version for step in steps]
 
-        await self._call(migrate)
+        return await self._call(migrate)
+
+    async def create_schema(self) -> None:
+        """Create or upgrade the schema (idempotent); the same as ``migrate``."""
+        await self.migrate()
 
     @asynccontextmanager
     async def transaction(
@@ -244,6 +269,13 @@ class SQLiteStorage:
     @property
     def statements(self) -> Statements:
         return self._statements
+
+
+def _table_exists(connection: sqlite3.Connection, name: str) -> bool:
+    found = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone()
+    return found is not None
 
 
 def _retryable(error: sqlite3.OperationalError) -> bool:
@@ -387,6 +419,7 @@ class _SQLiteTransaction:
     async def insert(self, entity: E) -> None:
         spec = spec_for(type(entity))
         rules.check_entity_scope(entity, self._scope)
+        rules.check_timestamps(entity)
         params = self._store.codec(type(entity)).params(entity)
         self._buffer(_Write(spec, self._store.statements.insert(spec), params))
 
@@ -410,6 +443,7 @@ class _SQLiteTransaction:
         spec = spec_for(kind)
         rules.refuse_append_only(spec, "updated")
         rules.check_entity_scope(entity, self._scope)
+        rules.check_timestamps(entity)
         entity_id: UUID = entity.id  # type: ignore[attr-defined]
         params = self._store.codec(kind).params(entity)
         params.update(self._key(entity_id))
@@ -434,6 +468,7 @@ class _SQLiteTransaction:
     ) -> None:
         spec = spec_for(kind)
         rules.refuse_not_deletable(spec)
+        at = rules.aware(at, field="at")
         check_version = spec.versioned and expected_version is not None
         params = {**self._key(id), "deleted_at": self._store.encode(at)}
         if check_version:

@@ -8,9 +8,13 @@ so they refuse the same inputs with the same errors.
 from __future__ import annotations
 
 import re
+import typing
 import uuid
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
+
+import attrs
 
 from qzpay.contracts.storage import Filters, Scope
 from qzpay.domain.payments import Payment, Refund
@@ -59,6 +63,38 @@ def check_entity_scope(entity: Any, scope: Scope) -> None:
         raise ValidationError(
             "does not match the transaction's tenant", field="tenant_id", rule="scope"
         )
+
+
+def aware(value: datetime, *, field: str) -> datetime:
+    """A timestamp storage is asked to keep: a naive one names no instant, so it is refused."""
+    if not isinstance(value, datetime) or value.utcoffset() is None:
+        raise ValidationError(
+            "must be a timezone-aware datetime", field=field, rule="timezone_aware"
+        )
+    return value
+
+
+_TIMESTAMP_FIELDS: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _timestamp_fields(kind: type[Any]) -> tuple[str, ...]:
+    found = _TIMESTAMP_FIELDS.get(kind)
+    if found is None:
+        hints = typing.get_type_hints(kind)
+        found = _TIMESTAMP_FIELDS[kind] = tuple(
+            field.name
+            for field in attrs.fields(kind)
+            if hints[field.name] is datetime or datetime in typing.get_args(hints[field.name])
+        )
+    return found
+
+
+def check_timestamps(entity: Any) -> None:
+    """Every datetime column of a written row must be timezone-aware."""
+    for name in _timestamp_fields(type(entity)):
+        value = getattr(entity, name)
+        if value is not None:
+            aware(value, field=name)
 
 
 def check_filters(spec: EntitySpec[Any], filters: Filters | None) -> None:

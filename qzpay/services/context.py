@@ -23,6 +23,7 @@ from qzpay.contracts.storage import Scope, StoragePort, StorageTransaction
 from qzpay.domain.records import AuditLog
 from qzpay.errors import ConfigurationError, NotFoundError
 from qzpay.ids import new_id
+from qzpay.timestamps import aware_utc
 
 
 class UnitOfWork:
@@ -90,11 +91,16 @@ class ServiceContext:
             )
         return Scope(livemode=self.livemode, tenant_id=self.tenant_id)
 
+    def now(self) -> datetime:
+        """The clock's moment in UTC; a naive one (a third-party clock's bug) is refused."""
+        return aware_utc(self.clock.now(), field="clock")
+
     @asynccontextmanager
     async def unit_of_work(self, *, readonly: bool = False) -> AsyncIterator[UnitOfWork]:
         scope = self.scope()
+        now = self.now()
         async with self.storage.transaction(scope, readonly=readonly) as tx:
-            uow = UnitOfWork(tx, scope, self.clock.now())
+            uow = UnitOfWork(tx, scope, now)
             yield uow
         for event in uow.events:
             await self.events.publish(event)

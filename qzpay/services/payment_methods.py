@@ -69,7 +69,15 @@ class PaymentMethodsService:
                     "customer.provider_linked", customer, changes={"provider": provider.name}
                 )
         except ConflictError:
-            pass  # a concurrent attach linked the same provider customer first
+            # A concurrent attach linked this customer first; anything else is a real clash
+            # (the provider handed out an id another customer already holds).
+            async with self._context.unit_of_work(readonly=True) as uow:
+                ref = await uow.tx.find(
+                    CustomerProviderRef, customer_id=customer.id, provider=provider.name
+                )
+            if ref is None:
+                raise
+            return ref.provider_customer_id
         return created.provider_id
 
     async def attach(

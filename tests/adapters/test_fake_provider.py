@@ -39,7 +39,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def fake() -> FakeProvider:
-    return FakeProvider()
+    return FakeProvider(namespace="")
 
 
 async def customer_with_card(
@@ -107,7 +107,7 @@ def test_capabilities_are_everything_but_subscriptions(fake: FakeProvider) -> No
 @pytest.mark.anyio
 async def test_ids_look_like_stripes_and_count_up_the_same_way_every_run() -> None:
     async def run() -> list[str]:
-        fake = FakeProvider()
+        fake = FakeProvider(namespace="")
         customer_id, method_id = await customer_with_card(fake)
         second = await fake.create_customer(email="bo@example.com", name=None, idempotency_key="b")
         charge = await fake.charge(charge_request(customer_id, method_id))
@@ -773,7 +773,7 @@ def test_the_timestamp_must_be_within_the_tolerance_either_way(
 
 
 def test_a_zero_tolerance_means_exactly_now_not_no_check() -> None:
-    fake = FakeProvider(webhook_tolerance=timedelta(0))
+    fake = FakeProvider(webhook_tolerance=timedelta(0), namespace="")
     payload = event_body()
     headers = fake.sign_webhook(payload, NOW)
 
@@ -800,3 +800,12 @@ def test_the_constructor_refuses_a_negative_tolerance_and_an_empty_secret() -> N
         FakeProvider(webhook_tolerance=timedelta(seconds=-1))
     with pytest.raises(ValidationError):
         FakeProvider(webhook_secret="")
+
+
+def test_each_provider_instance_namespaces_its_ids_so_a_new_run_never_reuses_one() -> None:
+    first, second = FakeProvider(), FakeProvider()
+    assert first._next_id("pm") != second._next_id("pm")
+    assert FakeProvider(namespace="")._next_id("pm") == "pm_fake_000001"
+    with pytest.raises(ValidationError) as caught:
+        FakeProvider(namespace="Bad Space")
+    assert caught.value.field == "namespace"

@@ -66,6 +66,10 @@ class Statements:
         self._dialect = dialect
         self._cache: dict[tuple[Any, ...], Compiled] = {}
 
+    @property
+    def dialect(self) -> Dialect:
+        return self._dialect
+
     def compile(self, statement: ClauseElement) -> Compiled:
         compiled = statement.compile(dialect=self._dialect)
         names = tuple(getattr(compiled, "positiontup", None) or compiled.params)
