@@ -508,6 +508,7 @@ class _PostgresTransaction:
     async def insert(self, entity: E) -> None:
         spec = spec_for(type(entity))
         rules.check_entity_scope(entity, self._scope)
+        rules.check_timestamps(entity)
         statement = self._store.statements.insert(spec)
         params = self._store.codec(type(entity)).params(entity)
         self._buffer(_Write(spec, statement, statement.positional(params)))
@@ -517,6 +518,7 @@ class _PostgresTransaction:
         spec = spec_for(kind)
         rules.refuse_append_only(spec, "updated")
         rules.check_entity_scope(entity, self._scope)
+        rules.check_timestamps(entity)
         entity_id: UUID = entity.id  # type: ignore[attr-defined]
         params = self._store.codec(kind).params(entity)
         params.update(self._key(entity_id))
@@ -535,6 +537,7 @@ class _PostgresTransaction:
     ) -> None:
         spec = spec_for(kind)
         rules.refuse_not_deletable(spec)
+        at = rules.aware(at, field="at")
         check_version = spec.versioned and expected_version is not None
         params = {**self._key(id), "deleted_at": at}
         if check_version:
@@ -581,8 +584,9 @@ class _PostgresTransaction:
         self._check_writable()
         spec = spec_for(IdempotencyKey)
         statement = self._store.statements.insert_if_absent(spec)
-        params = self._store.codec(IdempotencyKey).params(record)
         rules.check_entity_scope(record, self._scope)
+        rules.check_timestamps(record)
+        params = self._store.codec(IdempotencyKey).params(record)
         inserted = await self._fetch(statement, params)
         if inserted:
             return record

@@ -20,7 +20,14 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.sql import ClauseElement
 
-from qzpay.adapters.sql.schema import Schema, append_only_tables, constraint_name
+from qzpay.adapters.sql.schema import (
+    Schema,
+    append_only_tables,
+    constraint_name,
+    due_index_name,
+)
+from qzpay.domain.registry import spec_for
+from qzpay.domain.subscriptions import Subscription
 from qzpay.money import CURRENCIES
 
 
@@ -82,7 +89,17 @@ def create_statements(schema: Schema, dialect: Dialect) -> list[str]:
     return statements
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", create_statements),)
+def _due_index(schema: Schema, dialect: Dialect) -> list[str]:
+    table = schema.tables[spec_for(Subscription).kind]
+    index = next(i for i in table.indexes if i.name == due_index_name(schema.prefix))
+    return [str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect))]
+
+
+# Version 1 was the schema before the job runner claimed subscriptions by ``due_at``.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", create_statements),
+    Migration(2, "index subscriptions by due_at for job claims", _due_index),
+)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

@@ -198,7 +198,14 @@ def _table(
             sqlite_where=where,
             postgresql_where=where,
         )
+    if spec.table == "subscriptions":
+        Index(due_index_name(prefix), *(table.c[c] for c in (*scope, "due_at")))
     return table
+
+
+def due_index_name(prefix: str) -> str:
+    """The index job runners' claims read (``due_at <= now`` within a scope)."""
+    return constraint_name(prefix, "subscriptions", "due_at_idx")
 
 
 @attrs.frozen(kw_only=True)
