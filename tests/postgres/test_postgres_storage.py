@@ -193,7 +193,7 @@ async def test_concurrent_creates_of_one_external_id_across_connections(
 ) -> None:
     storage = PostgresStorage(postgres_url, table_prefix=prefix, auto_migrate=True, pool_size=10)
     async with create_billing(storage=storage, provider=FakeProvider()) as billing:
-        errors: list[Exception] = []
+        errors: list[ConflictError] = []
 
         async def create() -> None:
             try:
@@ -227,10 +227,13 @@ async def test_200_concurrent_invoice_numbers_are_exactly_1_to_200(
                 group.start_soon(allocate)
         assert sorted(numbers) == list(range(1, 201))
 
-        with pytest.raises(RuntimeError):
+        async def allocate_then_fail() -> None:
             async with storage.transaction(scope) as tx:
                 assert await tx.next_invoice_number() == 201
                 raise RuntimeError("rolled back: the number is given out again")
+
+        with pytest.raises(RuntimeError):
+            await allocate_then_fail()
         async with storage.transaction(scope) as tx:
             assert await tx.next_invoice_number() == 201
     finally:
