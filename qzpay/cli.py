@@ -1,0 +1,252 @@
+"""The ``qzpay`` command: ``demo``, ``migrate`` and ``conformance``.
+
+Exit codes: 0 done, 1 qzpay refused (the error's code and message go to stderr, never a
+traceback), 2 the command line asked for something that cannot be done.
+
+    qzpay demo [--db PATH] [--json]
+    qzpay migrate --url sqlite:///billing.db [--prefix billing_] [--multi-tenant]
+    qzpay conformance MODULE:FACTORY
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sqlite3
+import sys
+import tempfile
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from qzpay import demo
+from qzpay.adapters.clock import FrozenClock
+from qzpay.adapters.fake import FakeProvider
+from qzpay.adapters.sqlite import SQLiteStorage
+from qzpay.bootstrap import create_billing
+from qzpay.errors import QZPayError
+
+POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
+SQLITE_SCHEMES = ("sqlite", "sqlite+aiosqlite")
+
+
+class UsageError(Exception):
+    """The command line asks for something that cannot be done here (exit 2)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``qzpay`` with ``argv`` (default: ``sys.argv[1:]``) and return its exit code."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # argparse has printed the usage or the help already
+        return stop.code if isinstance(stop.code, int) else 2
+    command: Callable[[argparse.Namespace], int] = args.command
+    try:
+        return command(args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except QZPayError as error:
+        _report(error)
+        return 1
+    except ExceptionGroup as group:  # a task group may wrap qzpay's errors
+        matched, rest = group.split(QZPayError)
+        if matched is None or rest is not None:
+            raise
+        for leaf in _leaves(matched):
+            _report(leaf)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qzpay", description="qzpay: async billing in your own database."
+    )
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    run_demo = commands.add_parser(
+        "demo",
+        help="run a subscription's first month on SQLite with a fake provider and frozen clock",
+    )
+    run_demo.add_argument(
+        "--db", type=Path, metavar="PATH", help="SQLite file to use (default: a temporary one)"
+    )
+    run_demo.add_argument("--json", action="store_true", help="print each step as a JSON line")
+    run_demo.set_defaults(command=_demo)
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the qzpay schema")
+    migrate.add_argument(
+        "--url",
+        required=True,
+        help="sqlite:///path/to/billing.db or postgresql://user@host:5432/db",
+    )
+    migrate.add_argument("--prefix", default="billing_", help="table prefix (default: billing_)")
+    migrate.add_argument(
+        "--multi-tenant", action="store_true", help="give every tenant-owned table a tenant_id"
+    )
+    migrate.set_defaults(command=_migrate)
+
+    conformance = commands.add_parser(
+        "conformance", help="run the storage conformance suite against an adapter"
+    )
+    conformance.add_argument("factory", metavar="MODULE:FACTORY")
+    conformance.set_defaults(command=_conformance)
+    return parser
+
+
+# -- demo --------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    def emit(step: demo.Step) -> None:
+        print(step.as_json() if args.json else step.text, flush=True)
+
+    if args.db is not None:
+        path = _sqlite_file(args.db, option="--db")
+        if path.exists() and path.stat().st_size > 0:
+            # The fake provider starts afresh each run, so its ids would collide with the
+            # ones the last run stored: the story needs a new file.
+            raise UsageError(f"--db: {path} already exists; the demo needs a new file")
+        asyncio.run(_run_demo(path, emit, temporary=False))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="qzpay-demo-") as directory:
+        asyncio.run(_run_demo(Path(directory) / "billing.db", emit, temporary=True))
+    return 0
+
+
+async def _run_demo(path: Path, emit: demo.Emit, *, temporary: bool) -> None:
+    clock = FrozenClock(demo.START)
+    billing = create_billing(storage=SQLiteStorage(path), provider=FakeProvider(), clock=clock)
+    async with billing:
+        where = "a temporary SQLite database (--db PATH keeps one)" if temporary else path
+        emit(
+            demo.Step(
+                name="opened",
+                text=f"Opened {where} with the fake payment provider",
+                data={"database": str(path), "temporary": temporary},
+            )
+        )
+        await demo.run(billing, travel=clock.advance, emit=emit)
+
+
+# -- migrate -----------------------------------------------------------------------------
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    scheme = args.url.partition("://")[0].lower() if "://" in args.url else ""
+    if scheme in SQLITE_SCHEMES:
+        print(asyncio.run(_migrate_sqlite(args.url, args.prefix, args.multi_tenant)))
+    elif scheme in POSTGRES_SCHEMES:
+        print(asyncio.run(_migrate_postgres(args.url, args.prefix, args.multi_tenant)))
+    else:
+        raise UsageError(
+            f"--url: unsupported scheme {scheme or '(none)'!r}: "
+            "use sqlite:///path/to/billing.db or postgresql://user@host:5432/db"
+        )
+    return 0
+
+
+async def _migrate_sqlite(url: str, prefix: str, multi_tenant: bool) -> str:
+    storage = SQLiteStorage(url, table_prefix=prefix, multi_tenant=multi_tenant)
+    path = storage.path
+    if path != ":memory:":
+        _sqlite_file(Path(path), option="--url")
+    before = _sqlite_schema_version(path, storage.table_prefix)
+    await storage.open()  # creates or upgrades the schema
+    await storage.close()
+    after = _sqlite_schema_version(path, storage.table_prefix)
+    where = f"{path} ({_layout(prefix, multi_tenant)})"
+    if before is None:
+        return f"Created the qzpay schema, version {after}, in {where}"
+    if before == after:
+        return f"The qzpay schema in {where} is up to date (version {after}): nothing to do"
+    return f"Upgraded the qzpay schema in {where} from version {before} to {after}"
+
+
+async def _migrate_postgres(url: str, prefix: str, multi_tenant: bool) -> str:
+    try:
+        # Imported by name: the core must not depend on the optional postgres adapter.
+        module: Any = importlib.import_module("qzpay.adapters.postgres")
+    except ModuleNotFoundError as error:
+        if error.name == "qzpay.adapters.postgres":
+            raise UsageError("PostgreSQL support arrives with the postgres adapter") from None
+        if error.name == "asyncpg":
+            raise UsageError(
+                "PostgreSQL needs the postgres extra: pip install 'qzpay[postgres]'"
+            ) from None
+        raise
+    storage = module.PostgresStorage(
+        url, table_prefix=prefix, multi_tenant=multi_tenant, auto_migrate=True
+    )
+    await storage.open()  # auto_migrate: creates or upgrades the schema
+    await storage.close()
+    return (
+        f"Migrated the qzpay schema in {_without_password(url)} ({_layout(prefix, multi_tenant)})"
+    )
+
+
+def _sqlite_schema_version(path: str, prefix: str) -> int | None:
+    """The version recorded in ``{prefix}migrations``, or ``None`` where there is no schema."""
+    if path == ":memory:" or not Path(path).exists():
+        return None
+    uri = Path(path).resolve().as_uri() + "?mode=ro"
+    with closing(sqlite3.connect(uri, uri=True)) as connection:
+        try:
+            row = connection.execute(f"SELECT max(version) FROM {prefix}migrations").fetchone()
+        except sqlite3.OperationalError:  # no such table: qzpay has never been here
+            return None
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def _layout(prefix: str, multi_tenant: bool) -> str:
+    return f"prefix {prefix}, {'multi' if multi_tenant else 'single'}-tenant"
+
+
+def _without_password(url: str) -> str:
+    """``url`` fit to print: a password in it becomes ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+# -- conformance -------------------------------------------------------------------------
+
+
+def _conformance(args: argparse.Namespace) -> int:
+    raise UsageError(
+        f"qzpay conformance {args.factory}: the storage conformance suite is not available "
+        "yet; it arrives with qzpay.conformance"
+    )
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _sqlite_file(path: Path, *, option: str) -> Path:
+    """Refuse a path SQLite could not create, before anything tries to open it."""
+    if path.is_dir():
+        raise UsageError(f"{option}: {path} is a directory; give a file path")
+    if not path.parent.is_dir():
+        raise UsageError(f"{option}: directory {path.parent} does not exist")
+    return path
+
+
+def _report(error: QZPayError) -> None:
+    print(f"error: {error.code}: {error}", file=sys.stderr)
+
+
+def _leaves(group: BaseExceptionGroup[QZPayError]) -> list[QZPayError]:
+    errors: list[QZPayError] = []
+    for error in group.exceptions:
+        errors.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
+    return errors
+
+
+if __name__ == "__main__":
+    sys.exit(main())

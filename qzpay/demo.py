@@ -1,0 +1,232 @@
+"""The story ``qzpay demo`` tells: a plan, a customer, a trial, and the trial ending.
+
+``qzpay demo`` runs it on a real SQLite file with the fake provider and a frozen clock
+starting on 2028-01-31 09:00 UTC, so it reads the same on every machine and every run (a
+month-end start shows the period clamp). Time travel works as with Stripe's test clocks:
+the clock jumps past the trial and ``billing.jobs.run_due()`` does what would have come due.
+The story itself names no adapter (docs/decisions/0007): the CLI wires them.
+
+Each thing that happens is a ``Step``: a line for people and the same facts as data, which
+``qzpay demo --json`` prints as one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, date, datetime, timedelta
+from enum import Enum
+from uuid import UUID
+
+import attrs
+
+from qzpay.billing import Billing
+from qzpay.contracts.storage import Scope
+from qzpay.domain.catalog import Price
+from qzpay.domain.payments import Payment
+from qzpay.domain.records import AuditLog
+from qzpay.domain.subscriptions import Subscription
+from qzpay.money import format_amount
+
+START = datetime(2028, 1, 31, 9, 0, tzinfo=UTC)
+TRIAL_DAYS = 14
+
+
+@attrs.frozen(kw_only=True)
+class Step:
+    """One thing the demo did: a name for machines, a line for people, the facts as data."""
+
+    name: str
+    text: str
+    data: Mapping[str, object] = attrs.field(factory=dict)
+
+    def as_json(self) -> str:
+        """One JSON object, ``{"step": name, ...data}``; ids and datetimes as strings."""
+        return json.dumps({"step": self.name, **{k: _plain(v) for k, v in self.data.items()}})
+
+
+Emit = Callable[[Step], None]
+Travel = Callable[[timedelta], datetime]
+
+
+async def run(billing: Billing, *, travel: Travel, emit: Emit) -> None:
+    """Tell the story with ``billing``, handing each step to ``emit`` as it happens.
+
+    ``billing`` is open and empty, with a clock at ``START`` that ``travel`` moves forward
+    (``FrozenClock.advance``); ``qzpay demo`` wires it to a SQLite file and the fake provider.
+    """
+    emit(
+        Step(
+            name="clock",
+            text=f"The clock is frozen at {_moment(billing.clock.now())}",
+            data={"now": billing.clock.now()},
+        )
+    )
+    plan = await billing.plans.create(name="Pro", entitlements=["reports"], limits={"seats": 5})
+    emit(
+        Step(
+            name="plan_created",
+            text=f"Created plan {plan.name} with entitlement reports and 5 seats "
+            f"(plan id {plan.id})",
+            data={
+                "id": plan.id,
+                "name": plan.name,
+                "entitlements": plan.entitlements,
+                "limits": plan.limits,
+            },
+        )
+    )
+    monthly = await billing.prices.create(
+        plan_id=plan.id, unit_amount=2900, currency="USD", interval="month"
+    )
+    emit(_price_created(monthly))
+    yearly = await billing.prices.create(
+        plan_id=plan.id, unit_amount=29000, currency="USD", interval="year"
+    )
+    emit(_price_created(yearly))
+
+    customer = await billing.customers.create(email="ann@example.com", name="Ann")
+    emit(
+        Step(
+            name="customer_created",
+            text=f"Created customer {customer.name} <{customer.email}> (customer id {customer.id})",
+            data={"id": customer.id, "name": customer.name, "email": customer.email},
+        )
+    )
+    card = await billing.payment_methods.attach(customer.id, token="pm_card_visa", set_default=True)
+    emit(
+        Step(
+            name="payment_method_attached",
+            text=f"Attached {card.brand} ending {card.last4} as the default payment method "
+            f"(payment method id {card.id})",
+            data={
+                "id": card.id,
+                "brand": card.brand,
+                "last4": card.last4,
+                "is_default": card.is_default,
+            },
+        )
+    )
+
+    subscription = await billing.subscriptions.create(
+        customer_id=customer.id, price_id=monthly.id, trial_days=TRIAL_DAYS
+    )
+    emit(
+        _subscription_step(
+            "subscription_created",
+            f"Subscribed {customer.name} to {plan.name} monthly with a {TRIAL_DAYS}-day trial",
+            subscription,
+        )
+    )
+
+    now = travel(timedelta(days=TRIAL_DAYS + 1))
+    emit(
+        Step(
+            name="clock_advanced",
+            text=f"Travelled {TRIAL_DAYS + 1} days to {_moment(now)}, past the trial's end",
+            data={"now": now},
+        )
+    )
+    report = await billing.jobs.run_due()
+    emit(
+        Step(
+            name="jobs_ran",
+            text=f"Ran the due jobs: trials ended {report.trials_ended}, "
+            f"charged {report.charged}, failed {report.failed}",
+            data={
+                "trials_ended": report.trials_ended,
+                "charged": report.charged,
+                "failed": report.failed,
+            },
+        )
+    )
+
+    subscription = await billing.subscriptions.get(subscription.id)
+    emit(_subscription_step("subscription_read", "Read the subscription back", subscription))
+    payments, audit_rows = await _payments_and_audit_rows(billing, subscription.id)
+    for payment in payments:
+        emit(
+            Step(
+                name="payment",
+                text=f"Payment of {format_amount(payment.amount, payment.currency)} "
+                f"{payment.status} on {payment.created_at.date().isoformat()} "
+                f"(payment id {payment.id})",
+                data={
+                    "id": payment.id,
+                    "amount": payment.amount,
+                    "currency": payment.currency,
+                    "status": payment.status,
+                    "created_at": payment.created_at,
+                },
+            )
+        )
+    if not payments:
+        emit(Step(name="payment", text="No payment was made", data={"id": None}))
+    emit(
+        Step(
+            name="audit",
+            text=f"The audit log holds {audit_rows} rows, each written with its change",
+            data={"rows": audit_rows},
+        )
+    )
+
+
+def _price_created(price: Price) -> Step:
+    amount = format_amount(price.unit_amount, price.currency)
+    return Step(
+        name="price_created",
+        text=f"Created price {amount} per {price.interval} (price id {price.id})",
+        data={
+            "id": price.id,
+            "unit_amount": price.unit_amount,
+            "currency": price.currency,
+            "interval": price.interval,
+        },
+    )
+
+
+def _subscription_step(name: str, what: str, subscription: Subscription) -> Step:
+    start = subscription.current_period_start.date().isoformat()
+    end = subscription.current_period_end.date().isoformat()
+    return Step(
+        name=name,
+        text=f"{what}: {subscription.status}, period {start} to {end} "
+        f"(subscription id {subscription.id})",
+        data={
+            "id": subscription.id,
+            "status": subscription.status,
+            "current_period_start": subscription.current_period_start,
+            "current_period_end": subscription.current_period_end,
+            "trial_end": subscription.trial_end,
+        },
+    )
+
+
+async def _payments_and_audit_rows(
+    billing: Billing, subscription_id: UUID
+) -> tuple[list[Payment], int]:
+    """Read the subscription's payments (oldest first) and count the audit rows."""
+    scope = Scope(livemode=billing.livemode, tenant_id=billing.tenant_id)
+    async with billing.storage.transaction(scope, readonly=True) as tx:
+        page = await tx.list(Payment, filters={"subscription_id": subscription_id}, limit=100)
+        audit_rows = await tx.count(AuditLog)
+    return sorted(page.items, key=lambda payment: payment.id), audit_rows
+
+
+def _moment(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M} UTC"
+
+
+def _plain(value: object) -> object:
+    """``value`` as JSON can hold it: ids, enums and datetimes become strings."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | frozenset | set):
+        return [_plain(v) for v in value]
+    return value
