@@ -206,7 +206,8 @@ class _MemoryTransaction:
         table = self._table(kind)
         columns = tuple(key)
         index = table.indexes.get(columns)
-        if index is not None and not include_deleted:
+        # The index holds no NULLs (they never collide), so a None in the key needs a scan.
+        if index is not None and not include_deleted and None not in key.values():
             found = index.get((self._scope.livemode, self._scope.tenant_id, *key.values()))
             return None if found is None else table.rows[found]
         rows = self._matching(table, key, include_deleted)

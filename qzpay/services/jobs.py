@@ -77,7 +77,7 @@ class JobsService:
 
     async def run_due(self) -> JobRunReport:
         """Do everything due now; safe to run again (what was done is not due any more)."""
-        started = self._context.clock.now()
+        started = self._context.now()
         async with self._context.unit_of_work() as uow:
             execution = JobExecution(
                 id=new_id(),

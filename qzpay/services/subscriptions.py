@@ -108,7 +108,7 @@ class SubscriptionsService:
 
         trial = price.trial_days if trial is None else trial
         subscription_id = new_id()
-        now = self._context.clock.now()
+        now = self._context.now()
         amount = money.amount(price.unit_amount * count, field="quantity")
         charge: ChargeResult | None = None
         if trial:
