@@ -39,6 +39,7 @@ from qzpay.domain.records import IdempotencyKey
 from qzpay.domain.registry import SPECS, EntitySpec, spec_for
 from qzpay.domain.subscriptions import Subscription
 from qzpay.errors import ConfigurationError
+from qzpay.timestamps import aware_utc
 
 E = TypeVar("E")
 _Key = tuple[object, ...]
@@ -331,7 +332,7 @@ class _MemoryTransaction:
         self._check_writable()
         table = self._table(kind)
         rules.refuse_not_deletable(table.spec)
-        at = rules.aware(at, field="at")
+        at = aware_utc(at, field="at")
         current = self._current(table, id)
         changes: dict[str, Any] = {"deleted_at": at}
         if "updated_at" in table.spec.fields:

@@ -30,29 +30,27 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
 import anyio
 import asyncpg
-import attrs
 import cattrs
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
 from qzpay.adapters import storage_rules as rules
 from qzpay.adapters.serialized import add_refund, redeem_promo_code
 from qzpay.adapters.sql import migrations
+from qzpay.adapters.sql.event_loop import require_asyncio
 from qzpay.adapters.sql.rows import RowCodec, postgres_converter
 from qzpay.adapters.sql.schema import Schema, build_schema, constraint_owners
-from qzpay.adapters.sql.statements import Compiled, Statements, filter_shape
-from qzpay.adapters.sqlite import require_asyncio
-from qzpay.contracts.storage import Filters, Page, Scope, StorageTransaction
+from qzpay.adapters.sql.statements import Compiled, Statements
+from qzpay.adapters.sql.transaction import SqlTransaction, Write
+from qzpay.contracts.storage import Scope, StorageTransaction
 from qzpay.domain.payments import Payment, Refund
 from qzpay.domain.promotions import PromoCode, PromoCodeUsage
 from qzpay.domain.records import IdempotencyKey
-from qzpay.domain.registry import SPECS, EntitySpec, spec_for
-from qzpay.domain.subscriptions import Subscription
+from qzpay.domain.registry import SPECS, spec_for
 from qzpay.errors import (
     ConfigurationError,
     InvalidStateError,
@@ -91,16 +89,6 @@ def asyncpg_dsn(dsn: str) -> str:
 
 async def _no_reset(connection: asyncpg.Connection) -> None:
     """qzpay leaves no session state behind, so a returned connection needs no reset query."""
-
-
-@attrs.frozen
-class _Write:
-    spec: EntitySpec[Any]
-    statement: Compiled
-    args: list[Any]
-    checked: bool = False  # an UPDATE that must hit exactly one row
-    entity_id: UUID | None = None
-    expected_version: int | None = None
 
 
 class PostgresStorage:
@@ -285,7 +273,7 @@ class PostgresStorage:
         self._batches[statements] = found
         return found
 
-    def explain(self, error: asyncpg.PostgresError, write: _Write | None) -> QZPayError:
+    def explain(self, error: asyncpg.PostgresError, write: Write | None) -> QZPayError:
         """The database's refusal as qzpay's named error."""
         name = getattr(error, "constraint_name", None)
         owner = self._owners.get(name) if name else None
@@ -309,16 +297,10 @@ class PostgresStorage:
         return StorageError(f"PostgreSQL failed: {type(error).__name__}", retryable=False)
 
 
-class _PostgresTransaction:
-    __slots__ = (
-        "_begun",
-        "_readonly",
-        "_scope",
-        "_scope_params",
-        "_store",
-        "_writes",
-        "connection",
-    )
+class _PostgresTransaction(SqlTransaction):
+    """Reads run at once; writes go as one statement at the next read, flush or commit."""
+
+    skip_locked = True
 
     def __init__(
         self,
@@ -328,30 +310,18 @@ class _PostgresTransaction:
         *,
         readonly: bool,
     ) -> None:
-        self._store = store
+        super().__init__(store, scope, readonly=readonly)
+        self._postgres = store
         self.connection = connection
-        self._scope = scope
-        self._readonly = readonly
-        self._scope_params: dict[str, Any] = {
-            "s_livemode": scope.livemode,
-            "s_tenant_id": scope.tenant_id,
-        }
-        self._writes: list[_Write] = []
         self._begun = False
-
-    @property
-    def scope(self) -> Scope:
-        return self._scope
-
-    # -- the ways statements reach the server -------------------------------------------
 
     async def _begin(self) -> None:
         if not self._begun and not self._readonly:
             await self.connection.execute("BEGIN")
             self._begun = True
 
-    async def _fetch(self, statement: Compiled, params: dict[str, Any]) -> list[Any]:
-        """A read: sends buffered writes first; a readonly read retries on a new connection."""
+    async def _fetch(self, statement: Compiled, params: dict[str, Any]) -> Sequence[Sequence[Any]]:
+        """A read: opens BEGIN, sends buffered writes; readonly reads retry on a new connection."""
         await self._begin()
         await self._send_writes()
         args = statement.positional(params)
@@ -364,11 +334,11 @@ class _PostgresTransaction:
                     raise StorageError(f"lost the PostgreSQL connection: {error}") from None
                 await self._reconnect()
             except asyncpg.PostgresError as error:
-                raise self._store.explain(error, None) from None
+                raise self._postgres.explain(error, None) from None
         raise AssertionError("unreachable")
 
     async def _reconnect(self) -> None:
-        pool = self._store._require_pool()
+        pool = self._postgres._require_pool()
         broken, self.connection = self.connection, await pool.acquire()
         broken.terminate()
         await pool.release(broken)
@@ -386,9 +356,9 @@ class _PostgresTransaction:
             except _TRANSIENT as error:
                 # A single autocommit statement failed whole: nothing happened, try again.
                 if not autocommit or attempt == TRANSIENT_RETRIES - 1:
-                    raise self._store.explain(error, None) from None
+                    raise self._postgres.explain(error, None) from None
             except asyncpg.PostgresError as error:
-                raise self._store.explain(error, _culprit(writes, error)) from None
+                raise self._postgres.explain(error, _culprit(writes, error)) from None
             except _CONNECTION_ERRORS as error:
                 raise StorageError(
                     f"lost the PostgreSQL connection while writing: {error}; the write may or "
@@ -396,27 +366,24 @@ class _PostgresTransaction:
                 ) from None
         for write, count in zip(writes, counts, strict=True):
             if write.checked and count != 1:
-                raise await self._no_row(write)
+                assert write.entity_id is not None
+                exists = self._postgres.statements.exists(write.spec, include_deleted=False)
+                found = await self.connection.fetch(
+                    exists.sql, *exists.positional(self._key(write.entity_id))
+                )
+                raise write.no_row(bool(found))
 
-    async def _execute(self, writes: list[_Write]) -> list[int]:
+    async def _execute(self, writes: list[Write]) -> list[int]:
         if len(writes) == 1:
-            status: str = await self.connection.execute(writes[0].statement.sql, *writes[0].args)
+            write = writes[0]
+            status: str = await self.connection.execute(
+                write.statement.sql, *write.statement.positional(write.params)
+            )
             return [int(status.rsplit(" ", 1)[-1])]
-        sql = self._store.batch_sql(tuple(write.statement for write in writes))
-        args = [arg for write in writes for arg in write.args]
+        sql = self._postgres.batch_sql(tuple(write.statement for write in writes))
+        args = [arg for write in writes for arg in write.statement.positional(write.params)]
         row = await self.connection.fetchrow(sql, *args)
         return [int(count) for count in row]
-
-    async def _no_row(self, write: _Write) -> QZPayError:
-        """After an UPDATE hit no row: was the row missing, or its version stale?"""
-        assert write.entity_id is not None
-        statement = self._store.statements.exists(write.spec, include_deleted=False)
-        found = await self.connection.fetch(
-            statement.sql, *statement.positional(self._key(write.entity_id))
-        )
-        if not found or write.expected_version is None:
-            return rules.missing(write.spec, write.entity_id)
-        return rules.stale(write.spec, write.entity_id, write.expected_version)
 
     async def commit(self) -> None:
         if not self._begun and any(write.checked for write in self._writes):
@@ -438,138 +405,12 @@ class _PostgresTransaction:
     async def flush(self) -> None:
         await self._send_writes()
 
-    # -- reads ---------------------------------------------------------------------------
-
-    def _key(self, entity_id: UUID) -> dict[str, Any]:
-        return {**self._scope_params, "k_id": entity_id}
-
-    async def get(self, kind: type[E], id: UUID, *, include_deleted: bool = False) -> E | None:
-        spec = spec_for(kind)
-        rows = await self._fetch(self._store.statements.get(spec, include_deleted), self._key(id))
-        return self._store.codec(kind).entity(rows[0]) if rows else None
-
-    def _filter_params(self, spec: EntitySpec[Any], filters: Filters | None) -> dict[str, Any]:
-        rules.check_filters(spec, filters)
-        params = dict(self._scope_params)
-        for name, value in (filters or {}).items():
-            if value is not None:
-                params[f"f_{name}"] = self._store.encode(value)
-        return params
-
-    async def find(
-        self, kind: type[E], *, include_deleted: bool = False, **key: object
-    ) -> E | None:
-        page = await self.list(kind, filters=key, limit=1, include_deleted=include_deleted)
-        return page.items[0] if page.items else None
-
-    async def list(
-        self,
-        kind: type[E],
-        *,
-        filters: Filters | None = None,
-        limit: int = 20,
-        cursor: str | None = None,
-        include_deleted: bool = False,
-    ) -> Page[E]:
-        spec = spec_for(kind)
-        codec = self._store.codec(kind)
-        limit = rules.page_size(limit)
-        params = self._filter_params(spec, filters)
-        if cursor is not None:
-            params["cursor"] = rules.decode_cursor(cursor)
-        params["limit"] = limit + 1
-        params["offset"] = 0
-        statement = self._store.statements.select(
-            spec, filter_shape(dict(filters or {})), include_deleted, cursor is not None
-        )
-        rows = await self._fetch(statement, params)
-        items = [codec.entity(row) for row in rows[:limit]]
-        more = len(rows) > limit
-        next_cursor = rules.encode_cursor(items[-1].id) if more else None  # type: ignore[attr-defined]
-        return Page(items=items, next_cursor=next_cursor)
-
-    async def count(
-        self, kind: type[E], *, filters: Filters | None = None, include_deleted: bool = False
-    ) -> int:
-        spec = spec_for(kind)
-        statement = self._store.statements.count(
-            spec, filter_shape(dict(filters or {})), include_deleted
-        )
-        rows = await self._fetch(statement, self._filter_params(spec, filters))
-        return int(rows[0][0])
-
-    # -- writes (buffered) ---------------------------------------------------------------
-
-    def _buffer(self, write: _Write) -> None:
-        if self._readonly:
-            raise ConfigurationError("this transaction was opened readonly")
-        self._writes.append(write)
-
-    async def insert(self, entity: E) -> None:
-        spec = spec_for(type(entity))
-        rules.check_entity_scope(entity, self._scope)
-        rules.check_timestamps(entity)
-        statement = self._store.statements.insert(spec)
-        params = self._store.codec(type(entity)).params(entity)
-        self._buffer(_Write(spec, statement, statement.positional(params)))
-
-    async def update(self, entity: E, *, expected_version: int | None = None) -> E:
-        kind = type(entity)
-        spec = spec_for(kind)
-        rules.refuse_append_only(spec, "updated")
-        rules.check_entity_scope(entity, self._scope)
-        rules.check_timestamps(entity)
-        entity_id: UUID = entity.id  # type: ignore[attr-defined]
-        params = self._store.codec(kind).params(entity)
-        params.update(self._key(entity_id))
-        expected: int | None = None
-        if spec.versioned:
-            expected = entity.version if expected_version is None else expected_version  # type: ignore[attr-defined]
-            params["expected_version"] = expected
-        statement = self._store.statements.update(spec)
-        self._buffer(
-            _Write(spec, statement, statement.positional(params), True, entity_id, expected)
-        )
-        return entity if expected is None else attrs.evolve(entity, version=expected + 1)  # type: ignore[misc]
-
-    async def soft_delete(
-        self, kind: type[E], id: UUID, *, at: datetime, expected_version: int | None = None
-    ) -> None:
-        spec = spec_for(kind)
-        rules.refuse_not_deletable(spec)
-        at = rules.aware(at, field="at")
-        check_version = spec.versioned and expected_version is not None
-        params = {**self._key(id), "deleted_at": at}
-        if check_version:
-            params["expected_version"] = expected_version
-        statement = self._store.statements.soft_delete(spec, check_version)
-        self._buffer(
-            _Write(
-                spec,
-                statement,
-                statement.positional(params),
-                True,
-                id,
-                expected_version if check_version else None,
-            )
-        )
-
     # -- atomic operations: row locks in the database ------------------------------------
-
-    def _check_writable(self) -> None:
-        if self._readonly:
-            raise ConfigurationError("this transaction was opened readonly")
 
     async def _lock(self, kind: type[Any], entity_id: UUID) -> None:
         """Hold the row's lock until the transaction ends: the next read-check-write is atomic."""
         self._check_writable()
-        spec = spec_for(kind)
-        await self._fetch(self._store.statements.lock(spec), self._key(entity_id))
-
-    async def next_invoice_number(self) -> int:
-        self._check_writable()
-        rows = await self._fetch(self._store.statements.next_number(), self._scope_params)
-        return int(rows[0][0])
+        await self._fetch(self._postgres.statements.lock(spec_for(kind)), self._key(entity_id))
 
     async def redeem_promo_code(self, usage: PromoCodeUsage) -> PromoCode:
         await self._lock(PromoCode, usage.promo_code_id)
@@ -582,41 +423,16 @@ class _PostgresTransaction:
     async def store_idempotency_key(self, record: IdempotencyKey) -> IdempotencyKey:
         """Insert unless taken (``ON CONFLICT DO NOTHING`` waits for a concurrent inserter)."""
         self._check_writable()
-        spec = spec_for(IdempotencyKey)
-        statement = self._store.statements.insert_if_absent(spec)
         rules.check_entity_scope(record, self._scope)
         rules.check_timestamps(record)
-        params = self._store.codec(IdempotencyKey).params(record)
-        inserted = await self._fetch(statement, params)
-        if inserted:
+        statement = self._postgres.statements.insert_if_absent(spec_for(IdempotencyKey))
+        params = self._postgres.codec(IdempotencyKey).params(record)
+        if await self._fetch(statement, params):
             return record
         stored: IdempotencyKey | None = await self.find(IdempotencyKey, key=record.key)
-        if stored is None:  # the holder was deleted in between: cannot happen (append-only use)
+        if stored is None:
             raise StorageError("the idempotency key vanished while being stored")
         return stored
-
-    async def claim_due_subscriptions(
-        self, *, now: datetime, limit: int, claimant: str, lease: timedelta
-    ) -> Sequence[Subscription]:
-        self._check_writable()
-        spec = spec_for(Subscription)
-        codec = self._store.codec(Subscription)
-        params = {
-            **self._scope_params,
-            "now": now,
-            "limit": rules.claim_size(limit),
-            "offset": 0,
-        }
-        rows = await self._fetch(
-            self._store.statements.due_subscriptions(spec, skip_locked=True), params
-        )
-        claimed = []
-        for row in rows:
-            due = codec.entity(row)
-            claimed.append(
-                await self.update(attrs.evolve(due, claimed_by=claimant, claimed_until=now + lease))
-            )
-        return claimed
 
 
 def _renumber(sql: str, offset: int) -> str:
@@ -624,7 +440,7 @@ def _renumber(sql: str, offset: int) -> str:
     return _PLACEHOLDER.sub(lambda match: f"${int(match.group(1)) + offset}", sql)
 
 
-def _culprit(writes: list[_Write], error: asyncpg.PostgresError) -> _Write | None:
+def _culprit(writes: list[Write], error: asyncpg.PostgresError) -> Write | None:
     table = getattr(error, "table_name", None)
     return next((write for write in writes if write.statement.sql.find(f" {table} ") > 0), None)
 

@@ -25,34 +25,32 @@ How it stays fast and safe (DESIGN §11, docs/decisions/0004-sqlite-unit-of-work
 
 from __future__ import annotations
 
-import asyncio
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from uuid import UUID
 
 import aiosqlite
 import anyio
-import attrs
 import cattrs
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from qzpay.adapters import serialized
 from qzpay.adapters import storage_rules as rules
 from qzpay.adapters.sql import migrations
+from qzpay.adapters.sql.event_loop import require_asyncio
 from qzpay.adapters.sql.rows import RowCodec, sqlite_converter
 from qzpay.adapters.sql.schema import Schema, build_schema
-from qzpay.adapters.sql.statements import Compiled, Statements, filter_shape
-from qzpay.contracts.storage import Filters, Page, Scope, StorageTransaction
+from qzpay.adapters.sql.statements import Compiled, Statements
+from qzpay.adapters.sql.transaction import SqlTransaction, Write
+from qzpay.contracts.storage import Scope, StorageTransaction
 from qzpay.domain.payments import Payment, Refund
 from qzpay.domain.promotions import PromoCode, PromoCodeUsage
 from qzpay.domain.records import IdempotencyKey
-from qzpay.domain.registry import BY_TABLE, SPECS, EntitySpec, spec_for
-from qzpay.domain.subscriptions import Subscription
+from qzpay.domain.registry import BY_TABLE, SPECS, spec_for
 from qzpay.errors import (
     ConfigurationError,
     InvalidStateError,
@@ -85,26 +83,6 @@ def sqlite_path(path_or_url: str | Path) -> str:
     if not text:
         raise ValidationError("must not be empty", field="path_or_url", rule="required")
     return text
-
-
-def require_asyncio(adapter: str) -> None:
-    """SQL drivers run on asyncio only: say so plainly instead of failing deep inside."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise ConfigurationError(
-            f"{adapter} needs asyncio (its driver does); on trio use MemoryStorage"
-        ) from None
-
-
-@attrs.frozen
-class _Write:
-    """One buffered statement and how to explain it if the database refuses it."""
-
-    spec: EntitySpec[Any]
-    statement: Compiled
-    params: dict[str, Any]
-    on_no_row: Callable[[sqlite3.Connection], QZPayError] | None = None
 
 
 class SQLiteStorage:
@@ -283,25 +261,13 @@ def _retryable(error: sqlite3.OperationalError) -> bool:
     return "locked" in message or "busy" in message
 
 
-class _SQLiteTransaction:
-    __slots__ = ("_begun", "_readonly", "_scope", "_scope_params", "_store", "_writes")
+class _SQLiteTransaction(SqlTransaction):
+    """Everything reaches the database through ``_run``: one hop to the worker thread."""
 
     def __init__(self, store: SQLiteStorage, scope: Scope, *, readonly: bool) -> None:
-        self._store = store
-        self._scope = scope
-        self._readonly = readonly
-        self._scope_params: dict[str, Any] = {
-            "s_livemode": scope.livemode,
-            "s_tenant_id": scope.tenant_id,
-        }
-        self._writes: list[_Write] = []
+        super().__init__(store, scope, readonly=readonly)
+        self._sqlite = store
         self._begun = False
-
-    @property
-    def scope(self) -> Scope:
-        return self._scope
-
-    # -- the one way statements reach the database ------------------------------------
 
     async def _run(self, read: Callable[[sqlite3.Connection], T] | None, *, end: bool) -> T | None:
         """Send buffered writes (and ``read``, and the COMMIT if ``end``) in one hop."""
@@ -310,23 +276,27 @@ class _SQLiteTransaction:
         if begin:
             self._begun = True
         commit = end and self._begun
+        if not (begin or writes or read or commit):
+            return None
+        store = self._sqlite
 
         def work(connection: sqlite3.Connection) -> T | None:
             if begin:
                 connection.execute("BEGIN IMMEDIATE")
             for write in writes:
-                _apply(self._store, connection, write)
+                _apply(store, connection, write)
             result = read(connection) if read is not None else None
             if commit:
                 connection.execute("COMMIT")
             return result
 
-        if not (begin or writes or read or commit):
-            return None
-        return await self._store._call(work)
+        return await store._call(work)
 
-    async def _read(self, read: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._run(read, end=False)  # type: ignore[return-value]
+    async def _fetch(self, statement: Compiled, params: dict[str, Any]) -> Sequence[Sequence[Any]]:
+        rows: list[Any] | None = await self._run(
+            lambda connection: connection.execute(statement.sql, params).fetchall(), end=False
+        )
+        return rows or []
 
     async def commit(self) -> None:
         await self._run(None, end=True)
@@ -339,158 +309,13 @@ class _SQLiteTransaction:
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
 
-            await self._store._call(undo)
+            await self._sqlite._call(undo)
 
     async def flush(self) -> None:
         if self._writes:
-            await self._read(lambda connection: None)
-
-    # -- reads ---------------------------------------------------------------------------
-
-    def _key(self, entity_id: UUID) -> dict[str, Any]:
-        return {**self._scope_params, "k_id": entity_id.hex}
-
-    async def get(self, kind: type[E], id: UUID, *, include_deleted: bool = False) -> E | None:
-        codec = self._store.codec(kind)
-        spec = spec_for(kind)
-        statement = self._store.statements.get(spec, include_deleted)
-        params = self._key(id)
-        row = await self._read(lambda c: c.execute(statement.sql, params).fetchone())
-        return None if row is None else codec.entity(row)
-
-    def _filter_params(self, spec: EntitySpec[Any], filters: Filters | None) -> dict[str, Any]:
-        rules.check_filters(spec, filters)
-        params = dict(self._scope_params)
-        for name, value in (filters or {}).items():
-            if value is not None:
-                params[f"f_{name}"] = self._store.encode(value)
-        return params
-
-    async def find(
-        self, kind: type[E], *, include_deleted: bool = False, **key: object
-    ) -> E | None:
-        page = await self.list(kind, filters=key, limit=1, include_deleted=include_deleted)
-        return page.items[0] if page.items else None
-
-    async def list(
-        self,
-        kind: type[E],
-        *,
-        filters: Filters | None = None,
-        limit: int = 20,
-        cursor: str | None = None,
-        include_deleted: bool = False,
-    ) -> Page[E]:
-        spec = spec_for(kind)
-        codec = self._store.codec(kind)
-        limit = rules.page_size(limit)
-        params = self._filter_params(spec, filters)
-        if cursor is not None:
-            params["cursor"] = rules.decode_cursor(cursor).hex
-        params["limit"] = limit + 1
-        params["offset"] = 0
-        statement = self._store.statements.select(
-            spec, filter_shape(dict(filters or {})), include_deleted, cursor is not None
-        )
-        rows = await self._read(lambda c: c.execute(statement.sql, params).fetchall())
-        items = [codec.entity(row) for row in rows[:limit]]
-        more = len(rows) > limit
-        next_cursor = rules.encode_cursor(items[-1].id) if more else None  # type: ignore[attr-defined]
-        return Page(items=items, next_cursor=next_cursor)
-
-    async def count(
-        self, kind: type[E], *, filters: Filters | None = None, include_deleted: bool = False
-    ) -> int:
-        spec = spec_for(kind)
-        params = self._filter_params(spec, filters)
-        statement = self._store.statements.count(
-            spec, filter_shape(dict(filters or {})), include_deleted
-        )
-        row = await self._read(lambda c: c.execute(statement.sql, params).fetchone())
-        return int(row[0])
-
-    # -- writes (buffered) ---------------------------------------------------------------
-
-    def _buffer(self, write: _Write) -> None:
-        if self._readonly:
-            raise ConfigurationError("this transaction was opened readonly")
-        self._writes.append(write)
-
-    async def insert(self, entity: E) -> None:
-        spec = spec_for(type(entity))
-        rules.check_entity_scope(entity, self._scope)
-        rules.check_timestamps(entity)
-        params = self._store.codec(type(entity)).params(entity)
-        self._buffer(_Write(spec, self._store.statements.insert(spec), params))
-
-    def _explain_no_row(
-        self, spec: EntitySpec[Any], entity_id: UUID, expected: int | None
-    ) -> Callable[[sqlite3.Connection], QZPayError]:
-        """After an UPDATE hit no row: was the row missing, or its version stale?"""
-        statement = self._store.statements.exists(spec, include_deleted=False)
-        params = self._key(entity_id)
-
-        def explain(connection: sqlite3.Connection) -> QZPayError:
-            found = connection.execute(statement.sql, params).fetchone()
-            if found is None or expected is None:
-                return rules.missing(spec, entity_id)
-            return rules.stale(spec, entity_id, expected)
-
-        return explain
-
-    async def update(self, entity: E, *, expected_version: int | None = None) -> E:
-        kind = type(entity)
-        spec = spec_for(kind)
-        rules.refuse_append_only(spec, "updated")
-        rules.check_entity_scope(entity, self._scope)
-        rules.check_timestamps(entity)
-        entity_id: UUID = entity.id  # type: ignore[attr-defined]
-        params = self._store.codec(kind).params(entity)
-        params.update(self._key(entity_id))
-        expected: int | None = None
-        if spec.versioned:
-            expected = entity.version if expected_version is None else expected_version  # type: ignore[attr-defined]
-            params["expected_version"] = expected
-        self._buffer(
-            _Write(
-                spec,
-                self._store.statements.update(spec),
-                params,
-                self._explain_no_row(spec, entity_id, expected),
-            )
-        )
-        if expected is None:
-            return entity
-        return attrs.evolve(entity, version=expected + 1)  # type: ignore[misc]
-
-    async def soft_delete(
-        self, kind: type[E], id: UUID, *, at: datetime, expected_version: int | None = None
-    ) -> None:
-        spec = spec_for(kind)
-        rules.refuse_not_deletable(spec)
-        at = rules.aware(at, field="at")
-        check_version = spec.versioned and expected_version is not None
-        params = {**self._key(id), "deleted_at": self._store.encode(at)}
-        if check_version:
-            params["expected_version"] = expected_version
-        self._buffer(
-            _Write(
-                spec,
-                self._store.statements.soft_delete(spec, check_version),
-                params,
-                self._explain_no_row(spec, id, expected_version if check_version else None),
-            )
-        )
+            await self._run(lambda connection: None, end=False)
 
     # -- atomic operations: BEGIN IMMEDIATE makes a read-check-write atomic here ---------
-
-    async def next_invoice_number(self) -> int:
-        if self._readonly:
-            raise ConfigurationError("this transaction was opened readonly")
-        statement = self._store.statements.next_number()
-        params = self._scope_params
-        row = await self._read(lambda c: c.execute(statement.sql, params).fetchone())
-        return int(row[0])
 
     async def redeem_promo_code(self, usage: PromoCodeUsage) -> PromoCode:
         return await serialized.redeem_promo_code(self, usage)
@@ -501,44 +326,24 @@ class _SQLiteTransaction:
     async def store_idempotency_key(self, record: IdempotencyKey) -> IdempotencyKey:
         return await serialized.store_idempotency_key(self, record)
 
-    async def claim_due_subscriptions(
-        self, *, now: datetime, limit: int, claimant: str, lease: timedelta
-    ) -> Sequence[Subscription]:
-        if self._readonly:
-            raise ConfigurationError("this transaction was opened readonly")
-        spec = spec_for(Subscription)
-        codec = self._store.codec(Subscription)
-        statement = self._store.statements.due_subscriptions(spec, skip_locked=False)
-        params = {
-            **self._scope_params,
-            "now": self._store.encode(now),
-            "limit": rules.claim_size(limit),
-            "offset": 0,
-        }
-        rows = await self._read(lambda c: c.execute(statement.sql, params).fetchall())
-        claimed = []
-        for row in rows:
-            due = codec.entity(row)
-            claimed.append(
-                await self.update(attrs.evolve(due, claimed_by=claimant, claimed_until=now + lease))
-            )
-        return claimed
 
-
-def _apply(store: SQLiteStorage, connection: sqlite3.Connection, write: _Write) -> None:
+def _apply(store: SQLiteStorage, connection: sqlite3.Connection, write: Write) -> None:
     """Execute one buffered write, turning the database's refusals into qzpay's errors."""
     try:
         cursor = connection.execute(write.statement.sql, write.params)
     except sqlite3.IntegrityError as error:
         raise _integrity_error(store, connection, write, error) from None
-    if write.on_no_row is not None and cursor.rowcount != 1:
-        raise write.on_no_row(connection)
+    if write.checked and cursor.rowcount != 1:
+        assert write.entity_id is not None
+        exists = store.statements.exists(write.spec, include_deleted=False)
+        params = {**write.params, "k_id": store.encode(write.entity_id)}
+        raise write.no_row(connection.execute(exists.sql, params).fetchone() is not None)
 
 
 def _integrity_error(
     store: SQLiteStorage,
     connection: sqlite3.Connection,
-    write: _Write,
+    write: Write,
     error: sqlite3.IntegrityError,
 ) -> QZPayError:
     message = str(error)
@@ -559,7 +364,7 @@ def _integrity_error(
 
 
 def _dangling_reference(
-    store: SQLiteStorage, connection: sqlite3.Connection, write: _Write
+    store: SQLiteStorage, connection: sqlite3.Connection, write: Write
 ) -> QZPayError:
     """SQLite does not say which foreign key failed: look each one up in scope."""
     spec = write.spec

@@ -27,6 +27,7 @@ from qzpay.errors import (
     NotFoundError,
     ValidationError,
 )
+from qzpay.timestamps import aware_utc
 
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
 MAX_PAGE_SIZE = 100
@@ -65,15 +66,6 @@ def check_entity_scope(entity: Any, scope: Scope) -> None:
         )
 
 
-def aware(value: datetime, *, field: str) -> datetime:
-    """A timestamp storage is asked to keep: a naive one names no instant, so it is refused."""
-    if not isinstance(value, datetime) or value.utcoffset() is None:
-        raise ValidationError(
-            "must be a timezone-aware datetime", field=field, rule="timezone_aware"
-        )
-    return value
-
-
 _TIMESTAMP_FIELDS: dict[type[Any], tuple[str, ...]] = {}
 
 
@@ -94,7 +86,7 @@ def check_timestamps(entity: Any) -> None:
     for name in _timestamp_fields(type(entity)):
         value = getattr(entity, name)
         if value is not None:
-            aware(value, field=name)
+            aware_utc(value, field=name)
 
 
 def check_filters(spec: EntitySpec[Any], filters: Filters | None) -> None:
