@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-import attrs
-
 from qzpay import money
 from qzpay import validation as check
 from qzpay.contracts.storage import Page
@@ -18,8 +16,6 @@ from qzpay.services.context import ServiceContext, require
 from qzpay.validation import UNSET, Unset
 
 MAX_TRIAL_DAYS = 730
-_PLAN_EDITABLE = ("name", "description", "active", "entitlements", "limits", "metadata")
-_PRICE_EDITABLE = ("nickname", "active", "metadata", "trial_days")
 
 
 def interval(value: object) -> Interval:
@@ -118,15 +114,9 @@ class PlansService:
             changes["limits"] = check.limits(limits)
         if check.given(metadata):
             changes["metadata"] = check.metadata(metadata)
-        async with self._context.unit_of_work() as uow:
-            current: Plan = await require(uow.tx, Plan, entity_id, field="plan_id")
-            wanted = attrs.evolve(current, **changes, updated_at=uow.now)
-            diff = check.changed(current, wanted, _PLAN_EDITABLE)
-            if not diff:
-                return current
-            updated = await uow.tx.update(wanted)
-            await uow.record("plan.updated", updated, changes=diff)
-        return updated
+        return await self._context.change(
+            Plan, entity_id, changes, field="plan_id", event="plan.updated"
+        )
 
     async def list(
         self, *, limit: int = 20, cursor: str | None = None, active: bool | None = None
@@ -234,15 +224,9 @@ class PricesService:
             changes["trial_days"] = _trial_days(trial_days)
         if check.given(metadata):
             changes["metadata"] = check.metadata(metadata)
-        async with self._context.unit_of_work() as uow:
-            current: Price = await require(uow.tx, Price, entity_id, field="price_id")
-            wanted = attrs.evolve(current, **changes, updated_at=uow.now)
-            diff = check.changed(current, wanted, _PRICE_EDITABLE)
-            if not diff:
-                return current
-            updated = await uow.tx.update(wanted)
-            await uow.record("price.updated", updated, changes=diff)
-        return updated
+        return await self._context.change(
+            Price, entity_id, changes, field="price_id", event="price.updated"
+        )
 
     async def list(
         self,

@@ -15,8 +15,6 @@ from qzpay.ids import new_id
 from qzpay.services.context import ServiceContext, require
 from qzpay.validation import UNSET, Unset
 
-_EDITABLE = ("email", "name", "external_id", "phone", "metadata")
-
 
 class CustomersService:
     """``billing.customers``: create, read, update, delete and list customers.
@@ -117,15 +115,9 @@ class CustomersService:
             changes["phone"] = check.optional_text(phone, field="phone", max_length=40)
         if check.given(metadata):
             changes["metadata"] = check.metadata(metadata)
-        async with self._context.unit_of_work() as uow:
-            current: Customer = await require(uow.tx, Customer, entity_id, field="customer_id")
-            wanted = attrs.evolve(current, **changes, updated_at=uow.now)
-            diff = check.changed(current, wanted, _EDITABLE)
-            if not diff:
-                return current
-            updated = await uow.tx.update(wanted)
-            await uow.record("customer.updated", updated, changes=diff)
-        return updated
+        return await self._context.change(
+            Customer, entity_id, changes, field="customer_id", event="customer.updated"
+        )
 
     async def delete(self, customer_id: UUID | str) -> Customer:
         """Soft-delete: the row stays for the books, and its ``external_id`` is free again."""
