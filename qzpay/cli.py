@@ -5,7 +5,7 @@ traceback), 2 the command line asked for something that cannot be done.
 
     qzpay demo [--db PATH] [--json]
     qzpay migrate --url sqlite:///billing.db [--prefix billing_] [--multi-tenant]
-    qzpay conformance MODULE:FACTORY
+    qzpay conformance MODULE:FACTORY [--report json] [--report-file PATH] [-- PYTEST_ARGS]
 """
 
 from __future__ import annotations
@@ -40,8 +40,17 @@ class UsageError(Exception):
 def main(argv: list[str] | None = None) -> int:
     """Run ``qzpay`` with ``argv`` (default: ``sys.argv[1:]``) and return its exit code."""
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    # What follows `--` belongs to pytest (argparse mishandles `--` after a subcommand).
+    passed_on: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, passed_on = argv[:cut], argv[cut + 1 :]
     try:
         args = parser.parse_args(argv)
+        if passed_on and args.command is not _conformance:
+            parser.error("only `qzpay conformance` takes arguments after --")
+        args.pytest_args = passed_on
     except SystemExit as stop:  # argparse has printed the usage or the help already
         return stop.code if isinstance(stop.code, int) else 2
     command: Callable[[argparse.Namespace], int] = args.command
@@ -94,6 +103,13 @@ def _parser() -> argparse.ArgumentParser:
         "conformance", help="run the storage conformance suite against an adapter"
     )
     conformance.add_argument("factory", metavar="MODULE:FACTORY")
+    conformance.add_argument(
+        "--report", choices=["json"], help="also write the verdict per property as a file"
+    )
+    conformance.add_argument(
+        "--report-file", metavar="PATH", help="where --report writes (conformance-report.json)"
+    )
+    conformance.set_defaults(pytest_args=[])  # what follows `--`, given to pytest as it is
     conformance.set_defaults(command=_conformance)
     return parser
 
@@ -219,10 +235,12 @@ def _without_password(url: str) -> str:
 
 
 def _conformance(args: argparse.Namespace) -> int:
-    raise UsageError(
-        f"qzpay conformance {args.factory}: the storage conformance suite is not available "
-        "yet; it arrives with qzpay.conformance"
-    )
+    # Imported here: pytest is only needed by those who run the suite.
+    from qzpay.conformance.runner import run
+
+    if ":" not in args.factory:
+        raise UsageError(f"expected MODULE:FACTORY, got {args.factory!r}")
+    return run(args.factory, args.report, args.report_file, args.pytest_args)
 
 
 # -- helpers -----------------------------------------------------------------------------

@@ -22,6 +22,10 @@ ROOT = PACKAGE.parent
 INFRASTRUCTURE = ("sqlalchemy", "aiosqlite", "asyncpg", "stripe", "mercadopago")
 CORE_ONLY = ("qzpay.services", "qzpay.billing", "qzpay.bootstrap")
 COMPOSITION_ROOTS = {PACKAGE / "bootstrap.py", PACKAGE / "cli.py"}
+CONFORMANCE = PACKAGE / "conformance"
+# The suite reads databases raw (SQLAlchemy) and ships factories for our own adapters.
+CONFORMANCE_RAW_VIEW = CONFORMANCE / "raw.py"
+CONFORMANCE_FACTORIES = CONFORMANCE / "factories.py"
 
 
 def _module_name(path: Path, root: Path) -> str:
@@ -76,8 +80,9 @@ def _violations(paths: list[Path], forbidden: tuple[str, ...], root: Path = ROOT
 
 
 def _core() -> list[Path]:
-    adapters = PACKAGE / "adapters"
-    return [path for path in _sources() if adapters not in path.parents]
+    """Everything but the adapters and the conformance suite (a tool for adapter authors)."""
+    outside = (PACKAGE / "adapters", CONFORMANCE)
+    return [path for path in _sources() if not any(o in path.parents for o in outside)]
 
 
 def test_the_sources_are_found() -> None:
@@ -99,6 +104,17 @@ def test_the_core_imports_no_adapter_outside_the_composition_roots() -> None:
     core = [path for path in _core() if path not in COMPOSITION_ROOTS]
     found = _violations(core, ("qzpay.adapters",))
     assert not found, "the core imports an adapter:\n" + "\n".join(found)
+
+
+def test_the_conformance_suite_tests_storage_through_the_port_only() -> None:
+    suite = _sources(CONFORMANCE)
+    found = _violations(suite, CORE_ONLY)
+    found += _violations([p for p in suite if p != CONFORMANCE_FACTORIES], ("qzpay.adapters",))
+    found += _violations(
+        [p for p in suite if p not in (CONFORMANCE_RAW_VIEW, CONFORMANCE_FACTORIES)],
+        INFRASTRUCTURE,
+    )
+    assert not found, "the conformance suite reaches past the storage port:\n" + "\n".join(found)
 
 
 @pytest.mark.parametrize(

@@ -120,9 +120,38 @@ def test_migrate_refuses_an_unknown_scheme(url: str, capsys: pytest.CaptureFixtu
     assert "unsupported scheme" in capsys.readouterr().err
 
 
-def test_conformance_says_it_is_not_available_yet(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["conformance", "mypkg.store:make_store"]) == 2
-    assert "not available yet" in capsys.readouterr().err
+def test_conformance_certifies_the_memory_store_and_writes_the_report(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qzpay",
+            "conformance",
+            "qzpay.conformance.factories:memory",
+            "--report",
+            "json",
+            "--report-file",
+            str(report),
+            "--",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    verdicts = json.loads(report.read_text())["properties"]
+    assert {name: verdict["status"] for name, verdict in verdicts.items()} == dict.fromkeys(
+        verdicts, "passed"
+    )
+    assert "tenancy: passed" in done.stdout
+
+
+def test_conformance_wants_module_colon_factory(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["conformance", "mypkg.store"]) == 2
+    assert "MODULE:FACTORY" in capsys.readouterr().err
 
 
 def test_a_missing_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -344,10 +344,17 @@ class _PostgresTransaction(SqlTransaction):
         await pool.release(broken)
 
     async def _send_writes(self) -> None:
-        """All buffered writes as one statement; inside BEGIN if the transaction has one."""
+        """Buffered writes as few statements as possible; inside BEGIN when more than one."""
         writes, self._writes = self._writes, []
         if not writes:
             return
+        batches = _batches(writes)
+        if len(batches) > 1:
+            await self._begin()
+        for batch in batches:
+            await self._send_batch(batch)
+
+    async def _send_batch(self, writes: list[Write]) -> None:
         autocommit = not self._begun
         for attempt in range(TRANSIENT_RETRIES):
             try:
@@ -433,6 +440,25 @@ class _PostgresTransaction(SqlTransaction):
         if stored is None:
             raise StorageError("the idempotency key vanished while being stored")
         return stored
+
+
+def _batches(writes: list[Write]) -> list[list[Write]]:
+    """Consecutive runs of writes that may share one statement.
+
+    The CTEs of one statement all see the snapshot from before it, not each other's rows:
+    a write to a row that an earlier write of the run touched (insert then update, update
+    then soft delete) starts the next run.
+    """
+    batches: list[list[Write]] = [[]]
+    touched: set[tuple[str, UUID | None]] = set()
+    for write in writes:
+        row = (write.spec.table, write.entity_id)
+        if row in touched:
+            batches.append([])
+            touched = set()
+        batches[-1].append(write)
+        touched.add(row)
+    return batches
 
 
 def _renumber(sql: str, offset: int) -> str:

@@ -50,9 +50,11 @@ class UnitOfWork:
     ) -> None:
         """Audit ``entity``'s change (``customer.created``...) and queue its event."""
         entity_type, _, action = event_type.rpartition(".")
+        # The event carries its audit row's id: a consumer can find the row it came from.
+        record_id = new_id()
         await self.tx.insert(
             AuditLog(
-                id=new_id(),
+                id=record_id,
                 livemode=self.scope.livemode,
                 tenant_id=self.scope.tenant_id,
                 entity_type=entity_type,
@@ -65,7 +67,7 @@ class UnitOfWork:
         )
         self.events.append(
             Event(
-                id=new_id(),
+                id=record_id,
                 type=event_type,
                 data=entity,
                 livemode=self.scope.livemode,

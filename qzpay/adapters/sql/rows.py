@@ -38,7 +38,9 @@ def _is_json(annotation: Any) -> bool:
 def _to_json(value: Any) -> str | None:
     if value is None:
         return None
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=_json_default)
+    if not value:  # most metadata is empty: skip the encoder
+        return "{}" if isinstance(value, Mapping) else "[]"
+    return _ENCODER.encode(value)
 
 
 def _json_default(value: Any) -> Any:
@@ -47,6 +49,9 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, UUID | Decimal):
         return str(value)
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True, default=_json_default)
 
 
 def _from_json(annotation: Any) -> Callable[[Any, Any], Any]:
@@ -64,8 +69,20 @@ def _from_json(annotation: Any) -> Callable[[Any, Any], Any]:
     return structure
 
 
-def _sqlite_timestamp(value: datetime) -> str:
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+def _sqlite_timestamp() -> Callable[[datetime], str]:
+    """Naive-UTC text; the last value is remembered, since a call's timestamps are one ``now``."""
+    last: list[tuple[datetime, str]] = []
+
+    def encode(value: datetime) -> str:
+        if last and last[0][0] is value:
+            return last[0][1]
+        text = (
+            value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        )
+        last[:] = [(value, text)]
+        return text
+
+    return encode
 
 
 def sqlite_converter() -> cattrs.Converter:
@@ -73,7 +90,7 @@ def sqlite_converter() -> cattrs.Converter:
     converter = cattrs.Converter()
     converter.register_unstructure_hook(UUID, lambda value: value.hex)
     converter.register_structure_hook(UUID, lambda value, _: UUID(hex=value))
-    converter.register_unstructure_hook(datetime, _sqlite_timestamp)
+    converter.register_unstructure_hook(datetime, _sqlite_timestamp())
     converter.register_structure_hook(
         datetime, lambda value, _: datetime.fromisoformat(value).replace(tzinfo=UTC)
     )

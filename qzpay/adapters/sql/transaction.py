@@ -41,7 +41,8 @@ class SqlStore(Protocol):
 
 @attrs.frozen
 class Write:
-    """One buffered statement; ``checked`` ones must hit exactly one row (UPDATEs)."""
+    """One buffered statement on the row ``entity_id``; ``checked`` ones (UPDATEs) must hit
+    exactly one row."""
 
     spec: EntitySpec[Any]
     statement: Compiled
@@ -160,7 +161,8 @@ class SqlTransaction:
         rules.check_entity_scope(entity, self._scope)
         rules.check_timestamps(entity)
         params = self._store.codec(type(entity)).params(entity)
-        self._buffer(Write(spec, self._store.statements.insert(spec), params))
+        entity_id: UUID = entity.id  # type: ignore[attr-defined]
+        self._buffer(Write(spec, self._store.statements.insert(spec), params, entity_id=entity_id))
 
     async def update(self, entity: E, *, expected_version: int | None = None) -> E:
         kind = type(entity)
