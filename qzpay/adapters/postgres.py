@@ -27,6 +27,7 @@ How it stays fast and safe (DESIGN §11, docs/decisions/0008-postgres-unit-of-wo
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -64,8 +65,12 @@ E = TypeVar("E")
 TRANSIENT_RETRIES = 3
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 _CONNECTION_ERRORS = (
-    asyncpg.exceptions.ConnectionDoesNotExistError,
+    # The connection is gone or unusable: the server ended it (class 08, an administrator's
+    # or a failover's shutdown), the socket broke, or asyncpg lost track of its state.
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
     ConnectionError,
     OSError,
 )
@@ -340,8 +345,7 @@ class _PostgresTransaction(SqlTransaction):
     async def _reconnect(self) -> None:
         pool = self._postgres._require_pool()
         broken, self.connection = self.connection, await pool.acquire()
-        broken.terminate()
-        await pool.release(broken)
+        await _discard(pool, broken)
 
     async def _send_writes(self) -> None:
         """Buffered writes as few statements as possible; inside BEGIN when more than one."""
@@ -364,13 +368,13 @@ class _PostgresTransaction(SqlTransaction):
                 # A single autocommit statement failed whole: nothing happened, try again.
                 if not autocommit or attempt == TRANSIENT_RETRIES - 1:
                     raise self._postgres.explain(error, None) from None
-            except asyncpg.PostgresError as error:
-                raise self._postgres.explain(error, _culprit(writes, error)) from None
             except _CONNECTION_ERRORS as error:
                 raise StorageError(
                     f"lost the PostgreSQL connection while writing: {error}; the write may or "
                     "may not have happened"
                 ) from None
+            except asyncpg.PostgresError as error:
+                raise self._postgres.explain(error, _culprit(writes, error)) from None
         for write, count in zip(writes, counts, strict=True):
             if write.checked and count != 1:
                 assert write.entity_id is not None
@@ -407,7 +411,8 @@ class _PostgresTransaction(SqlTransaction):
             try:
                 await self.connection.execute("ROLLBACK")
             except (*_CONNECTION_ERRORS, asyncpg.PostgresError):
-                self.connection.terminate()  # the pool replaces it; the server rolls back
+                # The server rolls back a transaction whose connection is gone.
+                await _discard(self._postgres._require_pool(), self.connection)
 
     async def flush(self) -> None:
         await self._send_writes()
@@ -440,6 +445,17 @@ class _PostgresTransaction(SqlTransaction):
         if stored is None:
             raise StorageError("the idempotency key vanished while being stored")
         return stored
+
+
+async def _discard(pool: asyncpg.Pool, connection: asyncpg.Connection) -> None:
+    """Close a broken connection and give its slot back; the pool opens a new one on demand.
+
+    When the server dropped it, asyncpg may already have detached it from the pool: then
+    there is nothing left to close or release.
+    """
+    with contextlib.suppress(asyncpg.exceptions.InterfaceError):
+        connection.terminate()
+    await pool.release(connection)
 
 
 def _batches(writes: list[Write]) -> list[list[Write]]:
