@@ -54,6 +54,7 @@ from qzpay.domain.records import IdempotencyKey
 from qzpay.domain.registry import SPECS, spec_for
 from qzpay.errors import (
     ConfigurationError,
+    ConflictError,
     InvalidStateError,
     QZPayError,
     StorageError,
@@ -278,15 +279,18 @@ class PostgresStorage:
         self._batches[statements] = found
         return found
 
-    def explain(self, error: asyncpg.PostgresError, write: Write | None) -> QZPayError:
-        """The database's refusal as qzpay's named error."""
+    def explain(self, error: asyncpg.PostgresError) -> QZPayError:
+        """The database's refusal as qzpay's named error.
+
+        Every constraint the schema creates is in ``constraint_owners``; one that is not
+        (an application's own) is named as it is.
+        """
         name = getattr(error, "constraint_name", None)
         owner = self._owners.get(name) if name else None
         if isinstance(error, asyncpg.exceptions.UniqueViolationError):
             if owner is not None:
                 return rules.unique_conflict(owner.spec, owner.columns)
-            spec = write.spec if write is not None else SPECS[0]
-            return rules.unique_conflict(spec, ("id",))
+            return ConflictError(f"the unique constraint {name} refused the row", rule="unique")
         if isinstance(error, asyncpg.exceptions.ForeignKeyViolationError) and owner is not None:
             return rules.dangling(owner.spec, owner.columns[0])
         if isinstance(error, asyncpg.exceptions.CheckViolationError):
@@ -339,7 +343,7 @@ class _PostgresTransaction(SqlTransaction):
                     raise StorageError(f"lost the PostgreSQL connection: {error}") from None
                 await self._reconnect()
             except asyncpg.PostgresError as error:
-                raise self._postgres.explain(error, None) from None
+                raise self._postgres.explain(error) from None
         raise AssertionError("unreachable")
 
     async def _reconnect(self) -> None:
@@ -367,14 +371,14 @@ class _PostgresTransaction(SqlTransaction):
             except _TRANSIENT as error:
                 # A single autocommit statement failed whole: nothing happened, try again.
                 if not autocommit or attempt == TRANSIENT_RETRIES - 1:
-                    raise self._postgres.explain(error, None) from None
+                    raise self._postgres.explain(error) from None
             except _CONNECTION_ERRORS as error:
                 raise StorageError(
                     f"lost the PostgreSQL connection while writing: {error}; the write may or "
                     "may not have happened"
                 ) from None
             except asyncpg.PostgresError as error:
-                raise self._postgres.explain(error, _culprit(writes, error)) from None
+                raise self._postgres.explain(error) from None
         for write, count in zip(writes, counts, strict=True):
             if write.checked and count != 1:
                 assert write.entity_id is not None
@@ -480,11 +484,6 @@ def _batches(writes: list[Write]) -> list[list[Write]]:
 def _renumber(sql: str, offset: int) -> str:
     """Move ``$n`` placeholders up by ``offset``, to append one statement's args to another's."""
     return _PLACEHOLDER.sub(lambda match: f"${int(match.group(1)) + offset}", sql)
-
-
-def _culprit(writes: list[Write], error: asyncpg.PostgresError) -> Write | None:
-    table = getattr(error, "table_name", None)
-    return next((write for write in writes if write.statement.sql.find(f" {table} ") > 0), None)
 
 
 __all__ = ["PostgresStorage", "asyncpg_dsn"]
