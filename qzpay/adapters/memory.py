@@ -191,6 +191,9 @@ class _MemoryTransaction:
             return None
         return row  # type: ignore[no-any-return]
 
+    async def get_many(self, *keys: tuple[type[Any], UUID]) -> Sequence[Any | None]:
+        return [await self.get(kind, entity_id) for kind, entity_id in keys]
+
     def _matching(self, table: _Table, filters: Filters | None, include_deleted: bool) -> list[Any]:
         rules.check_filters(table.spec, filters)
         items = filters.items() if filters else ()

@@ -96,15 +96,23 @@ async def seed(pair: Pair) -> dict[str, Seeded]:
 
 
 async def check_reads(pair: Pair, seeded: dict[str, Seeded]) -> None:
-    """Get by exact id, with and without deleted rows."""
+    """Get by exact id, with and without deleted rows, alone and with ``get_many``."""
     for reader, owner in pair.directions():
         theirs = seeded[owner.label].customer
+        mine = seeded[reader.label].customer
         async with reader.store.transaction(reader.scope, readonly=True) as tx:
             found = await tx.get(Customer, theirs.id)
             also = await tx.get(Customer, theirs.id, include_deleted=True)
+            many = list(await tx.get_many((Customer, theirs.id), (Customer, mine.id)))
         pair.expect.that(
             found is None and also is None,
             f"a store bound to {reader.label} read {owner.label}'s customer by its exact id",
+            pair.fix,
+        )
+        pair.expect.that(
+            many == [None, mine],
+            f"get_many in a store bound to {reader.label} answered {many!r} for "
+            f"({owner.label}'s customer, its own customer): expected [None, its own]",
             pair.fix,
         )
 

@@ -75,6 +75,14 @@ class StorageTransaction(Protocol):
         """The row with this id in scope, or ``None`` (also for another tenant's id)."""
         ...
 
+    async def get_many(self, *keys: tuple[type[Any], UUID]) -> Sequence[Any | None]:
+        """Several rows by ``(kind, id)`` at once, in order, ``None`` where one is missing.
+
+        The same as a ``get`` per key, but a server database answers it in one round trip
+        and one snapshot: a service that needs a customer, a price and a card asks once.
+        """
+        ...
+
     async def find(
         self, kind: type[E], *, include_deleted: bool = False, **key: object
     ) -> E | None:

@@ -143,11 +143,18 @@ async def require(tx: StorageTransaction, kind: type[Any], entity_id: UUID, *, f
     """The entity, or a ``NotFoundError`` that names the argument that pointed at it."""
     entity = await tx.get(kind, entity_id)
     if entity is None:
-        raise NotFoundError(
-            f"no {kind.__name__.lower()} with id {entity_id} in this "
-            f"{'live' if tx.scope.livemode else 'test'} mode"
-            + (f" and tenant {tx.scope.tenant_id!r}" if tx.scope.tenant_id else ""),
-            field=field,
-            rule="exists",
-        )
+        raise missing(tx, kind, entity_id, field=field)
     return entity
+
+
+def missing(
+    tx: StorageTransaction, kind: type[Any], entity_id: UUID, *, field: str
+) -> NotFoundError:
+    """The error for an id that names nothing in this livemode and tenant."""
+    return NotFoundError(
+        f"no {kind.__name__.lower()} with id {entity_id} in this "
+        f"{'live' if tx.scope.livemode else 'test'} mode"
+        + (f" and tenant {tx.scope.tenant_id!r}" if tx.scope.tenant_id else ""),
+        field=field,
+        rule="exists",
+    )

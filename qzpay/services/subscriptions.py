@@ -14,6 +14,7 @@ Creating one (docs/decisions/0005-first-period.md):
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 from uuid import UUID
 
 from qzpay import money, periods
@@ -29,7 +30,7 @@ from qzpay.errors import InvalidStateError, ValidationError
 from qzpay.ids import new_id
 from qzpay.services import charging
 from qzpay.services.catalog import trial_days as checked_trial_days
-from qzpay.services.context import ServiceContext, require
+from qzpay.services.context import ServiceContext, missing
 
 MAX_QUANTITY = 1_000_000
 
@@ -86,8 +87,14 @@ class SubscriptionsService:
         provider = self._context.provider
 
         async with self._context.unit_of_work(readonly=True) as uow:
-            await require(uow.tx, Customer, customer_key, field="customer_id")
-            price: Price = await require(uow.tx, Price, price_key, field="price_id")
+            keys: list[tuple[type[Any], UUID]] = [(Customer, customer_key), (Price, price_key)]
+            if method_key is not None:
+                keys.append((PaymentMethod, method_key))
+            customer, price, *chosen = await uow.tx.get_many(*keys)  # one round trip
+            if customer is None:
+                raise missing(uow.tx, Customer, customer_key, field="customer_id")
+            if price is None:
+                raise missing(uow.tx, Price, price_key, field="price_id")
             if not price.active:
                 raise InvalidStateError(
                     "is archived: new subscriptions need an active price",
@@ -95,18 +102,22 @@ class SubscriptionsService:
                     rule="active_price",
                 )
             if method_key is not None:
-                chosen: PaymentMethod = await require(
-                    uow.tx, PaymentMethod, method_key, field="payment_method_id"
-                )
-                if chosen.customer_id != customer_key:
+                if chosen[0] is None:
+                    raise missing(uow.tx, PaymentMethod, method_key, field="payment_method_id")
+                if chosen[0].customer_id != customer_key:
                     raise ValidationError(
                         "belongs to another customer", field="payment_method_id", rule="owner"
                     )
-            payable = await charging.chargeable_method(
-                uow.tx, customer_key, method_key, provider.name
+            trial = price.trial_days if trial is None else trial
+            # A trial charges nothing now: the card is looked up when the trial ends.
+            payable = (
+                None
+                if trial
+                else await charging.chargeable_method(
+                    uow.tx, customer_key, method_key, provider.name
+                )
             )
 
-        trial = price.trial_days if trial is None else trial
         subscription_id = new_id()
         now = self._context.now()
         amount = money.amount(price.unit_amount * count, field="quantity")

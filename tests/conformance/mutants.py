@@ -51,6 +51,9 @@ class WrappedTransaction:
     async def get(self, kind: type[E], id: UUID, *, include_deleted: bool = False) -> E | None:
         return await self.inner.get(kind, id, include_deleted=include_deleted)
 
+    async def get_many(self, *keys: tuple[type[Any], UUID]) -> Sequence[Any | None]:
+        return await self.inner.get_many(*keys)
+
     async def find(
         self, kind: type[E], *, include_deleted: bool = False, **key: object
     ) -> E | None:

@@ -27,6 +27,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -264,3 +265,26 @@ class Statements:
             )
 
         return self._cached(("insert_if_absent", spec.kind), build)
+
+    def get_many(self, specs: tuple[EntitySpec[Any], ...]) -> Compiled:
+        """One row per kind by id (``k0``, ``k1``...), side by side in one result row.
+
+        Each lookup is a subquery LEFT JOINed to a one-row constant, so a missing row is a
+        run of NULLs and the statement always returns exactly one row.
+        """
+
+        def build() -> ClauseElement:
+            joined: Any = select(literal_column("1").label("one")).subquery("one")
+            columns: list[Any] = []
+            for index, spec in enumerate(specs):
+                table = self._schema.table(spec)
+                lookup = (
+                    select(*table.columns)
+                    .where(table.c.id == bindparam(f"k{index}"), *self._scoped(table, spec, False))
+                    .subquery(f"r{index}")
+                )
+                joined = joined.outerjoin(lookup, true())
+                columns.extend(lookup.c)
+            return select(*columns).select_from(joined)
+
+        return self._cached(("get_many", tuple(spec.kind for spec in specs)), build)

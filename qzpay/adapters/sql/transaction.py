@@ -100,6 +100,21 @@ class SqlTransaction:
         rows = await self._fetch(statement, self._key(id))
         return self._store.codec(kind).entity(rows[0]) if rows else None
 
+    async def get_many(self, *keys: tuple[type[Any], UUID]) -> Sequence[Any | None]:
+        specs = tuple(spec_for(kind) for kind, _ in keys)
+        params = dict(self._scope_params)
+        for index, (_, entity_id) in enumerate(keys):
+            params[f"k{index}"] = self._store.encode(entity_id)
+        (row,) = await self._fetch(self._store.statements.get_many(specs), params)
+        found: list[Any | None] = []
+        start = 0
+        for kind, _ in keys:
+            codec = self._store.codec(kind)
+            part = row[start : start + len(codec.columns)]
+            start += len(codec.columns)
+            found.append(None if part[0] is None else codec.entity(part))
+        return found
+
     def _filter_params(self, spec: EntitySpec[Any], filters: Filters | None) -> dict[str, Any]:
         rules.check_filters(spec, filters)
         params = dict(self._scope_params)
