@@ -65,10 +65,13 @@ class Billing:
         return self._context.clock
 
     async def open(self) -> None:
+        """Open the storage (idempotent); a tenant view opens its root's."""
         await self._context.storage.open()
 
     async def close(self) -> None:
-        await self._context.storage.close()
+        """Close the storage; a tenant view leaves it to its root, which other tenants share."""
+        if self._root is None:
+            await self._context.storage.close()
 
     async def __aenter__(self) -> Billing:
         await self.open()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from contextlib import closing
+from pathlib import Path
 
 import attrs
 import pytest
 
-from qzpay import Billing, NotFoundError, Scope, ValidationError
+from qzpay import Billing, NotFoundError, Scope, ValidationError, create_billing
+from qzpay.adapters.fake import FakeProvider
 from qzpay.adapters.sqlite import SQLiteStorage
 from qzpay.contracts.storage import StoragePort
 from qzpay.domain.customers import Customer
@@ -155,3 +157,13 @@ async def test_test_and_live_mode_never_see_each_other(make_billing: MakeBilling
             await live.subscriptions.create(customer_id=bob.id, price_id=price.id)
         assert error.value.field == "price_id"
         assert len(await live.plans.list()) == 0
+
+
+async def test_leaving_a_tenant_view_does_not_close_the_shared_storage(tmp_path: Path) -> None:
+    storage = SQLiteStorage(tmp_path / "tenants.db", multi_tenant=True)
+    async with create_billing(storage=storage, provider=FakeProvider(), tenancy="multi") as root:
+        async with root.for_tenant("acme") as acme:
+            await acme.customers.create(email="a@acme.test")
+        globex = root.for_tenant("globex")
+        await globex.customers.create(email="g@globex.test")  # the storage is still open
+        assert len(await root.for_tenant("acme").customers.list()) == 1
