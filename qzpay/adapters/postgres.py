@@ -36,22 +36,22 @@ from uuid import UUID
 
 import anyio
 import asyncpg
-import cattrs
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
 from qzpay.adapters import storage_rules as rules
 from qzpay.adapters.serialized import add_refund, redeem_promo_code
 from qzpay.adapters.sql import migrations
 from qzpay.adapters.sql.event_loop import require_asyncio
-from qzpay.adapters.sql.rows import RowCodec, postgres_converter
-from qzpay.adapters.sql.schema import Schema, build_schema, constraint_owners
-from qzpay.adapters.sql.statements import Compiled, Statements
+from qzpay.adapters.sql.rows import postgres_converter
+from qzpay.adapters.sql.schema import constraint_owners
+from qzpay.adapters.sql.statements import Compiled
+from qzpay.adapters.sql.store import SqlStoreBase
 from qzpay.adapters.sql.transaction import SqlTransaction, Write
 from qzpay.contracts.storage import Scope, StorageTransaction
 from qzpay.domain.payments import Payment, Refund
 from qzpay.domain.promotions import PromoCode, PromoCodeUsage
 from qzpay.domain.records import IdempotencyKey
-from qzpay.domain.registry import SPECS, spec_for
+from qzpay.domain.registry import spec_for
 from qzpay.errors import (
     ConfigurationError,
     ConflictError,
@@ -97,7 +97,7 @@ async def _no_reset(connection: asyncpg.Connection) -> None:
     """qzpay leaves no session state behind, so a returned connection needs no reset query."""
 
 
-class PostgresStorage:
+class PostgresStorage(SqlStoreBase):
     """Billing records in PostgreSQL; see the module docstring for how."""
 
     def __init__(
@@ -110,14 +110,12 @@ class PostgresStorage:
         pool_size: int = 10,
     ) -> None:
         self._dsn = asyncpg_dsn(dsn)
-        self._schema: Schema = build_schema(table_prefix, multi_tenant=multi_tenant)
-        self._dialect = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]
-        self._statements = Statements(self._schema, self._dialect)
-        self._converter: cattrs.Converter = postgres_converter()
-        self._codecs: dict[type[Any], RowCodec[Any]] = {
-            spec.kind: RowCodec(spec, self._converter, self._statements.columns(spec))
-            for spec in SPECS
-        }
+        super().__init__(
+            table_prefix,
+            multi_tenant,
+            asyncpg_dialect.dialect(),  # type: ignore[no-untyped-call]
+            postgres_converter(),
+        )
         self._owners = constraint_owners(self._schema)
         self._auto_migrate = auto_migrate
         self._pool_size = pool_size
@@ -125,21 +123,9 @@ class PostgresStorage:
         self._batches: dict[tuple[Compiled, ...], str] = {}
 
     @property
-    def table_prefix(self) -> str:
-        return self._schema.prefix
-
-    @property
-    def multi_tenant(self) -> bool:
-        return self._schema.multi_tenant
-
-    @property
     def url(self) -> str:
         """A SQLAlchemy URL for the same database (for a read-only view of the rows)."""
         return "postgresql+asyncpg://" + self._dsn[len("postgresql://") :]
-
-    @property
-    def statements(self) -> Statements:
-        return self._statements
 
     async def open(self) -> None:
         """Connect (a pool of ``pool_size``) and check, or with ``auto_migrate`` bring, the schema."""
@@ -214,10 +200,12 @@ class PostgresStorage:
             )
             if current is None:
                 steps = list(migrations.MIGRATIONS)
-                statements = migrations.create_statements(self._schema, self._dialect)
+                statements = migrations.create_statements(self._schema, self._statements.dialect)
             else:
                 steps = migrations.pending(current)
-                statements = [s for m in steps for s in m.statements(self._schema, self._dialect)]
+                statements = [
+                    s for m in steps for s in m.statements(self._schema, self._statements.dialect)
+                ]
             for statement in statements:
                 await connection.execute(statement)
             for step in steps:
@@ -249,16 +237,6 @@ class PostgresStorage:
         finally:
             with anyio.CancelScope(shield=True):
                 await pool.release(transaction.connection)
-
-    # What transactions need from the store.
-    def codec(self, kind: type[E]) -> RowCodec[E]:
-        codec = self._codecs.get(kind)
-        if codec is None:
-            spec_for(kind)
-        return codec  # type: ignore[return-value]
-
-    def encode(self, value: object) -> Any:
-        return self._converter.unstructure(value)
 
     def batch_sql(self, statements: tuple[Compiled, ...]) -> str:
         """Several writes as one statement of data-modifying CTEs, built once per shape.

@@ -35,22 +35,21 @@ from typing import Any, TypeVar
 
 import aiosqlite
 import anyio
-import cattrs
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from qzpay.adapters import serialized
 from qzpay.adapters import storage_rules as rules
 from qzpay.adapters.sql import migrations
 from qzpay.adapters.sql.event_loop import require_asyncio
-from qzpay.adapters.sql.rows import RowCodec, sqlite_converter
-from qzpay.adapters.sql.schema import Schema, build_schema
-from qzpay.adapters.sql.statements import Compiled, Statements
+from qzpay.adapters.sql.rows import sqlite_converter
+from qzpay.adapters.sql.statements import Compiled
+from qzpay.adapters.sql.store import SqlStoreBase
 from qzpay.adapters.sql.transaction import SqlTransaction, Write
 from qzpay.contracts.storage import Scope, StorageTransaction
 from qzpay.domain.payments import Payment, Refund
 from qzpay.domain.promotions import PromoCode, PromoCodeUsage
 from qzpay.domain.records import IdempotencyKey
-from qzpay.domain.registry import BY_TABLE, SPECS, spec_for
+from qzpay.domain.registry import BY_TABLE
 from qzpay.errors import (
     ConfigurationError,
     InvalidStateError,
@@ -85,7 +84,7 @@ def sqlite_path(path_or_url: str | Path) -> str:
     return text
 
 
-class SQLiteStorage:
+class SQLiteStorage(SqlStoreBase):
     """Billing records in one SQLite file; see the module docstring for how."""
 
     def __init__(
@@ -96,26 +95,17 @@ class SQLiteStorage:
         multi_tenant: bool = False,
     ) -> None:
         self._path = sqlite_path(path_or_url)
-        self._schema: Schema = build_schema(table_prefix, multi_tenant=multi_tenant)
-        self._statements = Statements(self._schema, sqlite_dialect.dialect(paramstyle="named"))
-        self._converter: cattrs.Converter = sqlite_converter()
-        self._codecs: dict[type[Any], RowCodec[Any]] = {
-            spec.kind: RowCodec(spec, self._converter, self._statements.columns(spec))
-            for spec in SPECS
-        }
+        super().__init__(
+            table_prefix,
+            multi_tenant,
+            sqlite_dialect.dialect(paramstyle="named"),
+            sqlite_converter(),
+        )
         self._connection: aiosqlite.Connection | None = None
         self._raw: sqlite3.Connection | None = None
         # Every transaction awaits the worker thread, so a lock that skips the scheduler
         # when free costs nothing in fairness and saves a loop turn per call.
         self._lock = anyio.Lock(fast_acquire=True)
-
-    @property
-    def table_prefix(self) -> str:
-        return self._schema.prefix
-
-    @property
-    def multi_tenant(self) -> bool:
-        return self._schema.multi_tenant
 
     @property
     def path(self) -> str:
@@ -238,20 +228,6 @@ class SQLiteStorage:
                 with anyio.CancelScope(shield=True):
                     await transaction.rollback()
                 raise
-
-    # What transactions need from the store, named so they read well there.
-    def codec(self, kind: type[E]) -> RowCodec[E]:
-        codec = self._codecs.get(kind)
-        if codec is None:
-            spec_for(kind)  # raises the clear TypeError
-        return codec  # type: ignore[return-value]
-
-    def encode(self, value: object) -> Any:
-        return self._converter.unstructure(value)
-
-    @property
-    def statements(self) -> Statements:
-        return self._statements
 
 
 WAL_ATTEMPTS = 100
