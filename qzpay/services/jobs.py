@@ -12,8 +12,10 @@ The work done today is the end of trials; renewals and dunning join in the lifec
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Literal
 from uuid import UUID
 
 import attrs
@@ -30,6 +32,8 @@ from qzpay.services.context import ServiceContext
 from qzpay.transitions import transition
 
 BATCH = 100
+Outcome = Literal["charged", "free", "failed", "skipped"]
+"""What ending one trial came to: paid, free (nothing to charge), unpaid, or left for later."""
 LEASE = timedelta(minutes=5)
 
 
@@ -41,6 +45,15 @@ class JobRunReport:
     charged: int = 0
     failed: int = 0
     skipped: int = 0
+
+    @classmethod
+    def of(cls, outcomes: Counter[Outcome]) -> JobRunReport:
+        return cls(
+            trials_ended=outcomes["charged"] + outcomes["free"] + outcomes["failed"],
+            charged=outcomes["charged"],
+            failed=outcomes["failed"],
+            skipped=outcomes["skipped"],
+        )
 
 
 class JobsService:
@@ -90,12 +103,12 @@ class JobsService:
                 updated_at=uow.now,
             )
             await uow.tx.insert(execution)
-        report = JobRunReport()
+        outcomes: Counter[Outcome] = Counter()
         status, error = JobStatus.SUCCEEDED, None
         try:
             while batch := await self._claim(execution.id):
                 for subscription in batch:
-                    report = attrs.evolve(report, **await self._end_trial(subscription, report))
+                    outcomes[await self._end_trial(subscription)] += 1
         except BaseException as failure:
             status, error = JobStatus.FAILED, type(failure).__name__
             raise
@@ -106,12 +119,12 @@ class JobsService:
                         execution,
                         status=status,
                         finished_at=uow.now,
-                        items_processed=report.trials_ended,
+                        items_processed=JobRunReport.of(outcomes).trials_ended,
                         error=error,
                         updated_at=uow.now,
                     )
                 )
-        return report
+        return JobRunReport.of(outcomes)
 
     async def _claim(self, run_id: UUID) -> Sequence[Subscription]:
         async with self._context.unit_of_work() as uow:
@@ -119,7 +132,7 @@ class JobsService:
                 now=uow.now, limit=BATCH, claimant=str(run_id), lease=LEASE
             )
 
-    async def _end_trial(self, subscription: Subscription, report: JobRunReport) -> dict[str, int]:
+    async def _end_trial(self, subscription: Subscription) -> Outcome:
         """Charge the first paid period; ``active`` if paid, ``past_due`` if not."""
         context = self._context
         if subscription.status != SubscriptionStatus.TRIALING:
@@ -154,7 +167,7 @@ class JobsService:
             except ProviderError as failure:
                 if failure.retryable:
                     # Left claimed: due again once the lease ends, charged with the same key.
-                    return {"skipped": report.skipped + 1}
+                    return "skipped"
                 raise
             paid = result.status == "succeeded"
         target = SubscriptionStatus.ACTIVE if paid else SubscriptionStatus.PAST_DUE
@@ -192,9 +205,7 @@ class JobsService:
                         idempotency_key=key,
                     )
         except ConflictError:
-            return {"skipped": report.skipped + 1}  # another runner moved it first
-        return {
-            "trials_ended": report.trials_ended + 1,
-            "charged": report.charged + (1 if paid and result is not None else 0),
-            "failed": report.failed + (0 if paid else 1),
-        }
+            return "skipped"  # another runner moved it first
+        if not paid:
+            return "failed"
+        return "free" if result is None else "charged"
