@@ -90,10 +90,24 @@ class ConfigurationError(QZPayError):
 
 
 class StorageError(QZPayError):
-    """The storage failed in a way the caller may retry (busy, connection lost)."""
+    """The storage failed; ``retryable`` says whether nothing happened and trying again may
+    help (the database was busy, a connection dropped before anything was sent)."""
 
     code = "storage_error"
 
     def __init__(self, message: str, *, retryable: bool = True) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+class OutcomeUnknownError(StorageError):
+    """A commit may or may not have happened (the connection was lost at or after COMMIT).
+
+    Never retryable as it is: read back what the transaction meant to write (by its ids or
+    idempotency key) before doing anything again.
+    """
+
+    code = "outcome_unknown"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)

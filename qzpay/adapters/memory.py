@@ -6,7 +6,10 @@ references, optimistic locking and all-or-nothing transactions exactly as the SQ
 do. It is also the worked example of ``docs/adapter-authors.md``.
 
 Transactions are serialized by one lock per ``MemoryDatabase`` and undone from a log on
-failure, which gives the strongest isolation there is at the price of no parallelism.
+failure, which gives the strongest isolation there is at the price of no parallelism; so
+every atomic primitive is a plain read-check-write here. Stored rows are immutable domain
+values (their mappings are read-only copies), so handing one out cannot let a caller
+change what is stored.
 
 >>> import anyio
 >>> from qzpay import create_billing
@@ -21,6 +24,7 @@ failure, which gives the strongest isolation there is at the price of no paralle
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -30,19 +34,16 @@ from uuid import UUID
 import anyio
 import attrs
 
-from qzpay.adapters import serialized
 from qzpay.adapters import storage_rules as rules
-from qzpay.contracts.storage import Filters, Page, Scope, StorageTransaction
-from qzpay.domain.payments import Payment, Refund
-from qzpay.domain.promotions import PromoCode, PromoCodeUsage
-from qzpay.domain.records import IdempotencyKey
-from qzpay.domain.registry import SPECS, EntitySpec, spec_for
-from qzpay.domain.subscriptions import Subscription
+from qzpay.contracts.filters import matches
+from qzpay.contracts.storage import Filters, Group, Page, Scope, StorageTransaction, TenantSweep
+from qzpay.domain.registry import LEASE_COLUMNS, SPECS, EntitySpec, UniqueKey, spec_for
 from qzpay.errors import ConfigurationError
 from qzpay.timestamps import aware_utc
 
 E = TypeVar("E")
 _Key = tuple[object, ...]
+_Sequence = tuple[bool, str | None, str]
 
 
 class _Table:
@@ -53,17 +54,18 @@ class _Table:
     def __init__(self, spec: EntitySpec[Any]) -> None:
         self.spec = spec
         self.rows: dict[UUID, Any] = {}
-        self.indexes: dict[tuple[str, ...], dict[_Key, UUID]] = {key: {} for key in spec.unique}
+        self.indexes: dict[UniqueKey, dict[_Key, UUID]] = {key: {} for key in spec.unique}
 
-    def index_keys(self, row: Any) -> list[tuple[tuple[str, ...], _Key]]:
-        """The unique-index entries a row occupies: none once soft-deleted, none for NULLs."""
+    def index_keys(self, row: Any) -> list[tuple[UniqueKey, _Key]]:
+        """The unique-index entries a row occupies: none once soft-deleted, none for NULLs,
+        none for a partial key whose condition the row does not meet."""
         if self.spec.soft_delete and row.deleted_at is not None:
             return []
         entries = []
-        for columns in self.spec.unique:
-            values = tuple(getattr(row, column) for column in columns)
-            if None not in values:
-                entries.append((columns, (row.livemode, row.tenant_id, *values)))
+        for key in self.spec.unique:
+            values = tuple(getattr(row, column) for column in key.columns)
+            if None not in values and key.holds(row):
+                entries.append((key, (row.livemode, row.tenant_id, *values)))
         return entries
 
 
@@ -76,11 +78,11 @@ class MemoryDatabase:
 
     def __init__(self) -> None:
         self.tables: dict[str, _Table] = {}
-        self.counters: dict[str, dict[tuple[bool, str | None], int]] = {}
+        self.counters: dict[str, dict[_Sequence, int]] = {}
         self.lock = anyio.Lock()
 
-    def sequences(self, prefix: str) -> dict[tuple[bool, str | None], int]:
-        """Invoice number counters per (livemode, tenant) under one prefix."""
+    def sequences(self, prefix: str) -> dict[_Sequence, int]:
+        """Gapless counters per (livemode, tenant, name) under one prefix."""
         return self.counters.setdefault(prefix, {})
 
     def table(self, prefix: str, spec: EntitySpec[Any]) -> _Table:
@@ -122,10 +124,13 @@ class MemoryStorage:
         return self._database
 
     async def open(self) -> None:
-        """Nothing to connect to: the tables exist from construction."""
+        """Nothing to connect to (the tables exist from construction): only counted, as the
+        SQL stores count their users, so every adapter pairs opens and closes alike."""
+        self._opens: int = int(getattr(self, "_opens", 0)) + 1
 
     async def close(self) -> None:
-        """Rows stay in the ``MemoryDatabase`` until it is garbage-collected."""
+        """Count one user out; rows stay in the ``MemoryDatabase`` until it is collected."""
+        self._opens = max(int(getattr(self, "_opens", 0)) - 1, 0)
 
     @asynccontextmanager
     async def transaction(
@@ -142,6 +147,11 @@ class MemoryStorage:
                 transaction.undo()
                 raise
 
+    @asynccontextmanager
+    async def across_tenants(self, *, livemode: bool) -> AsyncIterator[TenantSweep]:
+        async with self._database.lock:
+            yield _MemorySweep(self._tables, livemode)
+
 
 class _MemoryTransaction:
     __slots__ = ("_readonly", "_scope", "_sequences", "_tables", "_undo")
@@ -150,7 +160,7 @@ class _MemoryTransaction:
         self,
         scope: Scope,
         tables: dict[type[Any], _Table],
-        sequences: dict[tuple[bool, str | None], int],
+        sequences: dict[_Sequence, int],
         *,
         readonly: bool,
     ) -> None:
@@ -201,18 +211,25 @@ class _MemoryTransaction:
             row
             for row in table.rows.values()
             if self._visible(table, row, include_deleted)
-            and all(getattr(row, name) == value for name, value in items)
+            and all(matches(condition, getattr(row, name)) for name, condition in items)
         ]
 
     async def find(
         self, kind: type[E], *, include_deleted: bool = False, **key: object
     ) -> E | None:
         table = self._table(kind)
-        columns = tuple(key)
-        index = table.indexes.get(columns)
-        # The index holds no NULLs (they never collide), so a None in the key needs a scan.
-        if index is not None and not include_deleted and None not in key.values():
-            found = index.get((self._scope.livemode, self._scope.tenant_id, *key.values()))
+        unique = table.spec.unique_key(tuple(key))
+        # The index holds no NULLs (they never collide), so a None in the key needs a scan;
+        # so does a partial key (its index holds only the rows meeting its condition).
+        if (
+            unique is not None
+            and not unique.where
+            and not include_deleted
+            and None not in key.values()
+        ):
+            found = table.indexes[unique].get(
+                (self._scope.livemode, self._scope.tenant_id, *key.values())
+            )
             return None if found is None else table.rows[found]
         rows = self._matching(table, key, include_deleted)
         return max(rows, key=lambda row: row.id) if rows else None
@@ -246,6 +263,31 @@ class _MemoryTransaction:
     ) -> int:
         return len(self._matching(self._table(kind), filters, include_deleted))
 
+    async def aggregate(
+        self,
+        kind: type[E],
+        *,
+        group_by: Sequence[str] = (),
+        sums: Sequence[str] = (),
+        filters: Filters | None = None,
+        include_deleted: bool = False,
+    ) -> Sequence[Group]:
+        table = self._table(kind)
+        rules.check_aggregate(table.spec, group_by, sums)
+        groups: dict[tuple[Any, ...], list[Any]] = defaultdict(list)
+        for row in self._matching(table, filters, include_deleted):
+            groups[tuple(getattr(row, name) for name in group_by)].append(row)
+        if not group_by and not groups:
+            groups[()] = []
+        return [
+            Group(
+                key=dict(zip(group_by, values, strict=True)),
+                count=len(rows),
+                sums={name: sum(getattr(row, name) or 0 for row in rows) for name in sums},
+            )
+            for values, rows in sorted(groups.items(), key=lambda item: _null_first(item[0]))
+        ]
+
     # -- writes ------------------------------------------------------------------------
 
     def _check_writable(self) -> None:
@@ -263,43 +305,46 @@ class _MemoryTransaction:
                 raise rules.dangling(table.spec, column)
 
     def _check_unique(self, table: _Table, row: Any) -> None:
-        for columns, key in table.index_keys(row):
-            holder = table.indexes[columns].get(key)
+        for key, values in table.index_keys(row):
+            holder = table.indexes[key].get(values)
             if holder is not None and holder != row.id:
-                raise rules.unique_conflict(table.spec, columns)
+                raise rules.unique_conflict(table.spec, key.columns)
 
     def _put(self, table: _Table, row: Any) -> None:
         """Store ``row`` (new or replacing), keeping indexes and the undo log in step."""
         previous = table.rows.get(row.id)
         if previous is not None:
-            for columns, key in table.index_keys(previous):
-                del table.indexes[columns][key]
-        for columns, key in table.index_keys(row):
-            table.indexes[columns][key] = row.id
+            for key, values in table.index_keys(previous):
+                del table.indexes[key][values]
+        for key, values in table.index_keys(row):
+            table.indexes[key][values] = row.id
         table.rows[row.id] = row
 
         def undo() -> None:
-            for columns, key in table.index_keys(row):
-                del table.indexes[columns][key]
+            for key, values in table.index_keys(row):
+                del table.indexes[key][values]
             if previous is None:
                 del table.rows[row.id]
             else:
                 table.rows[row.id] = previous
-                for columns, key in table.index_keys(previous):
-                    table.indexes[columns][key] = previous.id
+                for key, values in table.index_keys(previous):
+                    table.indexes[key][values] = previous.id
 
         self._undo.append(undo)
 
     async def insert(self, entity: E) -> None:
         self._check_writable()
         table = self._table(type(entity))
+        self._check_new(table, entity)
+        self._put(table, entity)
+
+    def _check_new(self, table: _Table, entity: Any) -> None:
         rules.check_entity_scope(entity, self._scope)
-        rules.check_timestamps(entity)
-        if entity.id in table.rows:  # type: ignore[attr-defined]
+        rules.check_values(entity)
+        if entity.id in table.rows:
             raise rules.unique_conflict(table.spec, ("id",))
         self._check_unique(table, entity)
         self._check_references(table, entity)
-        self._put(table, entity)
 
     def _current(self, table: _Table, entity_id: UUID) -> Any:
         row = table.rows.get(entity_id)
@@ -316,18 +361,21 @@ class _MemoryTransaction:
         table = self._table(type(entity))
         rules.refuse_append_only(table.spec, "updated")
         rules.check_entity_scope(entity, self._scope)
-        rules.check_timestamps(entity)
+        rules.check_values(entity)
         current = self._current(table, entity.id)  # type: ignore[attr-defined]
         changes: dict[str, Any] = {"created_at": current.created_at}
+        if table.spec.claimable:
+            changes.update({name: getattr(current, name) for name in LEASE_COLUMNS})
         if table.spec.versioned:
             expected = entity.version if expected_version is None else expected_version  # type: ignore[attr-defined]
             self._check_version(table, current, expected)
             changes["version"] = current.version + 1
-        updated = attrs.evolve(entity, **changes)  # type: ignore[misc]
-        self._check_unique(table, updated)
-        self._check_references(table, updated)
-        self._put(table, updated)
-        return updated
+        stored = attrs.evolve(entity, **changes)  # type: ignore[misc]
+        self._check_unique(table, stored)
+        self._check_references(table, stored)
+        self._put(table, stored)
+        # What the caller wrote, at its new version: the same answer the SQL adapters give.
+        return attrs.evolve(entity, version=stored.version) if table.spec.versioned else entity  # type: ignore[misc,attr-defined]
 
     async def soft_delete(
         self, kind: type[E], id: UUID, *, at: datetime, expected_version: int | None = None
@@ -348,11 +396,53 @@ class _MemoryTransaction:
     async def flush(self) -> None:
         """Writes are applied at once; nothing is buffered."""
 
-    # -- atomic operations: the database lock makes each read-check-write atomic --------
+    # -- atomic primitives: the database lock makes each read-check-write atomic --------
 
-    async def next_invoice_number(self) -> int:
+    async def claim(
+        self, kind: type[E], *, now: datetime, limit: int, claimant: str, lease: timedelta
+    ) -> Sequence[E]:
         self._check_writable()
-        key = (self._scope.livemode, self._scope.tenant_id)
+        table = self._table(kind)
+        rules.check_claimable(table.spec)
+        limit = rules.claim_size(limit)
+        now = aware_utc(now, field="now")
+        claimed = []
+        for row in _due(self._matching(table, None, False), now, limit):
+            held = attrs.evolve(row, claimed_by=claimant, claimed_until=now + lease)
+            self._put(table, held)
+            claimed.append(held)
+        return claimed
+
+    async def increment(
+        self,
+        kind: type[E],
+        id: UUID,
+        column: str,
+        by: int,
+        *,
+        at_most: int | str | None = None,
+        at: datetime | None = None,
+    ) -> E | None:
+        self._check_writable()
+        table = self._table(kind)
+        rules.check_increment(table.spec, column, by, at_most)
+        current = self._current(table, id)
+        value = getattr(current, column) + by
+        bound = getattr(current, at_most) if isinstance(at_most, str) else at_most
+        if bound is not None and value > bound:
+            return None
+        changes: dict[str, Any] = {column: value}
+        if table.spec.versioned:
+            changes["version"] = current.version + 1
+        if at is not None and "updated_at" in table.spec.fields:
+            changes["updated_at"] = aware_utc(at, field="at")
+        updated = attrs.evolve(current, **changes)
+        self._put(table, updated)
+        return updated  # type: ignore[no-any-return]
+
+    async def next_number(self, sequence: str) -> int:
+        self._check_writable()
+        key = (self._scope.livemode, self._scope.tenant_id, rules.sequence_name(sequence))
         sequences = self._sequences
         previous = sequences.get(key, 0)
         sequences[key] = previous + 1
@@ -366,39 +456,75 @@ class _MemoryTransaction:
         self._undo.append(undo)
         return previous + 1
 
-    async def redeem_promo_code(self, usage: PromoCodeUsage) -> PromoCode:
-        return await serialized.redeem_promo_code(self, usage)
-
-    async def add_refund(self, refund: Refund) -> Payment:
-        return await serialized.add_refund(self, refund)
-
-    async def claim_due_subscriptions(
-        self, *, now: datetime, limit: int, claimant: str, lease: timedelta
-    ) -> Sequence[Subscription]:
+    async def insert_or_get(self, entity: E, *, on: Sequence[str]) -> tuple[E, bool]:
         self._check_writable()
-        limit = rules.claim_size(limit)
-        table = self._table(Subscription)
-        due = sorted(
-            (
-                row
-                for row in self._matching(table, None, False)
-                if row.due_at is not None
-                and row.due_at <= now
-                and (row.claimed_until is None or row.claimed_until <= now)
-            ),
-            key=lambda row: (row.due_at, row.id),
-        )[:limit]
-        claimed = []
-        for row in due:
-            held = attrs.evolve(
-                row, claimed_by=claimant, claimed_until=now + lease, version=row.version + 1
-            )
-            self._put(table, held)
-            claimed.append(held)
-        return claimed
+        table = self._table(type(entity))
+        key = rules.unique_key_on(table.spec, on)
+        rules.check_entity_scope(entity, self._scope)
+        values = (self._scope.livemode, self._scope.tenant_id)
+        values += tuple(getattr(entity, column) for column in key.columns)
+        holder = table.indexes[key].get(values) if key.holds(entity) else None
+        if holder is not None:
+            return table.rows[holder], False
+        self._check_new(table, entity)
+        self._put(table, entity)
+        return entity, True
 
-    async def store_idempotency_key(self, record: IdempotencyKey) -> IdempotencyKey:
-        return await serialized.store_idempotency_key(self, record)
+
+class _MemorySweep:
+    """The two cross-tenant reads, under the database lock like a transaction."""
+
+    __slots__ = ("_livemode", "_tables")
+
+    def __init__(self, tables: dict[type[Any], _Table], livemode: bool) -> None:
+        self._tables = tables
+        self._livemode = livemode
+
+    def _live(self, kind: type[Any]) -> tuple[EntitySpec[Any], list[Any]]:
+        table = self._tables.get(kind)
+        if table is None:
+            spec_for(kind)
+            raise AssertionError(kind)
+        rows = [
+            row
+            for row in table.rows.values()
+            if row.livemode is self._livemode
+            and (not table.spec.soft_delete or row.deleted_at is None)
+        ]
+        return table.spec, rows
+
+    async def due(self, kind: type[E], *, now: datetime, limit: int) -> Sequence[E]:
+        spec, rows = self._live(kind)
+        rules.check_claimable(spec)
+        return _due(rows, aware_utc(now, field="now"), rules.claim_size(limit))
+
+    async def owners(self, kind: type[E], **key: object) -> Sequence[E]:
+        spec, rows = self._live(kind)
+        rules.check_filters(spec, key)
+        found = [
+            row
+            for row in rows
+            if all(matches(condition, getattr(row, name)) for name, condition in key.items())
+        ]
+        return sorted(found, key=lambda row: row.id)[: rules.MAX_PAGE_SIZE]
+
+
+def _due(rows: Sequence[Any], now: datetime, limit: int) -> list[Any]:
+    """Rows due by ``now`` and free of a live lease, oldest due first."""
+    return sorted(
+        (
+            row
+            for row in rows
+            if row.due_at is not None
+            and row.due_at <= now
+            and (row.claimed_until is None or row.claimed_until <= now)
+        ),
+        key=lambda row: (row.due_at, row.id),
+    )[:limit]
+
+
+def _null_first(values: tuple[Any, ...]) -> tuple[tuple[bool, Any], ...]:
+    return tuple((value is not None, value) for value in values)
 
 
 _KIND_BY_TABLE: dict[str, type[Any]] = {spec.table: spec.kind for spec in SPECS}

@@ -1,8 +1,10 @@
-"""Rules every storage adapter applies the same way, kept in one place.
+"""What every storage adapter checks and refuses the same way, kept in one place.
 
-Table prefixes, scope checks on written entities, cursors, list limits and the wording of
-storage errors: the memory and SQL adapters call these instead of each writing their own,
-so they refuse the same inputs with the same errors.
+Table prefixes, scope checks on written entities, storable values, filters, cursors, list
+and claim limits, and the wording of storage errors: the memory and SQL adapters call these
+instead of each writing their own, so they refuse the same inputs with the same errors.
+Business rules (a refund cap, a promo limit) are not here: they live in the domain, and the
+services enforce them by composing the port's atomic primitives.
 """
 
 from __future__ import annotations
@@ -10,16 +12,15 @@ from __future__ import annotations
 import re
 import typing
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 import attrs
 
+from qzpay.contracts.filters import Condition, Op
 from qzpay.contracts.storage import Filters, Scope
-from qzpay.domain.payments import Payment, Refund
-from qzpay.domain.promotions import PromoCode
-from qzpay.domain.registry import EntitySpec
+from qzpay.domain.registry import LEASE_COLUMNS, EntitySpec, UniqueKey
 from qzpay.errors import (
     ConfigurationError,
     ConflictError,
@@ -66,35 +67,203 @@ def check_entity_scope(entity: Any, scope: Scope) -> None:
         )
 
 
-_TIMESTAMP_FIELDS: dict[type[Any], tuple[str, ...]] = {}
+@attrs.frozen
+class _Columns:
+    """The columns of one kind whose values storage checks before writing them."""
+
+    timestamps: tuple[str, ...]
+    texts: tuple[str, ...]
+    mappings: tuple[str, ...]
+    integers: frozenset[str]
 
 
-def _timestamp_fields(kind: type[Any]) -> tuple[str, ...]:
-    found = _TIMESTAMP_FIELDS.get(kind)
+_COLUMNS: dict[type[Any], _Columns] = {}
+
+
+def _has(annotation: Any, wanted: type[Any]) -> bool:
+    return annotation is wanted or wanted in typing.get_args(annotation)
+
+
+def _columns(kind: type[Any]) -> _Columns:
+    found = _COLUMNS.get(kind)
     if found is None:
         hints = typing.get_type_hints(kind)
-        found = _TIMESTAMP_FIELDS[kind] = tuple(
-            field.name
-            for field in attrs.fields(kind)
-            if hints[field.name] is datetime or datetime in typing.get_args(hints[field.name])
+        names = [field.name for field in attrs.fields(kind)]
+
+        def typed(wanted: type[Any]) -> tuple[str, ...]:
+            return tuple(name for name in names if _has(hints[name], wanted))
+
+        mappings = tuple(
+            name
+            for name in names
+            if any(
+                (typing.get_origin(arg) or arg) in (Mapping, dict)
+                for arg in (hints[name], *typing.get_args(hints[name]))
+            )
         )
+        texts = tuple(
+            name for name in names if _has(hints[name], str) or "tuple[str" in str(hints[name])
+        )
+        integers = frozenset(name for name in typed(int) if not _has(hints[name], bool))
+        found = _COLUMNS[kind] = _Columns(typed(datetime), texts, mappings, integers)
     return found
 
 
-def check_timestamps(entity: Any) -> None:
-    """Every datetime column of a written row must be timezone-aware."""
-    for name in _timestamp_fields(type(entity)):
+# PostgreSQL's text cannot hold NUL, and no UTF-8 can hold a lone surrogate.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(value: str, *, field: str) -> str:
+    """``value``, or a ``ValidationError`` naming ``field`` if a database cannot store it."""
+    if _UNSTORABLE.search(value):
+        raise ValidationError(
+            "contains a NUL character or a lone surrogate, which cannot be stored",
+            field=field,
+            rule="storable_text",
+        )
+    return value
+
+
+def _check_storable(value: Any, field: str) -> None:
+    if isinstance(value, str):
+        storable_text(value, field=field)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            storable_text(str(key), field=f"{field}.{key!s}"[:200])
+            _check_storable(item, f"{field}.{key!s}"[:200])
+    elif isinstance(value, tuple | list):
+        for item in value:
+            _check_storable(item, field)
+
+
+def check_values(entity: Any) -> None:
+    """What every written row must hold: timezone-aware datetimes, and text (also inside
+    metadata) that every database can store."""
+    columns = _columns(type(entity))
+    for name in columns.timestamps:
         value = getattr(entity, name)
         if value is not None:
             aware_utc(value, field=name)
+    for name in columns.texts:
+        value = getattr(entity, name)
+        if value is not None:
+            _check_storable(value, name)
+    for name in columns.mappings:
+        value = getattr(entity, name)
+        if value:
+            _check_storable(value, name)
+
+
+def check_column(spec: EntitySpec[Any], name: str) -> None:
+    if name not in spec.fields:
+        raise ValidationError(f"is not a column of {spec.table}", field=name, rule="known_column")
 
 
 def check_filters(spec: EntitySpec[Any], filters: Filters | None) -> None:
-    for name in filters or ():
-        if name not in spec.fields:
+    """Known columns, and conditions from the closed set of ``qzpay.contracts.filters``."""
+    for name, value in (filters or {}).items():
+        check_column(spec, name)
+        if isinstance(value, Condition):
+            _check_condition(name, value)
+        elif isinstance(value, list | set | frozenset | dict):
             raise ValidationError(
-                f"is not a column of {spec.table}", field=name, rule="known_column"
+                "is a collection: use qzpay.contracts.filters.one_of(...) for IN",
+                field=name,
+                rule="filter",
             )
+
+
+def _check_condition(name: str, condition: Condition) -> None:
+    if not isinstance(condition.op, Op):
+        raise ValidationError(
+            f"{condition.op!r} is not a filter operator", field=name, rule="filter"
+        )
+    operand = condition.value
+    if condition.op in (Op.IS_NULL, Op.NOT_NULL):
+        return
+    if condition.op is Op.WITHIN:
+        ok = isinstance(operand, tuple) and len(operand) == 2 and None not in operand
+    elif condition.op is Op.IN:
+        ok = isinstance(operand, tuple) and None not in operand
+    else:
+        ok = operand is not None
+    if not ok:
+        raise ValidationError(
+            f"{condition.op.value} needs {'two bounds' if condition.op is Op.WITHIN else 'a value'}"
+            " that are not None",
+            field=name,
+            rule="filter",
+        )
+
+
+def check_aggregate(spec: EntitySpec[Any], group_by: Iterable[str], sums: Iterable[str]) -> None:
+    for name in group_by:
+        check_column(spec, name)
+    integers = _columns(spec.kind).integers
+    for name in sums:
+        check_column(spec, name)
+        if name not in integers:
+            raise ValidationError(
+                f"is not an integer column of {spec.table}: only integers are summed",
+                field=name,
+                rule="summable",
+            )
+
+
+def check_claimable(spec: EntitySpec[Any]) -> None:
+    if not spec.claimable:
+        raise ValidationError(
+            f"{spec.table} rows cannot be claimed (no due_at, claimed_by, claimed_until)",
+            field="kind",
+            rule="claimable",
+        )
+
+
+def check_increment(spec: EntitySpec[Any], column: str, by: object, at_most: object) -> None:
+    """An integer column of the kind, an int step, and a bound that is an int or a column."""
+    check_column(spec, column)
+    integers = _columns(spec.kind).integers
+    if column not in integers or column in ("version", *LEASE_COLUMNS):
+        raise ValidationError(
+            f"is not a counter column of {spec.table}", field=column, rule="counter"
+        )
+    if isinstance(by, bool) or not isinstance(by, int):
+        raise ValidationError("must be an int", field="by", rule="integer")
+    if isinstance(at_most, str):
+        check_column(spec, at_most)
+        if at_most not in integers:
+            raise ValidationError(
+                f"is not an integer column of {spec.table}", field="at_most", rule="bound"
+            )
+    elif at_most is not None and (isinstance(at_most, bool) or not isinstance(at_most, int)):
+        raise ValidationError(
+            "must be an int, a column name or None", field="at_most", rule="bound"
+        )
+
+
+_SEQUENCE = re.compile(r"^[a-z][a-z0-9_.-]{0,99}$")
+
+
+def sequence_name(name: object) -> str:
+    if not isinstance(name, str) or not _SEQUENCE.fullmatch(name):
+        raise ValidationError(
+            "must be 1 to 100 lower-case letters, digits, '_', '.' or '-', starting with a letter",
+            field="sequence",
+            rule="sequence_name",
+        )
+    return name
+
+
+def unique_key_on(spec: EntitySpec[Any], on: Iterable[str]) -> UniqueKey:
+    columns = tuple(on)
+    key = spec.unique_key(columns)
+    if key is None:
+        raise ValidationError(
+            f"is not a unique key of {spec.table}",
+            field=", ".join(columns) or "on",
+            rule="unique_key",
+        )
+    return key
 
 
 def page_size(limit: object) -> int:
@@ -139,17 +308,17 @@ def unique_conflict(spec: EntitySpec[Any], columns: Iterable[str]) -> ConflictEr
     """The error for a taken unique key, the same whoever noticed it (us or the database)."""
     names = ", ".join(columns)
     return ConflictError(
-        f"a {spec.name} with this {names} already exists", field=names, rule="unique"
+        f"a {spec.label} with this {names} already exists", field=names, rule="unique"
     )
 
 
 def missing(spec: EntitySpec[Any], entity_id: uuid.UUID) -> NotFoundError:
-    return NotFoundError(f"no {spec.name} with id {entity_id}", field="id", rule="exists")
+    return NotFoundError(f"no {spec.label} with id {entity_id}", field="id", rule="exists")
 
 
 def stale(spec: EntitySpec[Any], entity_id: uuid.UUID, expected: int) -> ConflictError:
     return ConflictError(
-        f"{spec.name} {entity_id} changed since version {expected} was read; read it again",
+        f"{spec.label} {entity_id} changed since version {expected} was read; read it again",
         field="version",
         rule="optimistic_lock",
     )
@@ -164,44 +333,6 @@ def claim_size(limit: object) -> int:
             f"must be an int from 1 to {MAX_CLAIM}", field="limit", rule="claim_size"
         )
     return limit
-
-
-def check_redemption(code: PromoCode, customer_redemptions: int) -> None:
-    """Refuse a redemption past the code's limits (checked under the code's lock)."""
-    if code.max_redemptions is not None and code.times_redeemed >= code.max_redemptions:
-        raise InvalidStateError(
-            f"promo code {code.code!r} reached its {code.max_redemptions} redemptions",
-            field="promo_code",
-            rule="max_redemptions",
-        )
-    per_customer = code.max_redemptions_per_customer
-    if per_customer is not None and customer_redemptions >= per_customer:
-        raise InvalidStateError(
-            f"this customer already redeemed {code.code!r} {per_customer} time(s)",
-            field="promo_code",
-            rule="max_redemptions_per_customer",
-        )
-
-
-def check_refund(payment: Payment, refund: Refund) -> None:
-    """Refuse a refund that would take the refunded total past the payment's amount."""
-    if refund.currency != payment.currency:
-        raise ValidationError(
-            f"must be the payment's currency {payment.currency}",
-            field="currency",
-            rule="same_currency",
-        )
-    if payment.refunded_amount + refund.amount > payment.amount:
-        raise refund_too_large(payment)
-
-
-def refund_too_large(payment: Payment) -> ValidationError:
-    left = payment.amount - payment.refunded_amount
-    return ValidationError(
-        f"would refund more than the payment: at most {left} is left to refund",
-        field="amount",
-        rule="refund_within_payment",
-    )
 
 
 def dangling(spec: EntitySpec[Any], column: str) -> ValidationError:

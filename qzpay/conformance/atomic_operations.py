@@ -5,13 +5,14 @@ with ``connections == "several_stores"`` the tasks are spread over several store
 on one database (several connections), unless the adapter declares
 ``Capabilities(multiple_connections="<reason>")``, which is reported as not supported.
 
-- invoice numbers: gapless 1..N per (tenant, livemode), no duplicate; a number allocated in
-  a rolled-back transaction is given out again;
-- promo codes: redeemed only while under ``max_redemptions`` and
-  ``max_redemptions_per_customer``;
-- refunds: the refunded total never exceeds the payment;
-- due subscriptions: concurrent claimants never claim one twice, and claim all that are due;
-- idempotency keys and unique keys: stored once, whoever races.
+- ``next_number``: gapless 1..N per (sequence, tenant, livemode), no duplicate; a number
+  allocated in a rolled-back transaction is given out again;
+- ``increment`` with a bound (a column, or a number): concurrent increments never pass it
+  (a promo code's ``max_redemptions``, a payment's ``amount`` capping ``refunded_amount``);
+  and the row stays held until the transaction ends, so a count read after the increment
+  cannot race (a promo code's per-customer limit);
+- ``claim``: concurrent claimants never claim one row twice, and claim all that are due;
+- ``insert_or_get`` and unique keys: stored once, whoever races.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ async def test_invoice_numbers_are_gapless_under_concurrency(
 
     async def allocate(index: int) -> int:
         async with _pick(stores, index).transaction(TEST) as tx:
-            return await tx.next_invoice_number()
+            return await tx.next_number("invoice")
 
     outcomes = await run_concurrently(200, allocate)
     errors = [o.error for o in outcomes if o.error is not None]
@@ -77,14 +78,14 @@ async def test_invoice_numbers_are_gapless_under_concurrency(
 
     async def allocate_then_fail() -> None:
         async with stores[0].transaction(TEST) as tx:
-            allocated.append(await tx.next_invoice_number())
+            allocated.append(await tx.next_number("invoice"))
             raise _Rollback
 
     with pytest.raises(_Rollback):
         await allocate_then_fail()
     lost = allocated[0]
     async with stores[-1].transaction(TEST) as tx:
-        again = await tx.next_invoice_number()
+        again = await tx.next_number("invoice")
     expect.that(
         lost == 201 and again == 201,
         f"a rolled-back transaction allocated {lost} and the next allocation gave {again}: "
@@ -102,9 +103,10 @@ async def _customers(store: StoragePort, count: int) -> list[Customer]:
 
 
 REDEEM_FIX = (
-    "check the limits and count the redemption in one atomic step under a lock on the code "
-    "(SELECT ... FOR UPDATE, or UPDATE ... SET times_redeemed = times_redeemed + 1 WHERE "
-    "times_redeemed < max_redemptions RETURNING ...), and raise InvalidStateError past it"
+    "check the bound and add in one atomic step (UPDATE ... SET times_redeemed = "
+    "times_redeemed + :by WHERE max_redemptions IS NULL OR times_redeemed + :by <= "
+    "max_redemptions RETURNING ...), return None when the bound refuses, and hold the row "
+    "until the transaction ends"
 )
 
 
@@ -119,8 +121,13 @@ async def test_a_promo_code_is_redeemed_only_while_under_its_limit(
 
     async def redeem(index: int) -> PromoCode:
         async with _pick(stores, index).transaction(TEST) as tx:
-            usage = entities.promo_code_usage(TEST, code, customers[index])
-            return await tx.redeem_promo_code(usage)
+            counted = await tx.increment(
+                PromoCode, code.id, "times_redeemed", 1, at_most="max_redemptions"
+            )
+            if counted is None:
+                raise InvalidStateError("max_redemptions", rule="max_redemptions")
+            await tx.insert(entities.promo_code_usage(TEST, code, customers[index]))
+            return counted
 
     outcomes = await run_concurrently(50, redeem)
     await _check_redemptions(
@@ -144,8 +151,17 @@ async def test_a_promo_code_is_redeemed_only_while_under_its_per_customer_limit(
         await tx.insert(code)
 
     async def redeem(index: int) -> PromoCode:
+        # The per-customer rule read after the increment: the increment holds the code.
         async with _pick(stores, index).transaction(TEST) as tx:
-            return await tx.redeem_promo_code(entities.promo_code_usage(TEST, code, customer))
+            counted = await tx.increment(PromoCode, code.id, "times_redeemed", 1)
+            assert counted is not None
+            earlier = await tx.count(
+                PromoCodeUsage, filters={"promo_code_id": code.id, "customer_id": customer.id}
+            )
+            if earlier >= 3:
+                raise InvalidStateError("per customer", rule="max_redemptions_per_customer")
+            await tx.insert(entities.promo_code_usage(TEST, code, customer))
+            return counted
 
     outcomes = await run_concurrently(50, redeem)
     await _check_redemptions(
@@ -194,7 +210,13 @@ async def test_refunds_never_exceed_the_payment_under_concurrency(
 
     async def refund(index: int) -> Payment:
         async with _pick(stores, index).transaction(TEST) as tx:
-            return await tx.add_refund(entities.refund(TEST, payment, amount=300))
+            updated = await tx.increment(
+                Payment, payment.id, "refunded_amount", 300, at_most="amount"
+            )
+            if updated is None:
+                raise ValidationError("refund_within_payment", rule="refund_within_payment")
+            await tx.insert(entities.refund(TEST, payment, amount=300))
+            return updated
 
     outcomes = await run_concurrently(50, refund)
     accepted = sum(o.ok for o in outcomes)
@@ -243,8 +265,8 @@ async def test_due_subscriptions_are_claimed_once(conformance: Harness, connecti
         mine: list[Subscription] = []
         for _ in range(30):  # bounded: a store that re-claims would otherwise loop forever
             async with _pick(stores, index).transaction(TEST) as tx:
-                batch = await tx.claim_due_subscriptions(
-                    now=NOW, limit=4, claimant=f"worker-{index}", lease=LEASE
+                batch = await tx.claim(
+                    Subscription, now=NOW, limit=4, claimant=f"worker-{index}", lease=LEASE
                 )
             if not batch:
                 break
@@ -275,9 +297,9 @@ async def test_due_subscriptions_are_claimed_once(conformance: Harness, connecti
     async with stores[0].transaction(TEST, readonly=True) as tx:
         held = await tx.get(Subscription, due[0].id)
     expect.that(
-        held is not None and held.claimed_by is not None and held.claimed_until == NOW + LEASE,
-        "a claimed subscription does not carry claimed_by and claimed_until = now + lease",
-        "store the claim on the row: claimed_by = claimant, claimed_until = now + lease",
+        held is not None and held.claimed_by is not None and held.claimed_until is not None,
+        "a claimed subscription does not carry claimed_by and claimed_until",
+        "store the claim on the row: claimed_by = claimant, claimed_until = the lease's end",
     )
 
 
@@ -288,7 +310,10 @@ async def test_an_idempotency_key_is_stored_once_under_concurrency(
 
     async def store_key(index: int) -> IdempotencyKey:
         async with _pick(stores, index).transaction(TEST) as tx:
-            return await tx.store_idempotency_key(entities.idempotency_key(TEST, "order-42"))
+            stored, _ = await tx.insert_or_get(
+                entities.idempotency_key(TEST, "order-42"), on=("key",)
+            )
+            return stored
 
     outcomes = await run_concurrently(50, store_key)
     errors = [o.error for o in outcomes if o.error is not None]

@@ -71,7 +71,7 @@ async def _check_nothing_left(
     )
     expect.that(deleted is not None, f"{how}, its soft delete was kept", FIX)
     async with store.transaction(TEST) as tx:
-        number = await tx.next_invoice_number()
+        number = await tx.next_number("invoice")
     expect.that(number == 1, f"{how}, its invoice number was kept (next is {number})", FIX)
     raw = conformance.raw(store)
     if raw is not None:
@@ -97,7 +97,7 @@ async def test_an_exception_after_several_writes_leaves_nothing(conformance: Har
                 await tx.insert(row)
             await tx.update(attrs.evolve(before.updated, name="Changed"))
             await tx.soft_delete(Customer, before.deleted.id, at=NOW)
-            await tx.next_invoice_number()
+            await tx.next_number("invoice")
             raise _Boom
 
     with pytest.raises(_Boom):
@@ -117,7 +117,7 @@ async def test_an_exception_after_a_flush_leaves_nothing(conformance: Harness) -
             await tx.insert(plan)
             await tx.update(attrs.evolve(before.updated, name="Changed"))
             await tx.soft_delete(Customer, before.deleted.id, at=NOW)
-            await tx.next_invoice_number()
+            await tx.next_number("invoice")
             await tx.flush()
             await tx.count(Customer)
             raise _Boom
@@ -140,7 +140,7 @@ async def test_a_cancelled_transaction_leaves_nothing(conformance: Harness) -> N
             await tx.insert(plan)
             await tx.update(attrs.evolve(before.updated, name="Changed"))
             await tx.soft_delete(Customer, before.deleted.id, at=NOW)
-            await tx.next_invoice_number()
+            await tx.next_number("invoice")
             await tx.flush()
             scope.cancel()
             await anyio.lowlevel.checkpoint()  # the cancellation is delivered here
@@ -167,7 +167,7 @@ async def test_a_conflict_at_commit_leaves_nothing_of_the_transaction(
             await tx.insert(plan)
             await tx.update(attrs.evolve(before.updated, name="Changed"))
             await tx.soft_delete(Customer, before.deleted.id, at=NOW)
-            await tx.next_invoice_number()
+            await tx.next_number("invoice")
             await tx.insert(clash)  # refused here, at a flush or at commit
     await _check_nothing_left(
         conformance, store, before, [ann, plan, clash], "after a unique-key conflict"
@@ -186,7 +186,7 @@ async def test_a_stale_version_at_commit_leaves_nothing_of_the_transaction(
             await tx.insert(ann)
             await tx.insert(plan)
             await tx.soft_delete(Customer, before.deleted.id, at=NOW)
-            await tx.next_invoice_number()
+            await tx.next_number("invoice")
             await tx.update(attrs.evolve(before.updated, name="Changed"), expected_version=5)
     await _check_nothing_left(
         conformance, store, before, [ann, plan], "after a stale-version conflict"
@@ -203,7 +203,7 @@ async def test_a_committed_transaction_keeps_every_write(conformance: Harness) -
         await tx.insert(plan)
         await tx.update(attrs.evolve(before.updated, name="Changed"))
         await tx.soft_delete(Customer, before.deleted.id, at=NOW + timedelta(minutes=1))
-        number = await tx.next_invoice_number()
+        number = await tx.next_number("invoice")
     async with store.transaction(TEST, readonly=True) as tx:
         kept = [await tx.get(Customer, ann.id), await tx.get(Plan, plan.id)]
         updated = await tx.get(Customer, before.updated.id)

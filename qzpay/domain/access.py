@@ -9,6 +9,7 @@ from uuid import UUID
 import attrs
 
 from qzpay.domain.enums import UsageAction
+from qzpay.domain.frozen import frozen_mapping
 
 
 @attrs.frozen(kw_only=True)
@@ -21,7 +22,7 @@ class Entitlement:
     key: str
     name: str
     description: str | None = None
-    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=frozen_mapping)
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None = None
@@ -54,7 +55,7 @@ class Limit:
     name: str
     description: str | None = None
     default_value: int | None = None
-    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=frozen_mapping)
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None = None
@@ -90,5 +91,5 @@ class UsageRecord:
     action: UsageAction = UsageAction.INCREMENT
     occurred_at: datetime
     idempotency_key: str | None = None
-    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=frozen_mapping)
     created_at: datetime

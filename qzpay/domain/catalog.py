@@ -9,6 +9,7 @@ from uuid import UUID
 import attrs
 
 from qzpay.domain.enums import Interval
+from qzpay.domain.frozen import frozen_mapping, frozen_tuple
 
 
 @attrs.frozen(kw_only=True)
@@ -21,9 +22,9 @@ class Plan:
     name: str
     description: str | None = None
     active: bool = True
-    entitlements: tuple[str, ...] = ()
-    limits: Mapping[str, int] = attrs.field(factory=dict)
-    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    entitlements: tuple[str, ...] = attrs.field(default=(), converter=frozen_tuple)
+    limits: Mapping[str, int] = attrs.field(factory=dict, converter=frozen_mapping)
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=frozen_mapping)
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None = None
@@ -48,7 +49,7 @@ class Price:
     trial_days: int | None = None
     nickname: str | None = None
     active: bool = True
-    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=frozen_mapping)
     created_at: datetime
     updated_at: datetime
 
@@ -67,9 +68,9 @@ class Addon:
     interval: Interval
     interval_count: int = 1
     active: bool = True
-    entitlements: tuple[str, ...] = ()
-    limits: Mapping[str, int] = attrs.field(factory=dict)
-    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    entitlements: tuple[str, ...] = attrs.field(default=(), converter=frozen_tuple)
+    limits: Mapping[str, int] = attrs.field(factory=dict, converter=frozen_mapping)
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=frozen_mapping)
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None = None

@@ -10,6 +10,7 @@ from uuid import UUID
 import attrs
 
 from qzpay.domain.enums import CheckoutStatus
+from qzpay.domain.frozen import frozen_mapping, frozen_tuple
 
 
 @attrs.frozen(kw_only=True)
@@ -20,7 +21,7 @@ class Checkout:
     customer_id: UUID | None = None
     status: CheckoutStatus
     mode: str
-    line_items: tuple[Mapping[str, Any], ...] = ()
+    line_items: tuple[Mapping[str, Any], ...] = attrs.field(default=(), converter=frozen_tuple)
     amount: int = 0
     currency: str
     success_url: str
@@ -30,6 +31,6 @@ class Checkout:
     provider_id: str | None = None
     expires_at: datetime
     completed_at: datetime | None = None
-    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=frozen_mapping)
     created_at: datetime
     updated_at: datetime

@@ -8,6 +8,8 @@ from uuid import UUID
 
 import attrs
 
+from qzpay.domain.frozen import frozen_mapping
+
 
 @attrs.frozen(kw_only=True)
 class Customer:
@@ -20,7 +22,7 @@ class Customer:
     name: str | None = None
     external_id: str | None = None
     phone: str | None = None
-    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=frozen_mapping)
     version: int = 1
     created_at: datetime
     updated_at: datetime

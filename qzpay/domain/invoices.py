@@ -9,6 +9,7 @@ from uuid import UUID
 import attrs
 
 from qzpay.domain.enums import InvoiceStatus
+from qzpay.domain.frozen import frozen_mapping
 
 
 @attrs.frozen(kw_only=True)
@@ -34,7 +35,7 @@ class Invoice:
     due_date: datetime | None = None
     paid_at: datetime | None = None
     voided_at: datetime | None = None
-    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=frozen_mapping)
     version: int = 1
     created_at: datetime
     updated_at: datetime
@@ -56,7 +57,7 @@ class InvoiceLine:
     period_start: datetime | None = None
     period_end: datetime | None = None
     proration: bool = False
-    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=frozen_mapping)
     created_at: datetime
 
 

@@ -10,6 +10,7 @@ from uuid import UUID
 import attrs
 
 from qzpay.domain.enums import PayoutStatus
+from qzpay.domain.frozen import frozen_mapping
 
 
 @attrs.frozen(kw_only=True)
@@ -27,7 +28,7 @@ class Vendor:
     provider: str | None = None
     provider_account_id: str | None = None
     active: bool = True
-    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=frozen_mapping)
     version: int = 1
     created_at: datetime
     updated_at: datetime
@@ -48,6 +49,6 @@ class VendorPayout:
     paid_at: datetime | None = None
     provider: str | None = None
     provider_id: str | None = None
-    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=frozen_mapping)
     created_at: datetime
     updated_at: datetime

@@ -9,6 +9,7 @@ from uuid import UUID
 import attrs
 
 from qzpay.domain.enums import PaymentStatus, RefundStatus
+from qzpay.domain.frozen import frozen_mapping
 
 
 @attrs.frozen(kw_only=True)
@@ -27,7 +28,7 @@ class PaymentMethod:
     exp_month: int | None = None
     exp_year: int | None = None
     is_default: bool = False
-    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=frozen_mapping)
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None = None
@@ -53,7 +54,7 @@ class Payment:
     failure_code: str | None = None
     failure_message: str | None = None
     idempotency_key: str | None = None
-    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=frozen_mapping)
     version: int = 1
     created_at: datetime
     updated_at: datetime
@@ -72,6 +73,6 @@ class Refund:
     reason: str | None = None
     provider: str
     provider_id: str | None = None
-    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=frozen_mapping)
     created_at: datetime
     updated_at: datetime

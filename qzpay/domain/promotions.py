@@ -10,6 +10,7 @@ from uuid import UUID
 import attrs
 
 from qzpay.domain.enums import DiscountType
+from qzpay.domain.frozen import frozen_mapping, frozen_tuple
 
 
 @attrs.frozen(kw_only=True)
@@ -29,9 +30,9 @@ class PromoCode:
     max_redemptions_per_customer: int | None = None
     times_redeemed: int = 0
     expires_at: datetime | None = None
-    plan_ids: tuple[str, ...] = ()
+    plan_ids: tuple[str, ...] = attrs.field(default=(), converter=frozen_tuple)
     active: bool = True
-    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=frozen_mapping)
     version: int = 1
     created_at: datetime
     updated_at: datetime

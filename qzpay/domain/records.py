@@ -13,6 +13,7 @@ from uuid import UUID
 import attrs
 
 from qzpay.domain.enums import JobStatus
+from qzpay.domain.frozen import frozen_mapping, optional_frozen_mapping
 
 
 @attrs.frozen(kw_only=True)
@@ -26,7 +27,7 @@ class AuditLog:
     entity_id: UUID | None = None
     action: str
     actor: str | None = None
-    changes: Mapping[str, Any] = attrs.field(factory=dict)
+    changes: Mapping[str, Any] = attrs.field(factory=dict, converter=frozen_mapping)
     created_at: datetime
 
 
@@ -40,7 +41,7 @@ class WebhookEvent:
     provider: str
     provider_event_id: str
     type: str
-    payload: Mapping[str, Any] = attrs.field(factory=dict)
+    payload: Mapping[str, Any] = attrs.field(factory=dict, converter=frozen_mapping)
     received_at: datetime
     created_at: datetime
 
@@ -56,7 +57,7 @@ class JobExecution:
     finished_at: datetime | None = None
     items_processed: int = 0
     error: str | None = None
-    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=frozen_mapping)
     created_at: datetime
     updated_at: datetime
 
@@ -72,6 +73,8 @@ class IdempotencyKey:
     operation: str
     request_hash: str
     resource_id: UUID | None = None
-    response: Mapping[str, Any] | None = None
+    response: Mapping[str, Any] | None = attrs.field(
+        default=None, converter=optional_frozen_mapping
+    )
     expires_at: datetime | None = None
     created_at: datetime

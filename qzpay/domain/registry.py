@@ -5,8 +5,9 @@ schema builder turns it into tables, unique indexes and foreign keys; the memory
 turns it into dictionaries and checks. Columns are the attrs fields of the domain type, so
 a field added to a domain class is a column added everywhere.
 
-Whether a kind is soft-deletable or optimistically locked is derived from its fields
-(``deleted_at``, ``version``), never declared twice.
+Whether a kind is soft-deletable, optimistically locked or claimable by job runners is
+derived from its fields (``deleted_at``; ``version``; ``due_at``, ``claimed_by`` and
+``claimed_until``), never declared twice.
 """
 
 from __future__ import annotations
@@ -35,6 +36,35 @@ from qzpay.domain.subscriptions import Subscription, SubscriptionAddon
 
 E = TypeVar("E")
 
+LEASE_COLUMNS = ("claimed_by", "claimed_until")
+"""Written only by a claim, never by an update (a user's edit must not drop a job's lease)."""
+
+
+@attrs.frozen(eq=False)  # keys are compared (and hashed) by identity: one object per key
+class UniqueKey:
+    """Columns whose values one row at most may hold, among the rows where ``where`` holds.
+
+    ``where`` narrows the key to rows with those column values (a partial unique index):
+    ``UniqueKey(("customer_id",), where={"is_default": True})`` allows one default payment
+    method per customer and any number of others.
+    """
+
+    columns: tuple[str, ...]
+    where: Mapping[str, object] = attrs.field(factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The key's part of its index name: ``customer_id_is_default``."""
+        return "_".join((*self.columns, *self.where))
+
+    def holds(self, row: Any) -> bool:
+        """Whether ``row`` is one of the rows the key applies to."""
+        return all(getattr(row, column) == value for column, value in self.where.items())
+
+
+def _unique_keys(keys: tuple[tuple[str, ...] | UniqueKey, ...]) -> tuple[UniqueKey, ...]:
+    return tuple(key if isinstance(key, UniqueKey) else UniqueKey(tuple(key)) for key in keys)
+
 
 @attrs.frozen(kw_only=True)
 class EntitySpec(Generic[E]):
@@ -48,12 +78,13 @@ class EntitySpec(Generic[E]):
     kind: type[E]
     table: str
     name: str
-    unique: tuple[tuple[str, ...], ...] = ()
+    unique: tuple[UniqueKey, ...] = attrs.field(default=(), converter=_unique_keys)
     references: Mapping[str, str] = attrs.field(factory=dict)
     append_only: bool = False
     fields: tuple[str, ...] = attrs.field(init=False)
     soft_delete: bool = attrs.field(init=False)
     versioned: bool = attrs.field(init=False)
+    claimable: bool = attrs.field(init=False)
 
     @fields.default
     def _fields(self) -> tuple[str, ...]:
@@ -68,6 +99,19 @@ class EntitySpec(Generic[E]):
     @versioned.default
     def _versioned(self) -> bool:
         return "version" in self.fields
+
+    @claimable.default
+    def _claimable(self) -> bool:
+        return all(name in self.fields for name in ("due_at", *LEASE_COLUMNS))
+
+    @property
+    def label(self) -> str:
+        """The kind in words, for messages: ``payment method``."""
+        return self.name.replace("_", " ")
+
+    def unique_key(self, columns: tuple[str, ...]) -> UniqueKey | None:
+        """The unique key on exactly ``columns``, if the kind has one."""
+        return next((key for key in self.unique if key.columns == columns), None)
 
 
 def _spec(kind: type[E], table: str, name: str, **rules: Any) -> EntitySpec[E]:
@@ -91,7 +135,10 @@ SPECS: tuple[EntitySpec[Any], ...] = (
         PaymentMethod,
         "payment_methods",
         "payment_method",
-        unique=(("provider", "provider_id"),),
+        unique=(
+            ("provider", "provider_id"),
+            UniqueKey(("customer_id",), where={"is_default": True}),
+        ),
         references={"customer_id": "customers"},
     ),
     _spec(PromoCode, "promo_codes", "promo_code", unique=(("code",),)),

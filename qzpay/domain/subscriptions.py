@@ -9,6 +9,7 @@ from uuid import UUID
 import attrs
 
 from qzpay.domain.enums import Interval, SubscriptionStatus
+from qzpay.domain.frozen import frozen_mapping
 
 
 @attrs.frozen(kw_only=True)
@@ -50,7 +51,7 @@ class Subscription:
     due_at: datetime | None = None
     claimed_by: str | None = None
     claimed_until: datetime | None = None
-    metadata: Mapping[str, str] = attrs.field(factory=dict)
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=frozen_mapping)
     version: int = 1
     created_at: datetime
     updated_at: datetime

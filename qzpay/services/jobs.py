@@ -1,10 +1,16 @@
 """Time-driven work: what is due "now" (by the Clock port) gets done by ``run_due``.
 
 Subscriptions carry ``due_at``, when the runner next has work on them. A run claims due
-subscriptions in batches through the storage's atomic claim (a lease: no other runner gets
-them meanwhile), does the work, and writes the outcome with an optimistic-lock update that
-also releases the claim. Charges use an idempotency key derived from the subscription and
-the period, so even a runner that lost its lease cannot make the provider charge twice.
+subscriptions in batches through the storage's atomic ``claim`` (a lease: no other runner
+gets them meanwhile; the claim does not move the version, so a user's edit during the run
+still succeeds), does the work, and writes the outcome with an optimistic-lock update that
+moves ``due_at`` on. If a user's edit moved the version meanwhile, the outcome is applied
+again to the row as it now is. Charges use an idempotency key derived from the subscription
+and the period, so even a runner that lost its lease cannot make the provider charge twice.
+
+In multi-tenant mode, ``billing.jobs.run_due()`` on the root billing sweeps every tenant:
+the storage's one cross-tenant read (``across_tenants``) says which tenants have due rows,
+and each tenant's work then runs in that tenant's own scope.
 
 The work done today is the end of trials; renewals and dunning join in the lifecycle issue
 (docs/decisions/0005-first-period.md).
@@ -21,20 +27,24 @@ from uuid import UUID
 import attrs
 
 from qzpay import periods
+from qzpay import validation as check
 from qzpay.contracts.provider import ChargeResult
 from qzpay.domain.enums import JobStatus, SubscriptionStatus
+from qzpay.domain.payments import PaymentMethod
 from qzpay.domain.records import JobExecution
 from qzpay.domain.subscriptions import Subscription
 from qzpay.errors import ConflictError, InvalidStateError, ProviderError
 from qzpay.ids import new_id
 from qzpay.services import charging
-from qzpay.services.context import ServiceContext
+from qzpay.services.context import ServiceContext, UnitOfWork
 from qzpay.transitions import transition
 
 BATCH = 100
 Outcome = Literal["charged", "free", "failed", "skipped"]
 """What ending one trial came to: paid, free (nothing to charge), unpaid, or left for later."""
 LEASE = timedelta(minutes=5)
+OUTCOME_ATTEMPTS = 3
+"""How often an outcome is re-applied after a concurrent edit moved the row's version."""
 
 
 @attrs.frozen(kw_only=True)
@@ -88,10 +98,37 @@ class JobsService:
     def __init__(self, context: ServiceContext) -> None:
         self._context = context
 
-    async def run_due(self) -> JobRunReport:
-        """Do everything due now; safe to run again (what was done is not due any more)."""
-        started = self._context.now()
-        async with self._context.unit_of_work() as uow:
+    async def run_due(self, *, limit: int | None = None) -> JobRunReport:
+        """Do everything due now, at most ``limit`` items (``None``: all); safe to run again
+        (what was done is not due any more)."""
+        most = None if limit is None else check.integer(limit, field="limit", minimum=1)
+        context = self._context
+        if context.multi_tenant and context.tenant_id is None:
+            return JobRunReport.of(await self._sweep_tenants(most))
+        return JobRunReport.of(await self._run_scope(context, most))
+
+    async def _sweep_tenants(self, limit: int | None) -> Counter[Outcome]:
+        """Each tenant with due rows, in its own scope, until no tenant has any left."""
+        context = self._context
+        outcomes: Counter[Outcome] = Counter()
+        done: set[str] = set()
+        while limit is None or outcomes.total() < limit:
+            async with context.storage.across_tenants(livemode=context.livemode) as sweep:
+                due = await sweep.due(Subscription, now=context.now(), limit=BATCH)
+            tenants = sorted({row.tenant_id or "" for row in due} - done)
+            if not tenants:
+                return outcomes
+            for tenant in tenants:
+                done.add(tenant)
+                left = None if limit is None else limit - outcomes.total()
+                if left is not None and left <= 0:
+                    break
+                outcomes += await self._run_scope(attrs.evolve(context, tenant_id=tenant), left)
+        return outcomes
+
+    async def _run_scope(self, context: ServiceContext, limit: int | None) -> Counter[Outcome]:
+        started = context.now()
+        async with context.unit_of_work() as uow:
             execution = JobExecution(
                 id=new_id(),
                 livemode=uow.scope.livemode,
@@ -106,14 +143,18 @@ class JobsService:
         outcomes: Counter[Outcome] = Counter()
         status, error = JobStatus.SUCCEEDED, None
         try:
-            while batch := await self._claim(execution.id):
+            while limit is None or outcomes.total() < limit:
+                size = BATCH if limit is None else min(BATCH, limit - outcomes.total())
+                batch = await self._claim(context, execution.id, size)
+                if not batch:
+                    break
                 for subscription in batch:
-                    outcomes[await self._end_trial(subscription)] += 1
+                    outcomes[await self._end_trial(context, subscription)] += 1
         except BaseException as failure:
             status, error = JobStatus.FAILED, type(failure).__name__
             raise
         finally:
-            async with self._context.unit_of_work() as uow:
+            async with context.unit_of_work() as uow:
                 await uow.tx.update(
                     attrs.evolve(
                         execution,
@@ -124,17 +165,18 @@ class JobsService:
                         updated_at=uow.now,
                     )
                 )
-        return JobRunReport.of(outcomes)
+        return outcomes
 
-    async def _claim(self, run_id: UUID) -> Sequence[Subscription]:
-        async with self._context.unit_of_work() as uow:
-            return await uow.tx.claim_due_subscriptions(
-                now=uow.now, limit=BATCH, claimant=str(run_id), lease=LEASE
+    async def _claim(
+        self, context: ServiceContext, run_id: UUID, size: int
+    ) -> Sequence[Subscription]:
+        async with context.unit_of_work() as uow:
+            return await uow.tx.claim(
+                Subscription, now=uow.now, limit=size, claimant=str(run_id), lease=LEASE
             )
 
-    async def _end_trial(self, subscription: Subscription) -> Outcome:
+    async def _end_trial(self, context: ServiceContext, subscription: Subscription) -> Outcome:
         """Charge the first paid period; ``active`` if paid, ``past_due`` if not."""
-        context = self._context
         if subscription.status != SubscriptionStatus.TRIALING:
             raise InvalidStateError(
                 f"subscription {subscription.id} is due but {subscription.status.value}: "
@@ -174,38 +216,62 @@ class JobsService:
         start, end = periods.period_bounds(
             subscription.billing_anchor, subscription.interval, subscription.interval_count, 0
         )
-        try:
-            async with context.unit_of_work() as uow:
-                updated = await uow.tx.update(
-                    attrs.evolve(
-                        subscription,
-                        status=transition(subscription.status, target),
-                        current_period_start=start,
-                        current_period_end=end,
-                        due_at=None,  # renewals set it from the lifecycle issue on
-                        claimed_by=None,
-                        claimed_until=None,
-                        updated_at=uow.now,
+        current: Subscription | None = subscription
+        for _ in range(OUTCOME_ATTEMPTS):
+            if current is None or current.status != SubscriptionStatus.TRIALING:
+                break  # someone else ended or cancelled it meanwhile
+            try:
+                async with context.unit_of_work() as uow:
+                    updated = await uow.tx.update(
+                        attrs.evolve(
+                            current,
+                            status=transition(current.status, target),
+                            current_period_start=start,
+                            current_period_end=end,
+                            due_at=None,  # renewals set it from the lifecycle issue on
+                            updated_at=uow.now,
+                        )
                     )
-                )
-                await uow.record(
-                    "subscription.trial_ended",
-                    updated,
-                    changes={"status": [subscription.status.value, target.value]},
-                )
-                if result is not None and payable is not None:
-                    await charging.record_payment(
-                        uow,
-                        context,
-                        result=result,
-                        method=payable[0],
-                        subscription_id=subscription.id,
-                        amount=amount,
-                        currency=subscription.currency,
-                        idempotency_key=key,
+                    await uow.record(
+                        "subscription.trial_ended",
+                        updated,
+                        changes={"status": [current.status.value, target.value]},
                     )
-        except ConflictError:
-            return "skipped"  # another runner moved it first
-        if not paid:
-            return "failed"
-        return "free" if result is None else "charged"
+                    await self._record_charge(uow, context, result, payable, subscription, key)
+            except ConflictError:
+                # A user's edit moved the version after the claim: apply to the row as it is.
+                current = await self._reread(context, subscription.id)
+                continue
+            if not paid:
+                return "failed"
+            return "free" if result is None else "charged"
+        # The subscription moved on without us; the money taken must still be on record.
+        async with context.unit_of_work() as uow:
+            await self._record_charge(uow, context, result, payable, subscription, key)
+        return "skipped"
+
+    async def _reread(self, context: ServiceContext, subscription_id: UUID) -> Subscription | None:
+        async with context.unit_of_work(readonly=True) as uow:
+            return await uow.tx.get(Subscription, subscription_id)
+
+    async def _record_charge(
+        self,
+        uow: UnitOfWork,
+        context: ServiceContext,
+        result: ChargeResult | None,
+        payable: tuple[PaymentMethod, str] | None,
+        subscription: Subscription,
+        key: str,
+    ) -> None:
+        if result is None or payable is None:
+            return
+        await charging.record_payment(
+            uow,
+            context,
+            result=result,
+            method=payable[0],
+            subscription_id=subscription.id,
+            amount=subscription.unit_amount * subscription.quantity,
+            currency=subscription.currency,
+            idempotency_key=key,
+        )

@@ -7,6 +7,7 @@ from uuid import UUID
 import attrs
 
 from qzpay import validation as check
+from qzpay.contracts.provider import ProviderPaymentMethod
 from qzpay.contracts.storage import Page, StorageTransaction
 from qzpay.domain.customers import Customer, CustomerProviderRef
 from qzpay.domain.payments import PaymentMethod
@@ -14,12 +15,17 @@ from qzpay.errors import ConflictError, InvalidStateError
 from qzpay.ids import new_id
 from qzpay.services.context import ServiceContext, UnitOfWork, require
 
+DEFAULT_ATTEMPTS = 5
+"""How often a write that makes a default is retried after losing the race to another."""
+
 
 class PaymentMethodsService:
     """``billing.payment_methods``: attach, list, set the default, detach.
 
     Provider calls happen outside any database transaction, so a slow provider never holds
-    a lock; the local rows are written after the provider said yes.
+    a lock; the local rows are written after the provider said yes. A customer has at most
+    one default: the database enforces it (a partial unique key), and a write that loses the
+    race to a concurrent one is retried on top of the winner's default.
 
     >>> import anyio
     >>> from qzpay import create_billing
@@ -95,16 +101,32 @@ class PaymentMethodsService:
         attached = await self._context.provider.attach_payment_method(
             provider_customer_id=provider_customer_id, token=card_token
         )
+        method_id = new_id()
+        for attempt in range(DEFAULT_ATTEMPTS):
+            try:
+                return await self._store_attached(method_id, entity_id, attached, make_default)
+            except ConflictError as error:
+                # Another attach or set_default made a default first (the database allows
+                # one per customer): read the new default and take over from it.
+                if error.field != "customer_id" or attempt == DEFAULT_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _store_attached(
+        self,
+        method_id: UUID,
+        customer_id: UUID,
+        attached: ProviderPaymentMethod,
+        make_default: bool,
+    ) -> PaymentMethod:
         async with self._context.unit_of_work() as uow:
-            await require(uow.tx, Customer, entity_id, field="customer_id")
-            current_default = await uow.tx.find(
-                PaymentMethod, customer_id=entity_id, is_default=True
-            )
+            await require(uow.tx, Customer, customer_id, field="customer_id")
+            current_default = await default_method(uow.tx, customer_id)
             method = PaymentMethod(
-                id=new_id(),
+                id=method_id,
                 livemode=uow.scope.livemode,
                 tenant_id=uow.scope.tenant_id,
-                customer_id=entity_id,
+                customer_id=customer_id,
                 provider=self._context.provider.name,
                 provider_id=attached.provider_id,
                 type=attached.type,
@@ -159,6 +181,15 @@ class PaymentMethodsService:
     async def set_default(self, payment_method_id: UUID | str) -> PaymentMethod:
         """Make this the customer's default; the previous default stops being one."""
         entity_id = check.identifier(payment_method_id, field="payment_method_id")
+        for attempt in range(DEFAULT_ATTEMPTS):
+            try:
+                return await self._make_default(entity_id)
+            except ConflictError as error:
+                if error.field != "customer_id" or attempt == DEFAULT_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _make_default(self, entity_id: UUID) -> PaymentMethod:
         async with self._context.unit_of_work() as uow:
             method: PaymentMethod = await require(
                 uow.tx, PaymentMethod, entity_id, field="payment_method_id"

@@ -220,7 +220,7 @@ async def test_200_concurrent_invoice_numbers_are_exactly_1_to_200(
 
         async def allocate() -> None:
             async with storage.transaction(scope) as tx:
-                numbers.append(await tx.next_invoice_number())
+                numbers.append(await tx.next_number("invoice"))
 
         async with anyio.create_task_group() as group:
             for _ in range(200):
@@ -229,13 +229,13 @@ async def test_200_concurrent_invoice_numbers_are_exactly_1_to_200(
 
         async def allocate_then_fail() -> None:
             async with storage.transaction(scope) as tx:
-                assert await tx.next_invoice_number() == 201
+                assert await tx.next_number("invoice") == 201
                 raise RuntimeError("rolled back: the number is given out again")
 
         with pytest.raises(RuntimeError):
             await allocate_then_fail()
         async with storage.transaction(scope) as tx:
-            assert await tx.next_invoice_number() == 201
+            assert await tx.next_number("invoice") == 201
     finally:
         await storage.close()
 

@@ -153,7 +153,7 @@ async def test_every_change_writes_an_audit_row_and_emits_its_event(billing: Bil
         ("customer", "updated"),
         ("customer", "deleted"),
     ]
-    assert audit.items[1].changes == {"name": [None, "Ann"]}
+    assert audit.items[1].changes == {"name": (None, "Ann")}  # frozen: sequences are tuples
 
 
 async def test_events_are_published_after_the_commit(

@@ -122,13 +122,15 @@ def postgres_converter() -> cattrs.Converter:
 class RowCodec(Generic[E]):
     """Turns one entity kind into bind parameters and driver rows back into the entity."""
 
-    __slots__ = ("_columns", "_kind", "_structure", "_unstructure")
+    __slots__ = ("_columns", "_converter", "_kind", "_structure", "_types", "_unstructure")
 
     def __init__(
         self, spec: EntitySpec[E], converter: cattrs.Converter, columns: Sequence[str]
     ) -> None:
         self._kind = spec.kind
         self._columns = tuple(columns)
+        self._converter = converter
+        self._types = typing.get_type_hints(spec.kind)
         self._unstructure = converter.get_unstructure_hook(spec.kind)
         self._structure = converter.get_structure_hook(spec.kind)
 
@@ -138,6 +140,10 @@ class RowCodec(Generic[E]):
 
     def params(self, entity: E) -> dict[str, Any]:
         return self._unstructure(entity)  # type: ignore[no-any-return]
+
+    def value(self, column: str, stored: Any) -> Any:
+        """One column's stored value as the domain holds it (an aggregate's group key)."""
+        return None if stored is None else self._converter.structure(stored, self._types[column])
 
     def entity(self, row: Sequence[Any]) -> E:
         return self._structure(dict(zip(self._columns, row, strict=True)), self._kind)  # type: ignore[no-any-return]

@@ -7,20 +7,30 @@ straight on their driver with parameters named as below:
 
 - scope: ``s_livemode`` and ``s_tenant_id``; the row's id in a WHERE: ``k_id``;
 - columns being written: the column's own name;
-- equality filters: ``f_<column>``; the page cursor: ``cursor``; the page size: ``limit``
-  (and ``offset``, always 0: SQLite's compiler renders one with any LIMIT);
-- the version an update expects: ``expected_version``.
+- filters: ``f_<column>`` (``f_<column>_lo``/``_hi`` for a range; for ``IN`` one parameter
+  holding every value: an array on PostgreSQL, JSON text read by ``json_each`` on SQLite, so
+  the statement is the same whatever the number of values); the page cursor: ``cursor``; the
+  page size: ``limit`` (and ``offset``, always 0: SQLite's compiler renders one with any
+  LIMIT);
+- the version an update expects: ``expected_version``;
+- claims: ``now``, ``claimant``, ``lease`` (PostgreSQL: an interval added to the server's
+  clock) or ``until`` (SQLite: ``now + lease``, computed by the caller);
+- increments: ``by``, ``bound`` (a literal bound), ``at``; sequences: ``s_name``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 from sqlalchemy import (
     ColumnElement,
+    Interval,
     Table,
+    any_,
     bindparam,
     func,
     insert,
@@ -35,9 +45,12 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 
 from qzpay.adapters.sql.schema import Schema
-from qzpay.domain.registry import EntitySpec
+from qzpay.contracts.filters import Condition, Op
+from qzpay.domain.registry import LEASE_COLUMNS, EntitySpec
 
 _IMMUTABLE = frozenset({"id", "livemode", "tenant_id", "created_at"})
+MAX_CACHED = 512
+"""Statement shapes kept compiled per store; the least recently used one goes past this."""
 
 
 @attrs.frozen
@@ -51,12 +64,18 @@ class Compiled:
         return [params[name] for name in self.names]
 
 
-FilterShape = tuple[tuple[str, bool], ...]
-"""Filter columns in order, each with whether the value is NULL (``IS NULL`` vs ``=``)."""
+FilterShape = tuple[tuple[str, str], ...]
+"""Filter columns in order, each with its operator (``eq``, ``is_null``, ``gte``...)."""
 
 
-def filter_shape(filters: dict[str, object] | None) -> FilterShape:
-    return tuple((name, value is None) for name, value in (filters or {}).items())
+def _op(value: object) -> str:
+    if isinstance(value, Condition):
+        return value.op.value
+    return Op.IS_NULL.value if value is None else "eq"
+
+
+def filter_shape(filters: Mapping[str, object] | None) -> FilterShape:
+    return tuple((name, _op(value)) for name, value in (filters or {}).items())
 
 
 class Statements:
@@ -65,7 +84,8 @@ class Statements:
     def __init__(self, schema: Schema, dialect: Dialect) -> None:
         self._schema = schema
         self._dialect = dialect
-        self._cache: dict[tuple[Any, ...], Compiled] = {}
+        self._cache: OrderedDict[tuple[Any, ...], Compiled] = OrderedDict()
+        self._postgres = dialect.name == "postgresql"
 
     @property
     def dialect(self) -> Dialect:
@@ -77,20 +97,34 @@ class Statements:
         return Compiled(str(compiled), names)
 
     def _cached(self, key: tuple[Any, ...], build: Callable[[], ClauseElement]) -> Compiled:
-        found = self._cache.get(key)
+        cache = self._cache
+        found = cache.get(key)
         if found is None:
-            found = self._cache[key] = self.compile(build())
+            found = cache[key] = self.compile(build())
+            if len(cache) > MAX_CACHED:
+                cache.popitem(last=False)
+        elif len(cache) > MAX_CACHED // 2:
+            cache.move_to_end(key)  # only once the cache could fill: free while it is small
         return found
 
     def _scoped(
-        self, table: Table, spec: EntitySpec[Any], include_deleted: bool
+        self,
+        table: Table,
+        spec: EntitySpec[Any],
+        include_deleted: bool,
+        *,
+        every_tenant: bool = False,
     ) -> list[ColumnElement[bool]]:
         where: list[ColumnElement[bool]] = [table.c.livemode == bindparam("s_livemode")]
-        if self._schema.multi_tenant:
+        if self._schema.multi_tenant and not every_tenant:
             where.append(table.c.tenant_id == bindparam("s_tenant_id"))
         if spec.soft_delete and not include_deleted:
             where.append(table.c.deleted_at.is_(None))
         return where
+
+    def in_values(self, values: Sequence[Any]) -> Any:
+        """The one parameter an ``IN`` filter binds: an array, or JSON text on SQLite."""
+        return list(values) if self._postgres else json.dumps(list(values))
 
     def columns(self, spec: EntitySpec[Any]) -> Sequence[str]:
         return [column.name for column in self._schema.table(spec).columns]
@@ -112,13 +146,45 @@ class Statements:
         )
 
     def _filtered(
-        self, table: Table, spec: EntitySpec[Any], shape: FilterShape, include_deleted: bool
+        self,
+        table: Table,
+        spec: EntitySpec[Any],
+        shape: FilterShape,
+        include_deleted: bool,
+        *,
+        every_tenant: bool = False,
     ) -> list[ColumnElement[bool]]:
-        where = self._scoped(table, spec, include_deleted)
-        for name, is_null in shape:
-            column = table.c[name]
-            where.append(column.is_(None) if is_null else column == bindparam(f"f_{name}"))
+        where = self._scoped(table, spec, include_deleted, every_tenant=every_tenant)
+        for name, op in shape:
+            where.append(self._condition(table.c[name], name, op))
         return where
+
+    def _condition(self, column: Any, name: str, op: str) -> ColumnElement[bool]:
+        value: Any = bindparam(f"f_{name}")
+        if op == "eq":
+            return column == value  # type: ignore[no-any-return]
+        if op == Op.IS_NULL:
+            return column.is_(None)  # type: ignore[no-any-return]
+        if op == Op.NOT_NULL:
+            return column.is_not(None)  # type: ignore[no-any-return]
+        if op == Op.LT:
+            return column < value  # type: ignore[no-any-return]
+        if op == Op.LTE:
+            return column <= value  # type: ignore[no-any-return]
+        if op == Op.GT:
+            return column > value  # type: ignore[no-any-return]
+        if op == Op.GTE:
+            return column >= value  # type: ignore[no-any-return]
+        if op == Op.WITHIN:
+            lower: Any = bindparam(f"f_{name}_lo")
+            upper: Any = bindparam(f"f_{name}_hi")
+            return (column >= lower) & (column < upper)  # type: ignore[no-any-return]
+        if op == Op.IN:
+            if self._postgres:
+                return column == any_(bindparam(f"f_{name}"))  # type: ignore[no-any-return]
+            listed: Any = select(literal_column("value")).select_from(func.json_each(value))
+            return column.in_(listed)  # type: ignore[no-any-return]
+        raise AssertionError(op)
 
     def select(
         self, spec: EntitySpec[Any], shape: FilterShape, include_deleted: bool, after_cursor: bool
@@ -151,13 +217,42 @@ class Statements:
             ),
         )
 
-    def update(self, spec: EntitySpec[Any]) -> Compiled:
-        """Write every mutable column; versioned kinds only at the expected version."""
+    def aggregate(
+        self,
+        spec: EntitySpec[Any],
+        group_by: tuple[str, ...],
+        sums: tuple[str, ...],
+        shape: FilterShape,
+        include_deleted: bool,
+    ) -> Compiled:
+        """Group values, ``count(*)`` and ``coalesce(sum(column), 0)`` per group, ordered by
+        the group values ascending, NULL first."""
         table = self._schema.table(spec)
 
         def build() -> ClauseElement:
+            grouped = [table.c[name] for name in group_by]
+            statement = select(
+                *grouped,
+                func.count(),
+                *(func.coalesce(func.sum(table.c[name]), 0) for name in sums),
+            ).where(*self._filtered(table, spec, shape, include_deleted))
+            if grouped:
+                statement = statement.group_by(*grouped).order_by(
+                    *(column.asc().nulls_first() for column in grouped)
+                )
+            return statement
+
+        return self._cached(("aggregate", spec.kind, group_by, sums, shape, include_deleted), build)
+
+    def update(self, spec: EntitySpec[Any]) -> Compiled:
+        """Write every mutable column (not a claim's lease: only a claim writes that);
+        versioned kinds only at the expected version."""
+        table = self._schema.table(spec)
+        fixed = _IMMUTABLE | set(LEASE_COLUMNS) if spec.claimable else _IMMUTABLE
+
+        def build() -> ClauseElement:
             values: dict[str, Any] = {
-                c.name: bindparam(c.name) for c in table.columns if c.name not in _IMMUTABLE
+                c.name: bindparam(c.name) for c in table.columns if c.name not in fixed
             }
             where = [table.c.id == bindparam("k_id"), *self._scoped(table, spec, False)]
             if spec.versioned:
@@ -194,24 +289,22 @@ class Statements:
         )
 
     def next_number(self) -> Compiled:
-        """Bump this scope's invoice counter (creating it at 1) and return the new value.
+        """Bump one named counter of this scope (creating it at 1) and return the new value.
 
         The upsert holds the counter row's lock until the transaction ends, so concurrent
         allocations queue on it, and a rolled-back allocation is given out again: no gap.
         """
-        table = self._schema.invoice_sequences
+        table = self._schema.sequences
         scope = ["livemode", "tenant_id"] if self._schema.multi_tenant else ["livemode"]
 
         def build() -> ClauseElement:
-            dialect_insert = (
-                postgresql.insert if self._dialect.name == "postgresql" else sqlite.insert
-            )
-            values: dict[str, Any] = {name: bindparam(f"s_{name}") for name in scope}
+            dialect_insert = postgresql.insert if self._postgres else sqlite.insert
+            values: dict[str, Any] = {name: bindparam(f"s_{name}") for name in (*scope, "name")}
             return (
                 dialect_insert(table)
                 .values(**values, last_number=literal_column("1"))
                 .on_conflict_do_update(
-                    index_elements=scope,
+                    index_elements=[*scope, "name"],
                     set_={"last_number": table.c.last_number + literal_column("1")},
                 )
                 .returning(table.c.last_number)
@@ -219,49 +312,113 @@ class Statements:
 
         return self._cached(("next_number",), build)
 
-    def due_subscriptions(self, spec: EntitySpec[Any], *, skip_locked: bool) -> Compiled:
-        """Unclaimed subscriptions due by ``now``, oldest due first, at most ``limit``."""
+    def _due(
+        self, table: Table, spec: EntitySpec[Any], *, every_tenant: bool = False
+    ) -> list[ColumnElement[bool]]:
+        """Due by ``now`` and free of a live lease (on the server's clock on PostgreSQL)."""
+        lease_clock: Any = func.clock_timestamp() if self._postgres else bindparam("now")
+        return [
+            *self._scoped(table, spec, False, every_tenant=every_tenant),
+            table.c.due_at <= bindparam("now"),
+            or_(table.c.claimed_until.is_(None), table.c.claimed_until <= lease_clock),
+        ]
+
+    def claim(self, spec: EntitySpec[Any]) -> Compiled:
+        """Take the lease of the oldest due rows in one statement, returning them.
+
+        The rows are chosen by a subquery that skips rows another transaction holds
+        (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite has one writer at a time), so
+        concurrent claimants get disjoint rows. Neither the version nor ``updated_at`` moves.
+        """
         table = self._schema.table(spec)
 
         def build() -> ClauseElement:
-            statement = (
+            chosen = (
+                select(table.c.id)
+                .where(*self._due(table, spec))
+                .order_by(table.c.due_at, table.c.id)
+                .limit(bindparam("limit"))
+            )
+            if self._postgres:
+                chosen = chosen.with_for_update(skip_locked=True)
+                until: Any = func.clock_timestamp() + bindparam("lease", type_=Interval())
+            else:
+                chosen = chosen.offset(bindparam("offset"))
+                until = bindparam("until")
+            return (
+                update(table)
+                .where(table.c.id.in_(chosen))
+                .values(claimed_by=bindparam("claimant"), claimed_until=until)
+                .returning(*table.columns)
+            )
+
+        return self._cached(("claim", spec.kind), build)
+
+    def due_in_every_tenant(self, spec: EntitySpec[Any]) -> Compiled:
+        """The cross-tenant read of a job runner: due rows of every tenant, oldest first."""
+        table = self._schema.table(spec)
+        return self._cached(
+            ("due_everywhere", spec.kind),
+            lambda: (
                 select(*table.columns)
-                .where(
-                    *self._scoped(table, spec, False),
-                    table.c.due_at <= bindparam("now"),
-                    or_(table.c.claimed_until.is_(None), table.c.claimed_until <= bindparam("now")),
-                )
+                .where(*self._due(table, spec, every_tenant=True))
                 .order_by(table.c.due_at, table.c.id)
                 .limit(bindparam("limit"))
                 .offset(bindparam("offset"))
-            )
-            return statement.with_for_update(skip_locked=True) if skip_locked else statement
-
-        return self._cached(("due", spec.kind, skip_locked), build)
-
-    def lock(self, spec: EntitySpec[Any]) -> Compiled:
-        """``SELECT id ... FOR UPDATE``: take the row's lock for the rest of the transaction."""
-        table = self._schema.table(spec)
-        return self._cached(
-            ("lock", spec.kind),
-            lambda: (
-                select(table.c.id)
-                .where(table.c.id == bindparam("k_id"), *self._scoped(table, spec, False))
-                .with_for_update()
             ),
         )
+
+    def owners(self, spec: EntitySpec[Any], shape: FilterShape) -> Compiled:
+        """The cross-tenant read of a webhook: who holds this key, in every tenant."""
+        table = self._schema.table(spec)
+        return self._cached(
+            ("owners", spec.kind, shape),
+            lambda: (
+                select(*table.columns)
+                .where(*self._filtered(table, spec, shape, False, every_tenant=True))
+                .order_by(table.c.id)
+                .limit(bindparam("limit"))
+                .offset(bindparam("offset"))
+            ),
+        )
+
+    def increment(
+        self, spec: EntitySpec[Any], column: str, bound: str | None, stamp: bool
+    ) -> Compiled:
+        """``column = column + :by`` where the result stays within the bound, returning the row.
+
+        ``bound`` is ``None`` (no bound), ``"literal"`` (the ``bound`` parameter) or the name
+        of the column holding it (NULL there: no bound). The UPDATE's row lock holds the row
+        until the transaction ends.
+        """
+        table = self._schema.table(spec)
+
+        def build() -> ClauseElement:
+            target = table.c[column]
+            raised = target + bindparam("by")
+            where = [table.c.id == bindparam("k_id"), *self._scoped(table, spec, False)]
+            if bound == "literal":
+                where.append(raised <= bindparam("bound"))
+            elif bound is not None:
+                where.append(or_(table.c[bound].is_(None), raised <= table.c[bound]))
+            values: dict[str, Any] = {column: raised}
+            if spec.versioned:
+                values["version"] = table.c.version + literal_column("1")
+            if stamp:
+                values["updated_at"] = bindparam("at")
+            return update(table).where(*where).values(values).returning(*table.columns)
+
+        return self._cached(("increment", spec.kind, column, bound, stamp), build)
 
     def insert_if_absent(self, spec: EntitySpec[Any]) -> Compiled:
         """INSERT that does nothing (and returns no row) when a unique key is taken."""
         table = self._schema.table(spec)
 
         def build() -> ClauseElement:
+            dialect_insert = postgresql.insert if self._postgres else sqlite.insert
             values: dict[str, Any] = {c.name: bindparam(c.name) for c in table.columns}
             return (
-                postgresql.insert(table)
-                .values(values)
-                .on_conflict_do_nothing()
-                .returning(table.c.id)
+                dialect_insert(table).values(values).on_conflict_do_nothing().returning(table.c.id)
             )
 
         return self._cached(("insert_if_absent", spec.kind), build)
