@@ -32,6 +32,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import anyio
@@ -43,7 +44,7 @@ from qzpay.adapters.serialized import add_refund, redeem_promo_code
 from qzpay.adapters.sql import migrations
 from qzpay.adapters.sql.event_loop import require_asyncio
 from qzpay.adapters.sql.rows import postgres_converter
-from qzpay.adapters.sql.schema import constraint_owners
+from qzpay.adapters.sql.schema import Schema, constraint_owners
 from qzpay.adapters.sql.statements import Compiled
 from qzpay.adapters.sql.store import SqlStoreBase
 from qzpay.adapters.sql.transaction import SqlTransaction, Write
@@ -127,11 +128,13 @@ class PostgresStorage(SqlStoreBase):
         """A SQLAlchemy URL for the same database (for a read-only view of the rows)."""
         return "postgresql+asyncpg://" + self._dsn[len("postgresql://") :]
 
-    async def open(self) -> None:
-        """Connect (a pool of ``pool_size``) and check, or with ``auto_migrate`` bring, the schema."""
+    async def _connect(self) -> None:
+        """Connect (a pool of ``pool_size``) and check, or with ``auto_migrate`` bring, the schema.
+
+        The check comes before any write: a schema of the other tenancy, or a newer one, is
+        refused with what is there and what was asked, and the pool is closed again.
+        """
         require_asyncio("PostgresStorage")
-        if self._pool is not None:
-            return
         try:
             self._pool = await asyncpg.create_pool(
                 self._dsn,
@@ -143,15 +146,13 @@ class PostgresStorage(SqlStoreBase):
         except (OSError, asyncpg.PostgresError) as error:
             raise StorageError(f"cannot connect to PostgreSQL: {error}") from None
         try:
-            version = await self.schema_version()
-            if version != migrations.LATEST_VERSION:
-                if version is not None and version > migrations.LATEST_VERSION:
-                    raise ConfigurationError(
-                        f"the schema under prefix {self.table_prefix!r} is at version {version}, "
-                        f"newer than this qzpay ({migrations.LATEST_VERSION}): upgrade qzpay"
-                    )
+            async with self._pool.acquire() as connection:
+                found = await _found(connection, self._schema)
+                migrations.check(found, self._schema, _where(self._dsn))
+                if found.version == migrations.LATEST_VERSION:
+                    return
                 if not self._auto_migrate:
-                    state = "missing" if version is None else f"at version {version}"
+                    state = "missing" if found.version is None else f"at version {found.version}"
                     raise ConfigurationError(
                         f"the qzpay schema under prefix {self.table_prefix!r} is {state}, and "
                         f"this qzpay needs version {migrations.LATEST_VERSION}: run "
@@ -159,12 +160,12 @@ class PostgresStorage(SqlStoreBase):
                         f"{' --multi-tenant' if self.multi_tenant else ''}` "
                         "or open with auto_migrate=True"
                     )
-                await self.migrate()
+                await self._migrate(connection)
         except BaseException:
-            await self.close()
+            await self._disconnect()
             raise
 
-    async def close(self) -> None:
+    async def _disconnect(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
@@ -188,33 +189,48 @@ class PostgresStorage(SqlStoreBase):
     async def migrate(self) -> list[int]:
         """Create or upgrade the schema; returns the versions applied (idempotent).
 
-        Concurrent migrators of one prefix queue on an advisory lock, so each step runs once.
+        Every version for a new schema, none when it is up to date. A closed store migrates
+        on a connection of its own (what ``qzpay migrate`` does). Concurrent migrators of one
+        prefix queue on an advisory lock, so each step runs once.
         """
-        pool = self._require_pool()
+        require_asyncio("PostgresStorage")
+        async with self._opening:
+            if self._pool is not None:
+                async with self._pool.acquire() as connection:
+                    return await self._migrate(connection)
+            try:
+                connection = await asyncpg.connect(self._dsn)
+            except (OSError, asyncpg.PostgresError) as error:
+                raise StorageError(f"cannot connect to PostgreSQL: {error}") from None
+            try:
+                return await self._migrate(connection)
+            finally:
+                await connection.close()
+
+    async def _migrate(self, connection: asyncpg.Connection) -> list[int]:
+        """Check what is there, then create or upgrade it, in one transaction."""
         table = self._schema.migrations.name
-        async with pool.acquire() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", table)
-            exists = await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", table)
-            current = (
-                await connection.fetchval(f"SELECT max(version) FROM {table}") if exists else None
-            )
-            if current is None:
-                steps = list(migrations.MIGRATIONS)
-                statements = migrations.create_statements(self._schema, self._statements.dialect)
-            else:
-                steps = migrations.pending(current)
-                statements = [
-                    s for m in steps for s in m.statements(self._schema, self._statements.dialect)
-                ]
-            for statement in statements:
-                await connection.execute(statement)
-            for step in steps:
-                await connection.execute(
-                    f"INSERT INTO {table} (version, name, applied_at) VALUES ($1, $2, now())",
-                    step.version,
-                    step.name,
-                )
-            return [step.version for step in steps]
+        try:
+            async with connection.transaction():
+                await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", table)
+                found = await _found(connection, self._schema)
+                migrations.check(found, self._schema, _where(self._dsn))
+                steps, statements = migrations.plan(found, self._schema, self._statements.dialect)
+                for statement in statements:
+                    await connection.execute(statement)
+                for step in steps:
+                    await connection.execute(
+                        f"INSERT INTO {table} (version, name, applied_at) VALUES ($1, $2, now())",
+                        step.version,
+                        step.name,
+                    )
+        except asyncpg.PostgresError as error:
+            raise StorageError(
+                f"migrating the qzpay schema under prefix {self.table_prefix!r} failed: "
+                f"{type(error).__name__}: {error}",
+                retryable=False,
+            ) from None
+        return [step.version for step in steps]
 
     @asynccontextmanager
     async def transaction(
@@ -427,6 +443,35 @@ class _PostgresTransaction(SqlTransaction):
         if stored is None:
             raise StorageError("the idempotency key vanished while being stored")
         return stored
+
+
+async def _found(connection: asyncpg.Connection, schema: Schema) -> migrations.Found:
+    """The version, prefix and tenancy of the schema under ``schema.prefix``, if any."""
+    exists = "SELECT to_regclass($1) IS NOT NULL"
+    if not await connection.fetchval(exists, schema.migrations.name):
+        return migrations.Found(None)
+    version: int | None = await connection.fetchval(
+        f"SELECT max(version) FROM {schema.migrations.name}"
+    )
+    info = schema.schema_info.name
+    if await connection.fetchval(exists, info):
+        row = await connection.fetchrow(f"SELECT prefix, tenancy FROM {info}")
+        if row is not None:
+            return migrations.Found(version, row["tenancy"] == "multi", row["prefix"])
+    # Before version 4 the tenancy is in the tables themselves.
+    multi: bool = await connection.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) "
+        "AND attname = 'tenant_id' AND NOT attisdropped)",
+        migrations.identifier(schema.prefix, "customers"),
+    )
+    return migrations.Found(version, multi)
+
+
+def _where(dsn: str) -> str:
+    """The database, for a message: its name and server, never the password."""
+    parts = urlsplit(dsn)
+    name = parts.path.lstrip("/") or parts.username or "postgres"
+    return f"database {name} at {parts.hostname or 'localhost'}:{parts.port or 5432}"
 
 
 async def _discard(pool: asyncpg.Pool, connection: asyncpg.Connection) -> None:

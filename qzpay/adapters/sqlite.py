@@ -25,6 +25,7 @@ How it stays fast and safe (DESIGN §11, docs/decisions/0004-sqlite-unit-of-work
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -42,6 +43,7 @@ from qzpay.adapters import storage_rules as rules
 from qzpay.adapters.sql import migrations
 from qzpay.adapters.sql.event_loop import require_asyncio
 from qzpay.adapters.sql.rows import sqlite_converter
+from qzpay.adapters.sql.schema import Schema
 from qzpay.adapters.sql.statements import Compiled
 from qzpay.adapters.sql.store import SqlStoreBase
 from qzpay.adapters.sql.transaction import SqlTransaction, Write
@@ -116,22 +118,17 @@ class SQLiteStorage(SqlStoreBase):
         """A SQLAlchemy URL for the same file, e.g. for a read-only view of the rows."""
         return f"sqlite:///{self._path}"
 
-    async def open(self) -> None:
-        """Connect, set the pragmas, and create or upgrade the schema (idempotent)."""
+    async def _connect(self) -> None:
+        """Connect, switch to WAL, and create or upgrade the schema (the first ``open``).
+
+        A schema this store cannot use (the other tenancy, a newer version) is refused here,
+        before any write, and the connection is closed again.
+        """
         require_asyncio("SQLiteStorage")
-        if self._connection is not None:
-            return
+        connection = await _open_connection(self._path)
         try:
-            connection = await aiosqlite.connect(self._path, isolation_level=None)
-        except sqlite3.Error as error:
-            raise StorageError(
-                f"cannot open SQLite database {self._path!r}: {error}", retryable=False
-            ) from None
-        try:
-            await connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             await _use_wal(connection)
             await connection.execute("PRAGMA synchronous = NORMAL")
-            await connection.execute("PRAGMA foreign_keys = ON")
         except sqlite3.OperationalError as error:
             await connection.close()
             raise StorageError(f"cannot set up SQLite database {self._path!r}: {error}") from None
@@ -140,9 +137,13 @@ class SQLiteStorage(SqlStoreBase):
             raise
         self._connection = connection
         self._raw = connection._conn  # the sqlite3 connection aiosqlite's thread owns
-        await self.migrate()
+        try:
+            await self._call(self._migrate)
+        except BaseException:
+            await self._disconnect()
+            raise
 
-    async def close(self) -> None:
+    async def _disconnect(self) -> None:
         if self._connection is not None:
             connection, self._connection, self._raw = self._connection, None, None
             await connection.close()
@@ -171,42 +172,53 @@ class SQLiteStorage(SqlStoreBase):
         return await self._call(read)
 
     async def migrate(self) -> list[int]:
-        """Create the schema, or apply the migrations it lacks; returns the versions applied.
+        """Create the schema, or apply the steps it lacks; returns the versions applied.
 
-        Idempotent, and done in one write transaction, so two processes opening one new file
-        at once create the schema once.
+        Every version for a new schema, none when it is up to date. Done in one write
+        transaction, so two processes opening one new file at once create the schema once.
+        A closed store migrates on a connection of its own and then leaves the file in
+        rollback-journal mode, with no ``-wal``/``-shm`` files beside it: ``qzpay migrate`` is
+        a deploy step and should leave nothing behind (the next ``open`` returns to WAL).
         """
-        dialect = self._statements.dialect
+        require_asyncio("SQLiteStorage")
+        async with self._opening:
+            if self._connection is not None:
+                async with self._lock:
+                    return await self._call(self._migrate)
+            connection = await _open_connection(self._path)
+            try:
+                applied: list[int] = await connection._execute(self._migrate, connection._conn)  # type: ignore[no-untyped-call]
+                await connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                with contextlib.suppress(sqlite3.OperationalError):
+                    # Refused while another connection holds the file in WAL: its last
+                    # close removes the files, which are not ours to delete.
+                    await connection.execute("PRAGMA journal_mode = DELETE")
+            except sqlite3.OperationalError as error:
+                raise StorageError(f"SQLite failed: {error}", retryable=_retryable(error)) from None
+            finally:
+                await connection.close()
+            return applied
+
+    def _migrate(self, connection: sqlite3.Connection) -> list[int]:
+        """Check what is there, then create or upgrade it, in one ``BEGIN IMMEDIATE``."""
         schema = self._schema
         table = schema.migrations.name
         record_sql = f"INSERT INTO {table} (version, name, applied_at) VALUES (?, ?, ?)"
-
-        def migrate(connection: sqlite3.Connection) -> list[int]:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                current = (
-                    connection.execute(f"SELECT max(version) FROM {table}").fetchone()[0]
-                    if _table_exists(connection, table)
-                    else None
-                )
-                if current is None:
-                    steps = list(migrations.MIGRATIONS)
-                    statements = migrations.create_statements(schema, dialect)
-                else:
-                    steps = migrations.pending(current)
-                    statements = [s for m in steps for s in m.statements(schema, dialect)]
-                for statement in statements:
-                    connection.execute(statement)
-                applied_at = datetime.now(UTC).isoformat(sep=" ")  # a record, not business time
-                for step in steps:
-                    connection.execute(record_sql, (step.version, step.name, applied_at))
-                connection.execute("COMMIT")
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            return [step.version for step in steps]
-
-        return await self._call(migrate)
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            found = _found(connection, schema)
+            migrations.check(found, schema, self._path)
+            steps, statements = migrations.plan(found, schema, self._statements.dialect)
+            for statement in statements:
+                connection.execute(statement)
+            applied_at = datetime.now(UTC).isoformat(sep=" ")  # a record, not business time
+            for step in steps:
+                connection.execute(record_sql, (step.version, step.name, applied_at))
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        return [step.version for step in steps]
 
     async def create_schema(self) -> None:
         """Create or upgrade the schema (idempotent); the same as ``migrate``."""
@@ -248,6 +260,44 @@ async def _use_wal(connection: aiosqlite.Connection) -> None:
             if "locked" not in str(error) or attempt == WAL_ATTEMPTS - 1:
                 raise
             await anyio.sleep(0.05)
+
+
+async def _open_connection(path: str) -> aiosqlite.Connection:
+    """A connection in autocommit, waiting out other writers, with foreign keys on."""
+    try:
+        connection = await aiosqlite.connect(path, isolation_level=None)
+    except sqlite3.Error as error:
+        raise StorageError(
+            f"cannot open SQLite database {path!r}: {error}", retryable=False
+        ) from None
+    try:
+        await connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        await connection.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.OperationalError as error:
+        await connection.close()
+        raise StorageError(f"cannot set up SQLite database {path!r}: {error}") from None
+    except BaseException:
+        await connection.close()
+        raise
+    return connection
+
+
+def _found(connection: sqlite3.Connection, schema: Schema) -> migrations.Found:
+    """The version, prefix and tenancy of the schema under ``schema.prefix``, if any."""
+    if not _table_exists(connection, schema.migrations.name):
+        return migrations.Found(None)
+    version: int | None = connection.execute(
+        f"SELECT max(version) FROM {schema.migrations.name}"
+    ).fetchone()[0]
+    info = schema.schema_info.name
+    if _table_exists(connection, info):
+        row = connection.execute(f"SELECT prefix, tenancy FROM {info}").fetchone()
+        if row is not None:
+            return migrations.Found(version, row[1] == "multi", row[0])
+    # Before version 4 the tenancy is in the tables themselves.
+    customers = migrations.identifier(schema.prefix, "customers")
+    columns = {row[1] for row in connection.execute(f"PRAGMA table_info({customers})")}
+    return migrations.Found(version, "tenant_id" in columns if columns else None)
 
 
 def _table_exists(connection: sqlite3.Connection, name: str) -> bool:

@@ -17,6 +17,9 @@ from qzpay.services.context import ServiceContext, UnitOfWork, require
 
 DEFAULT_ATTEMPTS = 5
 """How often a write that makes a default is retried after losing the race to another."""
+_LOST_THE_DEFAULT = ("customer_id", "version")
+"""The fields of the conflicts a concurrent default-maker causes: the one-default key, and
+the version of the old default this write meant to unset."""
 
 
 class PaymentMethodsService:
@@ -107,8 +110,8 @@ class PaymentMethodsService:
                 return await self._store_attached(method_id, entity_id, attached, make_default)
             except ConflictError as error:
                 # Another attach or set_default made a default first (the database allows
-                # one per customer): read the new default and take over from it.
-                if error.field != "customer_id" or attempt == DEFAULT_ATTEMPTS - 1:
+                # one per customer), or moved the default we unset: read it and take over.
+                if error.field not in _LOST_THE_DEFAULT or attempt == DEFAULT_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
 
@@ -185,7 +188,7 @@ class PaymentMethodsService:
             try:
                 return await self._make_default(entity_id)
             except ConflictError as error:
-                if error.field != "customer_id" or attempt == DEFAULT_ATTEMPTS - 1:
+                if error.field not in _LOST_THE_DEFAULT or attempt == DEFAULT_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
 

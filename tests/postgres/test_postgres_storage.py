@@ -57,14 +57,16 @@ async def test_migrate_is_idempotent_and_records_every_version(
 
 
 async def test_an_older_schema_is_refused_then_upgraded(postgres_url: str, prefix: str) -> None:
-    storage = PostgresStorage(postgres_url, table_prefix=prefix, auto_migrate=True)
-    await storage.open()
-    await storage.close()
-    # Put the database back at version 1: the schema before the due_at index.
+    # A database as version 1 left it: its frozen DDL, stamped version 1.
     connection = await asyncpg.connect(postgres_url)
     try:
-        await connection.execute(f"DROP INDEX {due_index_name(prefix)}")
-        await connection.execute(f"DELETE FROM {prefix}migrations WHERE version > 1")
+        layout = migrations.Layout(prefix, False, "postgresql")
+        for statement in migrations.MIGRATIONS[0].statements(layout):
+            await connection.execute(statement)
+        await connection.execute(
+            f"INSERT INTO {prefix}migrations (version, name, applied_at) "
+            "VALUES (1, 'initial schema', now())"
+        )
     finally:
         await connection.close()
 
@@ -80,6 +82,9 @@ async def test_an_older_schema_is_refused_then_upgraded(postgres_url: str, prefi
     connection = await asyncpg.connect(postgres_url)
     try:
         assert await connection.fetchval("SELECT to_regclass($1)", due_index_name(prefix))
+        assert await connection.fetchval("SELECT tenancy FROM " + prefix + "schema_info") == (
+            "single"
+        )
     finally:
         await connection.close()
 

@@ -5,12 +5,23 @@ docs/decisions/0003-migrations.md): the schema is built per prefix and tenancy m
 time, which Alembic's file-per-revision model does not fit, and an embedded SQLite user
 should get a working schema on first open with no tool to run.
 
-A database with no migrations table gets the current schema in one go and is stamped with
-every version; an older one gets the steps after its version, in order, in one transaction.
+A database with no migrations table gets the current schema in one go, from the SQLAlchemy
+metadata the registry builds, and is stamped with every version. An older one gets the steps
+after its version, in order, in one transaction. Those steps are frozen text: a step is what
+that version of qzpay ran, and must never follow the registry, or a field added to a domain
+class later would reach new databases only while old ones were stamped current without it.
+``tests/storage/test_migrations.py`` compares a new schema with one upgraded from version 1,
+so a field added without a step here fails the tests.
+
+Frozen text names objects as ``{prefix}remainder``; ``render`` turns each into the prefixed
+identifier, shortened exactly as ``schema.constraint_name`` shortens it, so a long prefix
+gets the same hashed names on both paths.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -20,22 +31,159 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.sql import ClauseElement
 
-from qzpay.adapters.sql.schema import (
-    Schema,
-    append_only_tables,
-    constraint_name,
-    due_index_name,
-)
-from qzpay.domain.registry import spec_for
-from qzpay.domain.subscriptions import Subscription
+from qzpay.adapters.sql import schema_v1
+from qzpay.adapters.sql.schema import Schema, append_only_tables, constraint_name
+from qzpay.errors import ConfigurationError
 from qzpay.money import CURRENCIES
+
+_MAX_IDENTIFIER = 63
+_PLACEHOLDER = re.compile(r"\{prefix\}([a-z0-9_]+)")
+
+
+def identifier(prefix: str, remainder: str) -> str:
+    """``prefix + remainder``, shortened with a hash where PostgreSQL would truncate it.
+
+    A copy of ``schema.constraint_name``'s rule, kept here on purpose: the names existing
+    databases hold must not change if that function ever does.
+    """
+    name = prefix + remainder
+    if len(name) <= _MAX_IDENTIFIER:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{name[: _MAX_IDENTIFIER - 9]}_{digest}"
+
+
+def render(template: str, prefix: str) -> str:
+    """Frozen DDL with every ``{prefix}name`` made the identifier it is under ``prefix``."""
+    return _PLACEHOLDER.sub(lambda match: identifier(prefix, match.group(1)), template)
+
+
+@attrs.frozen
+class Layout:
+    """What a frozen step may depend on: never the registry, only these three."""
+
+    prefix: str
+    multi_tenant: bool
+    dialect: str  # "sqlite" or "postgresql"
+
+    @classmethod
+    def of(cls, schema: Schema, dialect: Dialect) -> Layout:
+        return cls(schema.prefix, schema.multi_tenant, dialect.name)
+
+    @property
+    def tenancy(self) -> str:
+        return "multi" if self.multi_tenant else "single"
+
+    @property
+    def scope(self) -> str:
+        return "livemode, tenant_id" if self.multi_tenant else "livemode"
+
+    @property
+    def true(self) -> str:
+        return "1" if self.dialect == "sqlite" else "true"
+
+    @property
+    def false(self) -> str:
+        return "0" if self.dialect == "sqlite" else "false"
+
+    def render(self, *templates: str) -> list[str]:
+        return [render(template, self.prefix) for template in templates]
 
 
 @attrs.frozen
 class Migration:
     version: int
     name: str
-    statements: Callable[[Schema, Dialect], Sequence[str]]
+    statements: Callable[[Layout], Sequence[str]]
+
+
+# -- the steps: frozen text, each what its version ran -----------------------------------
+
+
+def _v1_initial(layout: Layout) -> list[str]:
+    return layout.render(*schema_v1.STATEMENTS[(layout.dialect, layout.multi_tenant)])
+
+
+def _v2_due_index(layout: Layout) -> list[str]:
+    return layout.render(
+        "CREATE INDEX IF NOT EXISTS {prefix}subscriptions_due_at_idx "
+        f"ON {{prefix}}subscriptions ({layout.scope}, due_at)"
+    )
+
+
+def _v3_sequences_and_one_default(layout: Layout) -> list[str]:
+    """Counters by name (invoice numbers become ``name='invoice'``); one default method.
+
+    Where a customer already has several default payment methods (the race the index now
+    prevents), the newest stays the default and the others are unset, so the index can be
+    built on the data as it is.
+    """
+    tenant = "tenant_id, " if layout.multi_tenant else ""
+    tenant_column = "    tenant_id TEXT NOT NULL,\n" if layout.multi_tenant else ""
+    same_tenant = " AND newer.tenant_id = {prefix}payment_methods.tenant_id" * layout.multi_tenant
+    return layout.render(
+        "CREATE TABLE IF NOT EXISTS {prefix}sequences (\n"
+        f"{tenant_column}"
+        "    livemode BOOLEAN NOT NULL,\n"
+        "    name TEXT NOT NULL,\n"
+        "    last_number BIGINT NOT NULL,\n"
+        f"    CONSTRAINT {{prefix}}sequences_pk PRIMARY KEY ({layout.scope}, name)\n"
+        ")",
+        f"INSERT INTO {{prefix}}sequences ({tenant}livemode, name, last_number) "
+        f"SELECT {tenant}livemode, 'invoice', last_number FROM {{prefix}}invoice_sequences",
+        "DROP TABLE {prefix}invoice_sequences",
+        f"UPDATE {{prefix}}payment_methods SET is_default = {layout.false} "
+        f"WHERE deleted_at IS NULL AND is_default = {layout.true} AND id <> ("
+        "SELECT newer.id FROM {prefix}payment_methods AS newer "
+        "WHERE newer.livemode = {prefix}payment_methods.livemode"
+        f"{same_tenant} "
+        "AND newer.customer_id = {prefix}payment_methods.customer_id "
+        f"AND newer.deleted_at IS NULL AND newer.is_default = {layout.true} "
+        "ORDER BY newer.created_at DESC, newer.id DESC LIMIT 1)",
+        "CREATE UNIQUE INDEX IF NOT EXISTS {prefix}payment_methods_customer_id_is_default_key "
+        f"ON {{prefix}}payment_methods ({layout.scope}, customer_id) "
+        f"WHERE deleted_at IS NULL AND is_default = {layout.true}",
+    )
+
+
+def _v4_schema_info(layout: Layout) -> list[str]:
+    """Record the prefix and tenancy, so opening with the other tenancy is refused at once.
+
+    The upgrade runs only after the caller checked that the tenancy it asked for is the one
+    the tables have (``check``), so ``layout.tenancy`` is the schema's own.
+    """
+    return [
+        *layout.render(
+            "CREATE TABLE IF NOT EXISTS {prefix}schema_info (\n"
+            "    prefix TEXT NOT NULL,\n"
+            "    tenancy TEXT NOT NULL,\n"
+            "    PRIMARY KEY (prefix),\n"
+            "    CONSTRAINT {prefix}schema_info_tenancy_ck "
+            "CHECK (tenancy IN ('single', 'multi'))\n"
+            ")"
+        ),
+        _identity_row(layout),
+    ]
+
+
+def _identity_row(layout: Layout) -> str:
+    # The prefix was validated as [a-z_][a-z0-9_]* before any SQL: safe as a literal.
+    table = identifier(layout.prefix, "schema_info")
+    return f"INSERT INTO {table} (prefix, tenancy) VALUES ('{layout.prefix}', '{layout.tenancy}')"
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", _v1_initial),
+    Migration(2, "index subscriptions by due_at for job claims", _v2_due_index),
+    Migration(
+        3, "named sequences; one default payment method per customer", _v3_sequences_and_one_default
+    ),
+    Migration(4, "record the prefix and tenancy in schema_info", _v4_schema_info),
+)
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+# -- a new database: the current schema, from the metadata -------------------------------
 
 
 def _append_only_triggers(schema: Schema, dialect: Dialect) -> list[str]:
@@ -76,7 +224,7 @@ def _seed_currencies(schema: Schema, dialect: Dialect) -> list[str]:
 
 
 def create_statements(schema: Schema, dialect: Dialect) -> list[str]:
-    """All DDL of the current schema, each statement safe to run again."""
+    """All DDL of the current schema, for a database that has none under this prefix."""
     statements: list[str] = []
     for table in schema.metadata.sorted_tables:
         statements.append(str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)))
@@ -86,25 +234,65 @@ def create_statements(schema: Schema, dialect: Dialect) -> list[str]:
         )
     statements += _append_only_triggers(schema, dialect)
     statements += _seed_currencies(schema, dialect)
+    statements.append(_identity_row(Layout.of(schema, dialect)))
     return statements
 
 
-def _due_index(schema: Schema, dialect: Dialect) -> list[str]:
-    table = schema.tables[spec_for(Subscription).kind]
-    index = next(i for i in table.indexes if i.name == due_index_name(schema.prefix))
-    return [str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect))]
+# -- what is there, and what to do about it ----------------------------------------------
 
 
-# Version 1 was the schema before the job runner claimed subscriptions by ``due_at``.
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "initial schema", create_statements),
-    Migration(2, "index subscriptions by due_at for job claims", _due_index),
-)
-LATEST_VERSION = MIGRATIONS[-1].version
+@attrs.frozen
+class Found:
+    """What a database holds under a prefix, read before anything is changed.
+
+    ``multi_tenant`` is what ``schema_info`` records or, before version 4, whether
+    ``{prefix}customers`` has a ``tenant_id`` column; ``None`` when there is no schema.
+    """
+
+    version: int | None
+    multi_tenant: bool | None = None
+    recorded_prefix: str | None = None
 
 
-def pending(current_version: int | None) -> list[Migration]:
-    """The steps a database at ``current_version`` (``None``: no schema) still needs."""
-    if current_version is None:
-        return []
-    return [migration for migration in MIGRATIONS if migration.version > current_version]
+def check(found: Found, schema: Schema, where: str) -> None:
+    """Refuse a schema this store cannot use, saying what is there and what was asked.
+
+    Without this, a tenancy mismatch surfaces at the first write as a NOT NULL violation or
+    an unknown column; and no migration ever changes tenancy.
+    """
+    if found.version is None:
+        return
+    prefix = schema.prefix
+    if found.version > LATEST_VERSION:
+        raise ConfigurationError(
+            f"the qzpay schema under prefix {prefix!r} in {where} is at version "
+            f"{found.version}, newer than this qzpay knows ({LATEST_VERSION}): upgrade qzpay",
+            rule="schema_version",
+        )
+    if found.recorded_prefix is not None and found.recorded_prefix != prefix:
+        raise ConfigurationError(
+            f"the tables under prefix {prefix!r} in {where} belong to a qzpay schema made for "
+            f"prefix {found.recorded_prefix!r}: use that prefix",
+            rule="prefix",
+        )
+    if found.multi_tenant is not None and found.multi_tenant != schema.multi_tenant:
+        there = "multi" if found.multi_tenant else "single"
+        raise ConfigurationError(
+            f"the qzpay schema under prefix {prefix!r} in {where} is {there}-tenant "
+            f"(version {found.version}), but this store was asked for "
+            f"multi_tenant={schema.multi_tenant}: open it with "
+            f"multi_tenant={found.multi_tenant}, or use another prefix",
+            rule="tenancy",
+        )
+
+
+def plan(found: Found, schema: Schema, dialect: Dialect) -> tuple[list[Migration], list[str]]:
+    """The steps to record and the statements to run for a database in state ``found``.
+
+    ``check`` must have passed: the steps are rendered for the schema's tenancy.
+    """
+    if found.version is None:
+        return list(MIGRATIONS), create_statements(schema, dialect)
+    steps = [step for step in MIGRATIONS if step.version > found.version]
+    layout = Layout.of(schema, dialect)
+    return steps, [statement for step in steps for statement in step.statements(layout)]

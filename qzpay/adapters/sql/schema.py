@@ -219,6 +219,8 @@ class Schema:
     currencies: Table
     invoice_sequences: Table
     migrations: Table
+    schema_info: Table
+    """One row: the prefix and tenancy the schema was created for, checked on every open."""
 
     def table(self, spec: EntitySpec[Any]) -> Table:
         return self.tables[spec.kind]
@@ -255,6 +257,16 @@ def build_schema(prefix: str, *, multi_tenant: bool) -> Schema:
         Column("name", Text(), nullable=False),
         Column("applied_at", DateTime(timezone=True), nullable=False),
     )
+    schema_info = Table(
+        f"{prefix}schema_info",
+        metadata,
+        Column("prefix", Text(), primary_key=True),
+        Column("tenancy", Text(), nullable=False),
+        CheckConstraint(
+            "tenancy IN ('single', 'multi')",
+            name=constraint_name(prefix, "schema_info", "tenancy_ck"),
+        ),
+    )
     return Schema(
         prefix=prefix,
         multi_tenant=multi_tenant,
@@ -263,6 +275,7 @@ def build_schema(prefix: str, *, multi_tenant: bool) -> Schema:
         currencies=currencies,
         invoice_sequences=invoice_sequences,
         migrations=migrations,
+        schema_info=schema_info,
     )
 
 

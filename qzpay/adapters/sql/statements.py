@@ -234,7 +234,7 @@ class Statements:
             statement = select(
                 *grouped,
                 func.count(),
-                *(func.coalesce(func.sum(table.c[name]), 0) for name in sums),
+                *(func.coalesce(func.sum(table.c[name]), literal_column("0")) for name in sums),
             ).where(*self._filtered(table, spec, shape, include_deleted))
             if grouped:
                 statement = statement.group_by(*grouped).order_by(

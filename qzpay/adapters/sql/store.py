@@ -1,13 +1,17 @@
-"""What every SQL store keeps: its schema, the statements compiled for it, and row codecs.
+"""What every SQL store keeps: its schema, the statements compiled for it, row codecs, and
+its count of openers.
 
 SQLiteStorage and PostgresStorage differ in how they reach their driver; what they build
 from the prefix, the tenancy mode, the dialect and the converter is the same, and lives here.
+So does counting ``open``/``close``: one storage is often shared (an app's lifespan and a
+worker, two facades), and the first user to leave must not close it under the others.
 """
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
+import anyio
 import cattrs
 from sqlalchemy.engine import Dialect
 
@@ -31,6 +35,39 @@ class SqlStoreBase:
         self._codecs: dict[type[Any], RowCodec[Any]] = {
             spec.kind: RowCodec(spec, converter, self._statements.columns(spec)) for spec in SPECS
         }
+        self._opens = 0
+        self._opening = anyio.Lock()
+
+    async def open(self) -> None:
+        """Connect on the first open; every later one only counts (pair each with ``close``).
+
+        The lock makes concurrent first opens connect once.
+        """
+        async with self._opening:
+            if self._opens == 0:
+                await self._connect()
+            self._opens += 1
+
+    async def close(self) -> None:
+        """Count one user out; the last one out disconnects. Closing a closed store is a no-op."""
+        with anyio.CancelScope(shield=True):  # a half-done close would leak the connection
+            async with self._opening:
+                if self._opens == 0:
+                    return
+                self._opens -= 1
+                if self._opens == 0:
+                    await self._disconnect()
+
+    @property
+    def opened(self) -> int:
+        """How many opens are not yet matched by a close (0: closed)."""
+        return self._opens
+
+    async def _connect(self) -> None:
+        raise NotImplementedError
+
+    async def _disconnect(self) -> None:
+        raise NotImplementedError
 
     @property
     def table_prefix(self) -> str:
