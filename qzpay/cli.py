@@ -3,6 +3,7 @@
 Exit codes: 0 done, 1 qzpay refused (the error's code and message go to stderr, never a
 traceback), 2 the command line asked for something that cannot be done.
 
+    qzpay --version
     qzpay demo [--db PATH] [--json]
     qzpay migrate --url sqlite:///billing.db [--prefix billing_] [--multi-tenant]
     qzpay conformance MODULE:FACTORY [--report json] [--report-file PATH] [-- PYTEST_ARGS]
@@ -13,11 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import sqlite3
+import importlib.metadata
 import sys
 import tempfile
 from collections.abc import Callable
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -25,9 +25,10 @@ from urllib.parse import urlsplit, urlunsplit
 from qzpay import demo
 from qzpay.adapters.clock import FrozenClock
 from qzpay.adapters.fake import FakeProvider
+from qzpay.adapters.sql.migrations import LATEST_VERSION
 from qzpay.adapters.sqlite import SQLiteStorage
 from qzpay.bootstrap import create_billing
-from qzpay.errors import QZPayError
+from qzpay.errors import ConfigurationError, QZPayError, ValidationError
 
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+asyncpg")
 SQLITE_SCHEMES = ("sqlite", "sqlite+aiosqlite")
@@ -75,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qzpay", description="qzpay: async billing in your own database."
     )
+    parser.add_argument("--version", action="version", version=f"qzpay {_version()}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     run_demo = commands.add_parser(
@@ -112,6 +114,13 @@ def _parser() -> argparse.ArgumentParser:
     conformance.set_defaults(pytest_args=[])  # what follows `--`, given to pytest as it is
     conformance.set_defaults(command=_conformance)
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("qzpay")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "(not installed)"
 
 
 # -- demo --------------------------------------------------------------------------------
@@ -154,39 +163,63 @@ async def _run_demo(path: Path, emit: demo.Emit, *, temporary: bool) -> None:
 
 def _migrate(args: argparse.Namespace) -> int:
     scheme = args.url.partition("://")[0].lower() if "://" in args.url else ""
-    if scheme in SQLITE_SCHEMES:
-        print(asyncio.run(_migrate_sqlite(args.url, args.prefix, args.multi_tenant)))
-    elif scheme in POSTGRES_SCHEMES:
-        print(asyncio.run(_migrate_postgres(args.url, args.prefix, args.multi_tenant)))
-    else:
+    if scheme not in (*SQLITE_SCHEMES, *POSTGRES_SCHEMES):
         raise UsageError(
             f"--url: unsupported scheme {scheme or '(none)'!r}: "
             "use sqlite:///path/to/billing.db or postgresql://user@host:5432/db"
         )
+    try:
+        print(asyncio.run(_run_migrate(args.url, args.prefix, args.multi_tenant, scheme)))
+    except ValidationError as error:
+        option = _OPTIONS.get(error.field or "")
+        if option is None:
+            raise
+        raise ValidationError(error.message, field=option, rule=error.rule) from None
+    except ConfigurationError as error:
+        if error.rule != "tenancy":
+            raise
+        flag = "drop" if args.multi_tenant else "add"
+        raise ConfigurationError(
+            f"{error.message} (qzpay migrate never changes tenancy: {flag} --multi-tenant "
+            "to migrate this schema as it is)",
+            rule=error.rule,
+        ) from None
     return 0
 
 
-async def _migrate_sqlite(url: str, prefix: str, multi_tenant: bool) -> str:
-    storage = SQLiteStorage(url, table_prefix=prefix, multi_tenant=multi_tenant)
-    path = storage.path
-    if path != ":memory:":
-        _sqlite_file(Path(path), option="--url")
-    before = _sqlite_schema_version(path, storage.table_prefix)
-    await storage.open()  # creates or upgrades the schema
-    await storage.close()
-    after = _sqlite_schema_version(path, storage.table_prefix)
-    where = f"{path} ({_layout(prefix, multi_tenant)})"
-    if before is None:
-        return f"Created the qzpay schema, version {after}, in {where}"
-    if before == after:
-        return f"The qzpay schema in {where} is up to date (version {after}): nothing to do"
-    return f"Upgraded the qzpay schema in {where} from version {before} to {after}"
+# The storages name their parameters; the command line's user typed these options.
+_OPTIONS = {"table_prefix": "--prefix", "path_or_url": "--url", "dsn": "--url"}
 
 
-async def _migrate_postgres(url: str, prefix: str, multi_tenant: bool) -> str:
+async def _run_migrate(url: str, prefix: str, multi_tenant: bool, scheme: str) -> str:
+    """Migrate without opening the store for use: a closed store migrates on a connection
+    of its own, and on SQLite leaves no ``-wal``/``-shm`` files behind."""
+    storage: Any
+    if scheme in SQLITE_SCHEMES:
+        storage = SQLiteStorage(url, table_prefix=prefix, multi_tenant=multi_tenant)
+        if storage.path != ":memory:":
+            _sqlite_file(Path(storage.path), option="--url")
+        where = storage.path
+    else:
+        storage = _postgres_module().PostgresStorage(
+            url, table_prefix=prefix, multi_tenant=multi_tenant
+        )
+        where = _without_password(url)
+    applied: list[int] = await storage.migrate()
+    where = f"{where} ({_layout(storage.table_prefix, multi_tenant)})"
+    if not applied:
+        return (
+            f"The qzpay schema in {where} is up to date (version {LATEST_VERSION}): nothing to do"
+        )
+    if applied[0] == 1:  # only a new schema gets version 1
+        return f"Created the qzpay schema, version {applied[-1]}, in {where}"
+    return f"Upgraded the qzpay schema in {where} from version {applied[0] - 1} to {applied[-1]}"
+
+
+def _postgres_module() -> Any:
     try:
         # Imported by name: the core must not depend on the optional postgres adapter.
-        module: Any = importlib.import_module("qzpay.adapters.postgres")
+        return importlib.import_module("qzpay.adapters.postgres")
     except ModuleNotFoundError as error:
         if error.name == "qzpay.adapters.postgres":
             raise UsageError("PostgreSQL support arrives with the postgres adapter") from None
@@ -195,27 +228,6 @@ async def _migrate_postgres(url: str, prefix: str, multi_tenant: bool) -> str:
                 "PostgreSQL needs the postgres extra: pip install 'qzpay[postgres]'"
             ) from None
         raise
-    storage = module.PostgresStorage(
-        url, table_prefix=prefix, multi_tenant=multi_tenant, auto_migrate=True
-    )
-    await storage.open()  # auto_migrate: creates or upgrades the schema
-    await storage.close()
-    return (
-        f"Migrated the qzpay schema in {_without_password(url)} ({_layout(prefix, multi_tenant)})"
-    )
-
-
-def _sqlite_schema_version(path: str, prefix: str) -> int | None:
-    """The version recorded in ``{prefix}migrations``, or ``None`` where there is no schema."""
-    if path == ":memory:" or not Path(path).exists():
-        return None
-    uri = Path(path).resolve().as_uri() + "?mode=ro"
-    with closing(sqlite3.connect(uri, uri=True)) as connection:
-        try:
-            row = connection.execute(f"SELECT max(version) FROM {prefix}migrations").fetchone()
-        except sqlite3.OperationalError:  # no such table: qzpay has never been here
-            return None
-    return None if row is None or row[0] is None else int(row[0])
 
 
 def _layout(prefix: str, multi_tenant: bool) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import sqlite3
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from qzpay.adapters.sql import migrations
 from qzpay.cli import main
 
 
@@ -109,7 +111,7 @@ def test_migrate_refuses_a_hostile_prefix_without_a_traceback(
     db = tmp_path / "m.db"
     assert main(["migrate", "--url", f"sqlite:///{db}", "--prefix", "x; drop table"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: validation_error: table_prefix")
+    assert err.startswith("error: validation_error: --prefix: must match")
     assert "Traceback" not in err
     assert not db.exists()
 
@@ -157,3 +159,95 @@ def test_conformance_wants_module_colon_factory(capsys: pytest.CaptureFixture[st
 def test_a_missing_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "usage: qzpay" in capsys.readouterr().err
+
+
+# -- migrate: what it found and reached, tenancy, files left behind ----------------------
+
+
+def _version_1(path: Path, prefix: str = "billing_", multi_tenant: bool = False) -> None:
+    """A database as qzpay's version 1 left it (its frozen DDL, stamped version 1)."""
+    layout = migrations.Layout(prefix, multi_tenant, "sqlite")
+    with closing(sqlite3.connect(path)) as connection:
+        for statement in migrations.MIGRATIONS[0].statements(layout):
+            connection.execute(statement)
+        connection.execute(
+            f"INSERT INTO {prefix}migrations VALUES (1, 'initial schema', '2027-01-01 00:00:00')"
+        )
+        connection.commit()
+
+
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"qzpay {importlib.metadata.version('qzpay')}"
+
+
+def test_migrate_says_which_version_it_found_and_reached(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    latest = migrations.LATEST_VERSION
+    new, old = tmp_path / "new.db", tmp_path / "old.db"
+    assert main(["migrate", "--url", f"sqlite:///{new}"]) == 0
+    assert capsys.readouterr().out == (
+        f"Created the qzpay schema, version {latest}, in {new} (prefix billing_, single-tenant)\n"
+    )
+    assert main(["migrate", "--url", f"sqlite:///{new}"]) == 0
+    assert capsys.readouterr().out == (
+        f"The qzpay schema in {new} (prefix billing_, single-tenant) is up to date "
+        f"(version {latest}): nothing to do\n"
+    )
+    _version_1(old)
+    assert main(["migrate", "--url", f"sqlite:///{old}"]) == 0
+    assert capsys.readouterr().out == (
+        f"Upgraded the qzpay schema in {old} (prefix billing_, single-tenant) "
+        f"from version 1 to {latest}\n"
+    )
+
+
+def test_migrate_never_changes_tenancy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "m.db"
+    assert main(["migrate", "--url", f"sqlite:///{db}"]) == 0
+    capsys.readouterr()
+    assert main(["migrate", "--url", f"sqlite:///{db}", "--multi-tenant"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(
+        f"error: configuration_error: the qzpay schema under prefix 'billing_' in {db} is "
+        f"single-tenant (version {migrations.LATEST_VERSION}), but this store was asked for "
+        "multi_tenant=True"
+    )
+    assert "qzpay migrate never changes tenancy: drop --multi-tenant" in captured.err
+    with closing(sqlite3.connect(db)) as connection:
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(billing_customers)")}
+    assert "tenant_id" not in columns
+
+
+def test_migrate_refuses_an_older_schema_of_the_other_tenancy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "m.db"
+    _version_1(db, multi_tenant=True)
+    assert main(["migrate", "--url", f"sqlite:///{db}"]) == 1
+    err = capsys.readouterr().err
+    assert "is multi-tenant (version 1)" in err
+    assert "add --multi-tenant" in err
+    with closing(sqlite3.connect(db)) as connection:
+        assert connection.execute("SELECT max(version) FROM billing_migrations").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("used_first", [False, True], ids=["new_file", "used_in_wal_mode"])
+def test_migrate_leaves_no_wal_or_shm_files_behind(tmp_path: Path, used_first: bool) -> None:
+    db = tmp_path / "m.db"
+    if used_first:
+        _version_1(db)
+        with closing(sqlite3.connect(db)) as connection:  # as a running app leaves it
+            assert connection.execute("PRAGMA journal_mode = WAL").fetchone() == ("wal",)
+    assert main(["migrate", "--url", f"sqlite:///{db}"]) == 0
+    assert main(["migrate", "--url", f"sqlite:///{db}"]) == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["m.db"]
+
+
+def test_migrate_names_the_url_option_in_a_bad_sqlite_url(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["migrate", "--url", "sqlite://relative.db"]) == 1
+    assert capsys.readouterr().err.startswith("error: validation_error: --url: must look like")
