@@ -26,7 +26,7 @@ class Billing:
     """Billing for one livemode (and, from ``for_tenant``, one tenant).
 
     Use it as an async context manager: entering opens the storage (creating or upgrading the
-    schema where the adapter does that), leaving closes it.
+    schema where the adapter does that), leaving closes it once no one else uses it.
     """
 
     def __init__(self, context: ServiceContext, *, root: Billing | None = None) -> None:
@@ -65,13 +65,20 @@ class Billing:
         return self._context.clock
 
     async def open(self) -> None:
-        """Open the storage (idempotent); a tenant view opens its root's."""
+        """Open the storage, as one more of its users: pair every ``open`` with a ``close``.
+
+        The storage counts its users (an app's lifespan, a worker, a second facade, a tenant
+        view), so each may enter and leave on its own; ``async with billing:`` pairs them.
+        """
         await self._context.storage.open()
 
     async def close(self) -> None:
-        """Close the storage; a tenant view leaves it to its root, which other tenants share."""
-        if self._root is None:
-            await self._context.storage.close()
+        """Leave the storage; it really closes when its last user leaves.
+
+        A tenant view counts like any other user, so leaving it never closes the storage its
+        root and the other tenants still use, and never leaves it open after they are gone.
+        """
+        await self._context.storage.close()
 
     async def __aenter__(self) -> Billing:
         await self.open()

@@ -23,25 +23,33 @@ def create_billing(
     storage: StoragePort,
     provider: PaymentProvider,
     livemode: bool = False,
-    tenancy: Tenancy = "single",
+    tenancy: Tenancy | None = None,
     clock: Clock | None = None,
     event_bus: EventBus | None = None,
 ) -> Billing:
     """Wire qzpay to your storage, payment provider, clock and event bus.
+
+    Tenancy is declared once, on the storage (``multi_tenant=``): ``tenancy=`` may be left
+    out, and where it is given it must agree, so a mismatch is caught here rather than at
+    the first call.
 
     >>> from qzpay.adapters.memory import MemoryStorage
     >>> from qzpay.adapters.fake import FakeProvider
     >>> billing = create_billing(storage=MemoryStorage(), provider=FakeProvider())
     >>> (billing.livemode, billing.tenancy)
     (False, 'single')
+    >>> create_billing(storage=MemoryStorage(multi_tenant=True), provider=FakeProvider()).tenancy
+    'multi'
     """
-    if tenancy not in ("single", "multi"):
-        raise ConfigurationError('tenancy must be "single" or "multi"')
-    multi = tenancy == "multi"
-    if storage.multi_tenant != multi:
+    if tenancy not in (None, "single", "multi"):
+        raise ConfigurationError('tenancy must be "single" or "multi" (or left out)')
+    multi = storage.multi_tenant
+    if not isinstance(multi, bool):
+        raise ConfigurationError(f"storage.multi_tenant must be True or False, not {multi!r}")
+    if tenancy is not None and (tenancy == "multi") != multi:
         raise ConfigurationError(
-            f'tenancy="{tenancy}" but the storage was opened with multi_tenant={storage.multi_tenant}: '
-            "they must agree"
+            f'tenancy="{tenancy}" but the storage is {"multi" if multi else "single"}-tenant '
+            f"(multi_tenant={multi}): drop tenancy= or make them agree"
         )
     context = ServiceContext(
         storage=storage,
