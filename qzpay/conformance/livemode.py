@@ -1,20 +1,23 @@
 """Livemode isolation (DESIGN §5.3): test-mode and live rows never meet.
 
 A store working in test mode never sees live rows and vice versa, for every read, list,
-count, aggregate (invoice-number sequences, claims) and unique check: the same
-``external_id``, promo code or idempotency key may exist once on each side.
+count, aggregate, claim, increment, sequence and unique check: the same ``external_id``,
+promo code or idempotency key may exist once on each side, and a row claiming the other
+livemode is refused on insert, update and insert_or_get. One test per port method
+(``test_livemode_scope[<method>]``, see ``qzpay.conformance.isolation``), on two
+single-tenant stores of one database, as a test-mode and a live app would have them.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
-from qzpay.conformance import entities, isolation
+from qzpay.conformance import isolation
 from qzpay.conformance.expect import Expectations
-from qzpay.conformance.harness import Harness
+from qzpay.conformance.shared import Shared, module_stores
 from qzpay.contracts.storage import Scope
-from qzpay.domain.customers import Customer
-from qzpay.errors import QZPayError
 
 pytestmark = pytest.mark.anyio
 
@@ -25,71 +28,33 @@ FIX = "apply the transaction's scope (livemode) to every WHERE"
 UNIQUE_FIX = "include livemode (and tenant_id in multi mode) in every unique key and index"
 
 
-async def _pair(conformance: Harness) -> isolation.Pair:
-    # Two stores on one database, as a test-mode and a live-mode app would have.
-    test = await conformance.store(livemode=False)
-    live = await conformance.store(livemode=True)
-    return isolation.Pair(
-        expect=expect,
-        first=isolation.Side(test, TEST, "test mode"),
-        second=isolation.Side(live, LIVE, "live mode"),
+@pytest.fixture(scope="module")
+async def shared(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncIterator[Shared]:
+    async with module_stores(request) as stores:
+        yield stores
+
+
+async def _pair(shared: Shared) -> isolation.Pair:
+    test = await shared.store(livemode=False)
+    live = await shared.store(livemode=True)
+    return isolation.make_pair(
+        shared,
+        expect,
+        isolation.Side(test, TEST, "test mode"),
+        isolation.Side(live, LIVE, "live mode"),
         fix=FIX,
         unique_fix=UNIQUE_FIX,
     )
 
 
-async def test_test_mode_cannot_read_live_rows_by_their_exact_id(conformance: Harness) -> None:
-    pair = await _pair(conformance)
-    await isolation.check_reads(pair, await isolation.seed(pair))
+@pytest.mark.parametrize("method", isolation.METHODS + isolation.FORGED)
+async def test_livemode_scope(shared: Shared, method: str) -> None:
+    await isolation.check(await _pair(shared), method)
 
 
-async def test_test_mode_cannot_list_count_or_find_live_rows(conformance: Harness) -> None:
-    pair = await _pair(conformance)
-    await isolation.check_lists(pair, await isolation.seed(pair))
-
-
-async def test_one_mode_cannot_update_or_delete_the_others_rows(conformance: Harness) -> None:
-    pair = await _pair(conformance)
-    seeded = await isolation.seed(pair)
-    await isolation.check_updates(pair, seeded)
-    await isolation.check_deletes(pair, seeded)
-
-
-async def test_one_mode_cannot_reference_the_others_rows(conformance: Harness) -> None:
-    pair = await _pair(conformance)
-    await isolation.check_references(pair, await isolation.seed(pair))
-
-
-async def test_unique_keys_are_per_livemode(conformance: Harness) -> None:
-    pair = await _pair(conformance)
-    await isolation.check_unique_keys(pair, await isolation.seed(pair))
-
-
-async def test_sequences_and_claims_are_per_livemode(conformance: Harness) -> None:
-    pair = await _pair(conformance)
-    await isolation.check_atomic_operations(pair, await isolation.seed(pair))
-
-
-async def test_a_row_claiming_the_other_livemode_is_refused(conformance: Harness) -> None:
-    store = await conformance.store()
-    forged = entities.customer(LIVE)
-    with expect.refusal(
-        QZPayError,
-        "inserting a live row in a test-mode transaction",
-        "refuse rows whose livemode differs from the transaction's scope "
-        "(qzpay.adapters.storage_rules.check_entity_scope)",
-    ):
-        async with store.transaction(TEST) as tx:
-            await tx.insert(forged)
-    for scope in (TEST, LIVE):
-        async with store.transaction(scope, readonly=True) as tx:
-            kept = await tx.get(Customer, forged.id)
-        expect.that(kept is None, "a refused live row was kept", FIX)
-
-
-async def test_rows_carry_their_livemode_in_the_database(conformance: Harness) -> None:
-    pair = await _pair(conformance)
-    raw = conformance.require_raw(pair.first.store)
+async def test_rows_carry_their_livemode_in_the_database(shared: Shared) -> None:
+    pair = await _pair(shared)
+    raw = shared.require_raw(pair.first.store)
     seeded = await isolation.seed(pair)
     table = f"{pair.first.store.table_prefix}customers"
     for side in (pair.first, pair.second):

@@ -1,11 +1,14 @@
 """Prefixes (DESIGN §5.1): every object lives under the store's table prefix.
 
 Two stores with different prefixes on one database never see each other's rows; two with
-the same prefix share them; a hostile prefix is refused before any SQL runs; and in the
+the same prefix share them (``test_prefix_scope[<method>]``: every port method, see
+``qzpay.conformance.isolation``); a hostile prefix is refused before any SQL runs; and in the
 database itself (the raw view) rows land in ``{prefix}{table}`` and nowhere else.
 """
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,6 +16,7 @@ from qzpay.conformance import entities, isolation
 from qzpay.conformance.expect import Expectations
 from qzpay.conformance.harness import Harness
 from qzpay.conformance.raw import same_id
+from qzpay.conformance.shared import Shared, module_stores
 from qzpay.contracts.storage import Scope, StoragePort
 from qzpay.domain.catalog import Plan
 from qzpay.domain.customers import Customer
@@ -33,13 +37,20 @@ VALIDATE = (
 )
 
 
-async def _pair(conformance: Harness) -> isolation.Pair:
-    one = await conformance.store(prefix="one_")
-    two = await conformance.store(prefix="two_")
-    return isolation.Pair(
-        expect=expect,
-        first=isolation.Side(one, TEST, "prefix 'one_'"),
-        second=isolation.Side(two, TEST, "prefix 'two_'"),
+@pytest.fixture(scope="module")
+async def shared(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncIterator[Shared]:
+    async with module_stores(request) as stores:
+        yield stores
+
+
+async def _pair(shared: Shared) -> isolation.Pair:
+    one = await shared.store(prefix="one_")
+    two = await shared.store(prefix="two_")
+    return isolation.make_pair(
+        shared,
+        expect,
+        isolation.Side(one, TEST, "prefix 'one_'"),
+        isolation.Side(two, TEST, "prefix 'two_'"),
         fix=FIX,
         unique_fix=FIX,
     )
@@ -61,26 +72,9 @@ async def test_stores_of_one_test_share_one_database(conformance: Harness) -> No
     )
 
 
-async def test_two_prefixes_never_read_each_others_rows(conformance: Harness) -> None:
-    pair = await _pair(conformance)
-    seeded = await isolation.seed(pair)
-    await isolation.check_reads(pair, seeded)
-    await isolation.check_lists(pair, seeded)
-
-
-async def test_two_prefixes_never_write_each_others_rows(conformance: Harness) -> None:
-    pair = await _pair(conformance)
-    seeded = await isolation.seed(pair)
-    await isolation.check_updates(pair, seeded)
-    await isolation.check_deletes(pair, seeded)
-    await isolation.check_references(pair, seeded)
-
-
-async def test_two_prefixes_keep_their_own_keys_and_sequences(conformance: Harness) -> None:
-    pair = await _pair(conformance)
-    seeded = await isolation.seed(pair)
-    await isolation.check_unique_keys(pair, seeded)
-    await isolation.check_atomic_operations(pair, seeded)
+@pytest.mark.parametrize("method", isolation.METHODS)
+async def test_prefix_scope(shared: Shared, method: str) -> None:
+    await isolation.check(await _pair(shared), method)
 
 
 HOSTILE = (
@@ -132,8 +126,8 @@ async def test_a_hostile_prefix_is_refused_before_any_sql_runs(conformance: Harn
         expect.that(not made_up, f"tables {made_up} were created for hostile prefixes", VALIDATE)
 
 
-async def _landed(conformance: Harness, store: StoragePort, customer: Customer) -> None:
-    raw = conformance.require_raw(store)
+async def _landed(shared: Shared, store: StoragePort, customer: Customer) -> None:
+    raw = shared.require_raw(store)
     prefix = store.table_prefix
     table = f"{prefix}customers"
     rows = await raw.rows(table, email=customer.email)
@@ -157,14 +151,14 @@ async def _landed(conformance: Harness, store: StoragePort, customer: Customer) 
     )
 
 
-async def test_rows_land_under_the_prefix_in_the_database(conformance: Harness) -> None:
-    pair = await _pair(conformance)
-    raw = conformance.require_raw(pair.first.store)
+async def test_rows_land_under_the_prefix_in_the_database(shared: Shared) -> None:
+    pair = await _pair(shared)
+    raw = shared.require_raw(pair.first.store)
     seeded = await isolation.seed(pair)
     for side in (pair.first, pair.second):
-        await _landed(conformance, side.store, seeded[side.label].customer)
+        await _landed(shared, side.store, seeded[side.label].customer)
         async with side.store.transaction(side.scope) as tx:
-            plan = entities.plan(side.scope, name=f"plan-{side.store.table_prefix}")
+            plan = entities.plan(side.scope, name=f"plan-{pair.tag}")
             await tx.insert(plan)
         rows = await raw.rows(f"{side.store.table_prefix}plans", name=plan.name)
         expect.that(
@@ -182,14 +176,14 @@ async def test_rows_land_under_the_prefix_in_the_database(conformance: Harness) 
             f"the database has no {', '.join(prefix + name for name in missing)}",
             "create every table of the data model (DESIGN §4) as {prefix}{name}",
         )
-    await _no_plan_outside(conformance, pair)
+    await _no_plan_outside(pair)
 
 
-async def _no_plan_outside(conformance: Harness, pair: isolation.Pair) -> None:
+async def _no_plan_outside(pair: isolation.Pair) -> None:
     """A plan is in its own prefix's table only (checked by id through the store as well)."""
     for reader, owner in pair.directions():
         async with owner.store.transaction(owner.scope, readonly=True) as tx:
-            plans = (await tx.list(Plan, limit=100)).items
+            plans = (await tx.list(Plan, filters={"name": pair.tag}, limit=100)).items
         async with reader.store.transaction(reader.scope, readonly=True) as tx:
             leaked = [plan for plan in plans if await tx.get(Plan, plan.id) is not None]
         expect.that(

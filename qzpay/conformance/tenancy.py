@@ -1,18 +1,22 @@
 """Tenancy (DESIGN §5.2): in multi mode a store bound to one tenant never reaches another's rows.
 
-Tenant A cannot read, list, count, find, update, delete or reference (as a foreign key) a
-row of tenant B, even by its exact id; the same ``external_id`` may exist in both tenants;
-sequences, redemptions, refunds and claims stay inside the tenant. Single mode has no tenant
-column, and a scope that does not match the store's mode is refused.
+Tenant A cannot read, list, count, aggregate, find, claim, increment, update, delete or
+reference (as a foreign key, on insert or on update) a row of tenant B, even by its exact id,
+nor write a row that claims tenant B; the same unique keys (``external_id``, a promo code, an
+idempotency key) may exist in both tenants; sequences stay inside the tenant. One test per
+port method (``test_tenant_scope[<method>]``, see ``qzpay.conformance.isolation``). Single mode
+has no tenant column, and a scope that does not match the store's mode is refused.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
-from qzpay.conformance import entities, isolation
+from qzpay.conformance import isolation
 from qzpay.conformance.expect import Expectations
-from qzpay.conformance.harness import Harness
+from qzpay.conformance.shared import Shared, module_stores
 from qzpay.contracts.storage import Scope
 from qzpay.domain.customers import Customer
 from qzpay.errors import QZPayError
@@ -26,76 +30,32 @@ FIX = "apply the transaction's scope (tenant_id) to every WHERE"
 UNIQUE_FIX = "include tenant_id (and livemode) in every unique key"
 
 
-async def _pair(conformance: Harness) -> isolation.Pair:
-    store = await conformance.store(multi_tenant=True)
-    return isolation.Pair(
-        expect=expect,
-        first=isolation.Side(store, A, "tenant 'a'"),
-        second=isolation.Side(store, B, "tenant 'b'"),
+@pytest.fixture(scope="module")
+async def shared(request: pytest.FixtureRequest, anyio_backend: str) -> AsyncIterator[Shared]:
+    async with module_stores(request) as stores:
+        yield stores
+
+
+async def _pair(shared: Shared) -> isolation.Pair:
+    store = await shared.store(multi_tenant=True)
+    return isolation.make_pair(
+        shared,
+        expect,
+        isolation.Side(store, A, "tenant 'a'"),
+        isolation.Side(store, B, "tenant 'b'"),
         fix=FIX,
         unique_fix=UNIQUE_FIX,
     )
 
 
-async def test_a_tenant_cannot_read_another_tenants_row_by_its_exact_id(
-    conformance: Harness,
-) -> None:
-    pair = await _pair(conformance)
-    await isolation.check_reads(pair, await isolation.seed(pair))
+@pytest.mark.parametrize("method", isolation.METHODS + isolation.FORGED)
+async def test_tenant_scope(shared: Shared, method: str) -> None:
+    await isolation.check(await _pair(shared), method)
 
 
-async def test_a_tenant_cannot_list_count_or_find_another_tenants_rows(
-    conformance: Harness,
-) -> None:
-    pair = await _pair(conformance)
-    await isolation.check_lists(pair, await isolation.seed(pair))
-
-
-async def test_a_tenant_cannot_update_another_tenants_row(conformance: Harness) -> None:
-    pair = await _pair(conformance)
-    await isolation.check_updates(pair, await isolation.seed(pair))
-
-
-async def test_a_tenant_cannot_delete_another_tenants_row(conformance: Harness) -> None:
-    pair = await _pair(conformance)
-    await isolation.check_deletes(pair, await isolation.seed(pair))
-
-
-async def test_a_tenant_cannot_reference_another_tenants_row(conformance: Harness) -> None:
-    pair = await _pair(conformance)
-    await isolation.check_references(pair, await isolation.seed(pair))
-
-
-async def test_the_same_external_id_may_exist_in_both_tenants(conformance: Harness) -> None:
-    pair = await _pair(conformance)
-    await isolation.check_unique_keys(pair, await isolation.seed(pair))
-
-
-async def test_atomic_operations_stay_inside_the_tenant(conformance: Harness) -> None:
-    pair = await _pair(conformance)
-    await isolation.check_atomic_operations(pair, await isolation.seed(pair))
-
-
-async def test_a_row_claiming_another_tenant_is_refused(conformance: Harness) -> None:
-    store = await conformance.store(multi_tenant=True)
-    forged = entities.customer(A)
-    with expect.refusal(
-        QZPayError,
-        "inserting a row with tenant_id 'a' in a transaction of tenant 'b'",
-        "refuse rows whose tenant_id or livemode differ from the transaction's scope "
-        "(qzpay.adapters.storage_rules.check_entity_scope)",
-    ):
-        async with store.transaction(B) as tx:
-            await tx.insert(forged)
-    for scope in (A, B):
-        async with store.transaction(scope, readonly=True) as tx:
-            kept = await tx.get(Customer, forged.id)
-        expect.that(kept is None, "a refused cross-tenant row was kept", FIX)
-
-
-async def test_a_scope_must_match_the_tenancy_mode(conformance: Harness) -> None:
-    multi = await conformance.store(multi_tenant=True)
-    single = await conformance.store(prefix="single_")
+async def test_a_scope_must_match_the_tenancy_mode(shared: Shared) -> None:
+    multi = await shared.store(multi_tenant=True)
+    single = await shared.store(prefix="single_")
     fix = (
         "a multi-tenant store needs a tenant_id in every scope and a single-tenant one takes "
         "none (qzpay.adapters.storage_rules.check_scope); refuse with ConfigurationError"
@@ -113,10 +73,10 @@ async def test_a_scope_must_match_the_tenancy_mode(conformance: Harness) -> None
     )
 
 
-async def test_rows_carry_their_tenant_in_the_database(conformance: Harness) -> None:
-    pair = await _pair(conformance)
+async def test_rows_carry_their_tenant_in_the_database(shared: Shared) -> None:
+    pair = await _pair(shared)
     store = pair.first.store
-    raw = conformance.require_raw(store)
+    raw = shared.require_raw(store)
     seeded = await isolation.seed(pair)
     table = f"{store.table_prefix}customers"
     for side in (pair.first, pair.second):
@@ -136,7 +96,7 @@ async def test_rows_carry_their_tenant_in_the_database(conformance: Harness) -> 
             f"{side.label}'s test-mode customer is stored with livemode {rows[0]['livemode']!r}",
             "store the transaction's livemode on every row",
         )
-    single = await conformance.store(prefix="single_")
+    single = await shared.store(prefix="single_")
     columns = await raw.columns(f"{single.table_prefix}customers")
     expect.that(
         columns is not None and "tenant_id" not in columns,
