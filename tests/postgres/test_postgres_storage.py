@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import anyio
 import asyncpg
@@ -110,15 +111,100 @@ async def test_qzpay_migrate_on_a_plain_postgres_url(
     postgres_url: str, prefix: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = postgres_url.replace("postgresql://", "postgres://", 1)
+    latest = migrations.LATEST_VERSION
+    where = f"{url} (prefix {prefix}, single-tenant)"
     assert await qzpay_cli("migrate", "--url", url, "--prefix", prefix) == 0
+    assert capsys.readouterr().out == f"Created the qzpay schema, version {latest}, in {where}\n"
     assert await qzpay_cli("migrate", "--url", url, "--prefix", prefix) == 0
+    assert capsys.readouterr().out == (
+        f"The qzpay schema in {where} is up to date (version {latest}): nothing to do\n"
+    )
     storage = PostgresStorage(postgres_url, table_prefix=prefix)
     await storage.open()
     try:
         assert await storage.schema_version() == migrations.LATEST_VERSION
     finally:
         await storage.close()
+
+
+async def _version_1(url: str, prefix: str, *, multi_tenant: bool = False) -> None:
+    """A database as version 1 left it: its frozen DDL, stamped version 1."""
+    connection = await asyncpg.connect(url)
+    try:
+        layout = migrations.Layout(prefix, multi_tenant, "postgresql")
+        for statement in migrations.MIGRATIONS[0].statements(layout):
+            await connection.execute(statement)
+        await connection.execute(
+            f"INSERT INTO {prefix}migrations (version, name, applied_at) "
+            "VALUES (1, 'initial schema', now())"
+        )
+    finally:
+        await connection.close()
+
+
+async def test_qzpay_migrate_says_it_upgraded_from_version_1(
+    postgres_url: str, prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await _version_1(postgres_url, prefix)
+    assert await qzpay_cli("migrate", "--url", postgres_url, "--prefix", prefix) == 0
+    assert capsys.readouterr().out == (
+        f"Upgraded the qzpay schema in {postgres_url} (prefix {prefix}, single-tenant) "
+        f"from version 1 to {migrations.LATEST_VERSION}\n"
+    )
+
+
+async def test_qzpay_migrate_refuses_to_change_tenancy(
+    postgres_url: str, prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await qzpay_cli("migrate", "--url", postgres_url, "--prefix", prefix) == 0
     capsys.readouterr()
+    argv = ("migrate", "--url", postgres_url, "--prefix", prefix, "--multi-tenant")
+    assert await qzpay_cli(*argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"under prefix '{prefix}' in database " in captured.err
+    assert f"is single-tenant (version {migrations.LATEST_VERSION})" in captured.err
+    assert "drop --multi-tenant" in captured.err
+
+
+@pytest.mark.parametrize("auto_migrate", [False, True])
+@pytest.mark.parametrize("there", [False, True], ids=["single_there", "multi_there"])
+async def test_opening_a_schema_of_the_other_tenancy_is_refused_at_once(
+    postgres_url: str, prefix: str, there: bool, auto_migrate: bool
+) -> None:
+    assert await PostgresStorage(postgres_url, table_prefix=prefix, multi_tenant=there).migrate()
+    storage = PostgresStorage(
+        postgres_url, table_prefix=prefix, multi_tenant=not there, auto_migrate=auto_migrate
+    )
+    with pytest.raises(ConfigurationError) as raised:
+        await storage.open()
+    kind = "multi" if there else "single"
+    server = urlsplit(postgres_url)
+    where = f"database {server.path.lstrip('/')} at {server.hostname}:{server.port or 5432}"
+    assert str(raised.value) == (
+        f"the qzpay schema under prefix {prefix!r} in {where} is {kind}-tenant "
+        f"(version {migrations.LATEST_VERSION}), but this store was asked for "
+        f"multi_tenant={not there}: open it with multi_tenant={there}, or use another prefix"
+    )
+    assert storage.opened == 0
+    with pytest.raises(ConfigurationError, match="not open"):
+        await storage.schema_version()
+
+
+async def test_an_older_schema_of_the_other_tenancy_is_refused_and_not_upgraded(
+    postgres_url: str, prefix: str
+) -> None:
+    await _version_1(postgres_url, prefix, multi_tenant=True)
+    storage = PostgresStorage(postgres_url, table_prefix=prefix, auto_migrate=True)
+    with pytest.raises(ConfigurationError, match=r"is multi-tenant \(version 1\)"):
+        await storage.open()
+    with pytest.raises(ConfigurationError, match=r"is multi-tenant \(version 1\)"):
+        await storage.migrate()
+    connection = await asyncpg.connect(postgres_url)
+    try:
+        assert await connection.fetchval(f"SELECT max(version) FROM {prefix}migrations") == 1
+    finally:
+        await connection.close()
 
 
 async def test_user_story_from_a_plain_url(postgres_url: str, prefix: str) -> None:
