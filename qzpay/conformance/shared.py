@@ -27,7 +27,7 @@ import pytest
 
 from qzpay.conformance.entities import NOW
 from qzpay.conformance.fixtures import FACTORY_KEY
-from qzpay.conformance.harness import DEFAULT_PREFIX, Harness, make_test_id
+from qzpay.conformance.harness import DEFAULT_PREFIX, SEVERAL, Harness, make_test_id
 from qzpay.conformance.raw import RawView
 from qzpay.contracts.storage import StoragePort
 
@@ -41,6 +41,7 @@ class Shared:
     def __init__(self, harness: Harness) -> None:
         self.harness = harness
         self._stores: dict[tuple[str, bool, bool], StoragePort] = {}
+        self._several: list[StoragePort] = []
         self._windows = 0
 
     async def store(
@@ -55,6 +56,19 @@ class Shared:
             )
             self._stores[key] = store
         return store
+
+    async def stores(self, connections: str) -> list[StoragePort]:
+        """The default store, or ``SEVERAL`` instances on its database when ``connections``
+        is ``"several_stores"`` — skipped as "not supported: <reason>" if the adapter says so."""
+        first = await self.store()
+        if connections != "several_stores":
+            return [first]
+        reason = self.harness.capabilities(first).not_supported("multiple_connections")
+        if reason is not None:
+            pytest.skip(f"not supported: {reason}")
+        while len(self._several) < SEVERAL - 1:
+            self._several.append(await self.harness.store())
+        return [first, *self._several]
 
     def window(self) -> datetime:
         """A claim ``now`` earlier than every one handed out before (a day apart)."""
