@@ -27,6 +27,7 @@ PROPERTIES: tuple[str, ...] = (
     "atomic_operations",
     "transactions",
     "pagination",
+    "immutability",
 )
 """The properties of DESIGN §5, each a module ``qzpay.conformance.<property>``."""
 
