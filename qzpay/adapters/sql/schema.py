@@ -43,9 +43,11 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
-    text,
+    and_,
+    literal,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeEngine
 
 from qzpay.adapters import storage_rules as rules
@@ -190,10 +192,16 @@ def _table(
             *(table.c[column] for column in (*scope, column_name)),
         )
     for key in spec.unique:
-        where = text("deleted_at IS NULL") if spec.soft_delete else None
+        conditions: list[ColumnElement[bool]] = [
+            table.c[column] == literal(value, table.c[column].type)
+            for column, value in key.where.items()
+        ]
+        if spec.soft_delete:
+            conditions.insert(0, table.c.deleted_at.is_(None))
+        where = and_(*conditions) if conditions else None
         Index(
-            constraint_name(prefix, name, "_".join(key) + "_key"),
-            *(table.c[column] for column in (*scope, *key)),
+            constraint_name(prefix, name, key.name + "_key"),
+            *(table.c[column] for column in (*scope, *key.columns)),
             unique=True,
             sqlite_where=where,
             postgresql_where=where,
@@ -217,7 +225,8 @@ class Schema:
     metadata: MetaData
     tables: Mapping[type[Any], Table]
     currencies: Table
-    invoice_sequences: Table
+    sequences: Table
+    """Gapless counters, one row per (scope, name): ``next_number("invoice")``."""
     migrations: Table
     schema_info: Table
     """One row: the prefix and tenancy the schema was created for, checked on every open."""
@@ -243,12 +252,13 @@ def build_schema(prefix: str, *, multi_tenant: bool) -> Schema:
     sequence_columns: list[Column[Any]] = [Column("livemode", Boolean(), nullable=False)]
     if multi_tenant:
         sequence_columns.insert(0, Column("tenant_id", Text(), nullable=False))
-    invoice_sequences = Table(
-        f"{prefix}invoice_sequences",
+    sequences = Table(
+        f"{prefix}sequences",
         metadata,
         *sequence_columns,
+        Column("name", Text(), nullable=False),
         Column("last_number", BigInteger(), nullable=False),
-        PrimaryKeyConstraint(*scope, name=constraint_name(prefix, "invoice_sequences", "pk")),
+        PrimaryKeyConstraint(*scope, "name", name=constraint_name(prefix, "sequences", "pk")),
     )
     migrations = Table(
         f"{prefix}migrations",
@@ -273,7 +283,7 @@ def build_schema(prefix: str, *, multi_tenant: bool) -> Schema:
         metadata=metadata,
         tables=tables,
         currencies=currencies,
-        invoice_sequences=invoice_sequences,
+        sequences=sequences,
         migrations=migrations,
         schema_info=schema_info,
     )
