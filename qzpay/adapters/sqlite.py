@@ -38,7 +38,6 @@ import aiosqlite
 import anyio
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from qzpay.adapters import serialized
 from qzpay.adapters import storage_rules as rules
 from qzpay.adapters.sql import migrations
 from qzpay.adapters.sql.event_loop import require_asyncio
@@ -46,12 +45,9 @@ from qzpay.adapters.sql.rows import sqlite_converter
 from qzpay.adapters.sql.schema import Schema
 from qzpay.adapters.sql.statements import Compiled
 from qzpay.adapters.sql.store import SqlStoreBase
-from qzpay.adapters.sql.transaction import SqlTransaction, Write
-from qzpay.contracts.storage import Scope, StorageTransaction
-from qzpay.domain.payments import Payment, Refund
-from qzpay.domain.promotions import PromoCode, PromoCodeUsage
-from qzpay.domain.records import IdempotencyKey
-from qzpay.domain.registry import BY_TABLE
+from qzpay.adapters.sql.transaction import SqlSweep, SqlTransaction, Write
+from qzpay.contracts.storage import Scope, StorageTransaction, TenantSweep
+from qzpay.domain.registry import BY_TABLE, EntitySpec
 from qzpay.errors import (
     ConfigurationError,
     InvalidStateError,
@@ -241,6 +237,18 @@ class SQLiteStorage(SqlStoreBase):
                     await transaction.rollback()
                 raise
 
+    @asynccontextmanager
+    async def across_tenants(self, *, livemode: bool) -> AsyncIterator[TenantSweep]:
+        """The cross-tenant reads, in a readonly transaction whose scope names no tenant."""
+        require_asyncio("SQLiteStorage")
+        async with self._lock:
+            transaction = _SQLiteTransaction(self, Scope(livemode=livemode), readonly=True)
+            try:
+                yield SqlSweep(transaction)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await transaction.rollback()
+
 
 WAL_ATTEMPTS = 100
 
@@ -366,16 +374,21 @@ class _SQLiteTransaction(SqlTransaction):
         if self._writes:
             await self._run(lambda connection: None, end=False)
 
-    # -- atomic operations: BEGIN IMMEDIATE makes a read-check-write atomic here ---------
+    async def _write_returning(
+        self, spec: EntitySpec[Any], statement: Compiled, params: dict[str, Any]
+    ) -> Sequence[Sequence[Any]]:
+        """Run a returning write in the same hop as the buffered writes; refusals named."""
+        store = self._sqlite
+        write = Write(spec, statement, params)
 
-    async def redeem_promo_code(self, usage: PromoCodeUsage) -> PromoCode:
-        return await serialized.redeem_promo_code(self, usage)
+        def run(connection: sqlite3.Connection) -> list[Any]:
+            try:
+                return connection.execute(statement.sql, params).fetchall()
+            except sqlite3.IntegrityError as error:
+                raise _integrity_error(store, connection, write, error) from None
 
-    async def add_refund(self, refund: Refund) -> Payment:
-        return await serialized.add_refund(self, refund)
-
-    async def store_idempotency_key(self, record: IdempotencyKey) -> IdempotencyKey:
-        return await serialized.store_idempotency_key(self, record)
+        rows: list[Any] | None = await self._run(run, end=False)
+        return rows or []
 
 
 def _apply(store: SQLiteStorage, connection: sqlite3.Connection, write: Write) -> None:
