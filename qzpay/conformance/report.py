@@ -28,6 +28,8 @@ PROPERTIES: tuple[str, ...] = (
     "transactions",
     "pagination",
     "immutability",
+    "aggregates",
+    "filters",
 )
 """The properties of DESIGN §5, each a module ``qzpay.conformance.<property>``."""
 
