@@ -30,6 +30,7 @@ PROPERTIES: tuple[str, ...] = (
     "immutability",
     "aggregates",
     "filters",
+    "large_transactions",
 )
 """The properties of DESIGN §5, each a module ``qzpay.conformance.<property>``."""
 
