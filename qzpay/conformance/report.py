@@ -31,6 +31,7 @@ PROPERTIES: tuple[str, ...] = (
     "aggregates",
     "filters",
     "large_transactions",
+    "cross_tenant",
 )
 """The properties of DESIGN §5, each a module ``qzpay.conformance.<property>``."""
 
