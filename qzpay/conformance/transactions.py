@@ -247,7 +247,8 @@ async def test_a_refusal_at_flush_or_commit_keeps_nothing(
         if refusal == "unique_key"
         else "a transaction updating from a stale version"
     )
-    with expect.refusal(ConflictError, f"{what} (after {after.replace('_', ' ')})", FIX):
+    owner = "atomic_operations (unique keys)" if refusal == "unique_key" else "optimistic_locking"
+    with expect.precondition(ConflictError, f"{what} (after {after.replace('_', ' ')})", owner):
         async with before.store.transaction(TEST) as tx:
             await _base_writes(tx, before, inserted)
             await AFTER[after](tx, before, inserted)
