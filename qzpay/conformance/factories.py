@@ -117,6 +117,24 @@ def postgres_url() -> str:
     return os.environ.get(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL)
 
 
+async def postgres_unavailable(url: str | None = None, *, timeout: float = 3) -> str | None:
+    """Why no PostgreSQL can be used at ``url`` (default ``QZPAY_TEST_POSTGRES_URL``), or
+    ``None`` when one answers: test runs skip (or, in CI, fail) with this reason."""
+    url = postgres_url() if url is None else url
+    try:
+        import asyncpg
+
+        from qzpay.adapters.postgres import asyncpg_dsn
+    except ImportError as error:
+        return f"cannot import the PostgreSQL adapter: {error}"
+    try:
+        connection = await asyncpg.connect(asyncpg_dsn(url), timeout=timeout)
+    except Exception as error:
+        return f"no PostgreSQL at {POSTGRES_URL_ENV}={url} ({type(error).__name__}: {error})"
+    await connection.close()
+    return None
+
+
 def postgres(options: StoreOptions) -> StoreHandle:
     """A ``PostgresStorage`` on ``QZPAY_TEST_POSTGRES_URL`` under a prefix tagged per test."""
     from qzpay.adapters.postgres import PostgresStorage
