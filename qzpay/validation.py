@@ -18,6 +18,7 @@ T = TypeVar("T")
 _EMAIL: Final = re.compile(r"^[^@\s]+@[^@\s]+$")
 _KEY: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _TENANT: Final = _KEY
+_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
 MAX_METADATA_KEYS: Final = 50
 
 
@@ -41,6 +42,36 @@ class Unset:
 UNSET: Final = Unset()
 
 
+def storable_text(value: str, *, field: str) -> str:
+    """``value`` if every adapter can store it: no NUL and no lone surrogate.
+
+    PostgreSQL refuses both in text (SQLite and memory keep them), so without this check the
+    same input would be stored on one adapter and fail on another, late and opaquely, after
+    a provider was charged. Refusing it here makes every adapter answer alike, before any
+    write or charge.
+
+    >>> storable_text("Ann", field="name")
+    'Ann'
+    >>> storable_text("A\\x00nn", field="name")
+    Traceback (most recent call last):
+    ...
+    qzpay.errors.ValidationError: name: must not contain U+0000 (NUL), found at position 1; PostgreSQL cannot store it in text
+    """
+    problem = _unstorable(value)
+    if problem is not None:
+        raise ValidationError(f"must not contain {problem}", field=field, rule="storable_text")
+    return value
+
+
+def _unstorable(value: str) -> str | None:
+    found = _UNSTORABLE.search(value)
+    if found is None:
+        return None
+    char = found.group()
+    what = "U+0000 (NUL)" if char == "\x00" else f"U+{ord(char):04X} (a lone surrogate)"
+    return f"{what}, found at position {found.start()}; PostgreSQL cannot store it in text"
+
+
 def text(value: object, *, field: str, max_length: int = 500) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError("must be a non-empty string", field=field, rule="required_text")
@@ -48,7 +79,7 @@ def text(value: object, *, field: str, max_length: int = 500) -> str:
         raise ValidationError(
             f"must be at most {max_length} characters", field=field, rule="max_length"
         )
-    return value
+    return storable_text(value, field=field)
 
 
 def optional_text(value: object, *, field: str, max_length: int = 500) -> str | None:
@@ -127,13 +158,18 @@ def metadata(value: object, *, field: str = "metadata") -> dict[str, str]:
             raise ValidationError(
                 "keys must be strings of 1-40 characters", field=field, rule="metadata"
             )
+        problem = _unstorable(name)
+        if problem is not None:  # such a key cannot name the field: it is the bad text
+            raise ValidationError(
+                f"key {name!r} must not contain {problem}", field=field, rule="storable_text"
+            )
         if not isinstance(item, str) or len(item) > 500:
             raise ValidationError(
                 f"value of {name!r} must be a string of at most 500 characters",
                 field=field,
                 rule="metadata",
             )
-        checked[name] = item
+        checked[name] = storable_text(item, field=f"{field}.{name}")
     return checked
 
 
