@@ -21,6 +21,7 @@ from qzpay.contracts.events import Event, EventBus
 from qzpay.contracts.provider import PaymentProvider
 from qzpay.contracts.storage import Scope, StoragePort, StorageTransaction
 from qzpay.domain.records import AuditLog
+from qzpay.domain.registry import spec_for
 from qzpay.errors import ConfigurationError, NotFoundError
 from qzpay.ids import new_id
 from qzpay.timestamps import aware_utc
@@ -150,9 +151,12 @@ async def require(tx: StorageTransaction, kind: type[Any], entity_id: UUID, *, f
 def missing(
     tx: StorageTransaction, kind: type[Any], entity_id: UUID, *, field: str
 ) -> NotFoundError:
-    """The error for an id that names nothing in this livemode and tenant."""
+    """The error for an id that names nothing in this livemode and tenant.
+
+    The kind is named in words (``payment method``), as a user reading the message says it.
+    """
     return NotFoundError(
-        f"no {kind.__name__.lower()} with id {entity_id} in this "
+        f"no {spec_for(kind).label} with id {entity_id} in "
         f"{'live' if tx.scope.livemode else 'test'} mode"
         + (f" and tenant {tx.scope.tenant_id!r}" if tx.scope.tenant_id else ""),
         field=field,
