@@ -164,12 +164,20 @@ async def test_deleted_rows_leave_no_hole_in_the_pages(shared: Shared) -> None:
         for row in rows[::3]:
             await tx.soft_delete(Customer, row.id, at=NOW)
     live = {row.id for row in rows} - {row.id for row in rows[::3]}
+    async with store.transaction(TEST, readonly=True) as tx:
+        counted = await tx.count(Customer, filters={"name": tag})
+        everything = await tx.count(Customer, filters={"name": tag}, include_deleted=True)
+    if (counted, everything) != (13, 20):
+        pytest.skip(
+            f"count gave {counted} (expected 13) and with include_deleted {everything} (expected "
+            "20) after 7 of 20 were deleted: that is the soft_deletes group's rule"
+        )
     seen, _ = await _walk(store, tag)
-    everything, _ = await _walk(store, tag, include_deleted=True)
+    walked, _ = await _walk(store, tag, include_deleted=True)
     expect.that(
-        sorted(seen) == sorted(live) and sorted(everything) == sorted(row.id for row in rows),
+        sorted(seen) == sorted(live) and sorted(walked) == sorted(row.id for row in rows),
         f"with 7 of 20 customers deleted, paging saw {len(seen)} (expected 13) and with "
-        f"include_deleted {len(everything)} (expected 20)",
+        f"include_deleted {len(walked)} (expected 20)",
         FIX + "; apply the deleted_at filter in the same query as the cursor",
     )
 

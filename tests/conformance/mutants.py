@@ -2,17 +2,17 @@
 
 Each ``make_<mutant>`` is a conformance factory (``--qzpay-store
 tests.conformance.mutants:make_<mutant>``) that wraps a good adapter, MemoryStorage or
-SQLiteStorage, usually by wrapping its transaction object, so that exactly one rule breaks.
-``test_suite_catches_mutants.py`` asserts the suite fails each in the right property group.
-``make_single_connection`` is not broken: it declares an optional capability unsupported, so
-the report must say "not supported" with its reason.
+SQLiteStorage, usually by wrapping its transaction object or subclassing MemoryStorage's,
+so that exactly one rule breaks. ``test_suite_catches_mutants.py`` asserts the suite fails
+each in the right property group and in no other. ``make_single_connection`` is not broken:
+it declares an optional capability unsupported, so the report must say "not supported" with
+its reason.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager, closing
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
@@ -22,15 +22,21 @@ import anyio.lowlevel
 import attrs
 
 from qzpay.adapters import storage_rules as rules
-from qzpay.adapters.memory import MemoryStorage, _MemoryTransaction, _Table
+from qzpay.adapters.memory import MemoryStorage, _MemorySweep, _MemoryTransaction, _Table
 from qzpay.adapters.sqlite import SQLiteStorage
 from qzpay.conformance import Capabilities, StoreHandle, StoreOptions, factories
-from qzpay.contracts.storage import Filters, Page, Scope, StoragePort, StorageTransaction
-from qzpay.domain.payments import Payment, Refund
-from qzpay.domain.promotions import PromoCode, PromoCodeUsage
-from qzpay.domain.records import IdempotencyKey
-from qzpay.domain.registry import spec_for
-from qzpay.domain.subscriptions import Subscription
+from qzpay.contracts.filters import Condition, Op, matches
+from qzpay.contracts.storage import (
+    Filters,
+    Group,
+    Page,
+    Scope,
+    StoragePort,
+    StorageTransaction,
+    TenantSweep,
+)
+from qzpay.domain.registry import EntitySpec
+from qzpay.errors import StorageError
 
 E = TypeVar("E")
 
@@ -77,6 +83,19 @@ class WrappedTransaction:
     ) -> int:
         return await self.inner.count(kind, filters=filters, include_deleted=include_deleted)
 
+    async def aggregate(
+        self,
+        kind: type[E],
+        *,
+        group_by: Sequence[str] = (),
+        sums: Sequence[str] = (),
+        filters: Filters | None = None,
+        include_deleted: bool = False,
+    ) -> Sequence[Group]:
+        return await self.inner.aggregate(
+            kind, group_by=group_by, sums=sums, filters=filters, include_deleted=include_deleted
+        )
+
     async def insert(self, entity: E) -> None:
         await self.inner.insert(entity)
 
@@ -91,24 +110,28 @@ class WrappedTransaction:
     async def flush(self) -> None:
         await self.inner.flush()
 
-    async def next_invoice_number(self) -> int:
-        return await self.inner.next_invoice_number()
+    async def claim(
+        self, kind: type[E], *, now: datetime, limit: int, claimant: str, lease: timedelta
+    ) -> Sequence[E]:
+        return await self.inner.claim(kind, now=now, limit=limit, claimant=claimant, lease=lease)
 
-    async def redeem_promo_code(self, usage: PromoCodeUsage) -> PromoCode:
-        return await self.inner.redeem_promo_code(usage)
+    async def increment(
+        self,
+        kind: type[E],
+        id: UUID,
+        column: str,
+        by: int,
+        *,
+        at_most: int | str | None = None,
+        at: datetime | None = None,
+    ) -> E | None:
+        return await self.inner.increment(kind, id, column, by, at_most=at_most, at=at)
 
-    async def add_refund(self, refund: Refund) -> Payment:
-        return await self.inner.add_refund(refund)
+    async def next_number(self, sequence: str) -> int:
+        return await self.inner.next_number(sequence)
 
-    async def claim_due_subscriptions(
-        self, *, now: datetime, limit: int, claimant: str, lease: timedelta
-    ) -> Sequence[Subscription]:
-        return await self.inner.claim_due_subscriptions(
-            now=now, limit=limit, claimant=claimant, lease=lease
-        )
-
-    async def store_idempotency_key(self, record: IdempotencyKey) -> IdempotencyKey:
-        return await self.inner.store_idempotency_key(record)
+    async def insert_or_get(self, entity: E, *, on: Sequence[str]) -> tuple[E, bool]:
+        return await self.inner.insert_or_get(entity, on=on)
 
 
 class WrappedStorage:
@@ -147,6 +170,11 @@ class WrappedStorage:
         async with self.inner.transaction(scope, readonly=readonly) as tx:
             yield self.transaction_class(tx)
 
+    @asynccontextmanager
+    async def across_tenants(self, *, livemode: bool) -> AsyncIterator[TenantSweep]:
+        async with self.inner.across_tenants(livemode=livemode) as sweep:
+            yield sweep
+
 
 def _wrapped(
     handle: StoreHandle,
@@ -162,10 +190,12 @@ def _wrapped(
 
 
 class MutantMemoryStorage(MemoryStorage):
-    """MemoryStorage whose transactions are ``transaction_class``, optionally without the
-    database lock (like a SQL database at READ COMMITTED without row locks)."""
+    """MemoryStorage whose transactions are ``transaction_class`` and sweeps ``sweep_class``,
+    optionally without the database lock (like a SQL database at READ COMMITTED without row
+    locks)."""
 
     transaction_class: type[_MemoryTransaction] = _MemoryTransaction
+    sweep_class: type[_MemorySweep] = _MemorySweep
     locked = True
 
     @asynccontextmanager
@@ -182,15 +212,29 @@ class MutantMemoryStorage(MemoryStorage):
                 tx.undo()
                 raise
 
+    @asynccontextmanager
+    async def across_tenants(self, *, livemode: bool) -> AsyncIterator[TenantSweep]:
+        async with self.database.lock:
+            yield self.sweep_class(self._tables, livemode)
 
-def _memory_mutant(options: StoreOptions, storage_class: type[MutantMemoryStorage]) -> StoreHandle:
+
+def _memory_mutant(
+    options: StoreOptions,
+    transaction_class: type[_MemoryTransaction] = _MemoryTransaction,
+    *,
+    sweep_class: type[_MemorySweep] = _MemorySweep,
+    locked: bool = True,
+) -> StoreHandle:
     good = factories.memory(options)
     assert isinstance(good.storage, MemoryStorage)
-    storage = storage_class(
+    storage = MutantMemoryStorage(
         table_prefix=options.table_prefix,
         multi_tenant=options.multi_tenant,
         database=good.storage.database,
     )
+    storage.transaction_class = transaction_class
+    storage.sweep_class = sweep_class
+    storage.locked = locked
     return attrs.evolve(good, storage=storage)
 
 
@@ -202,7 +246,12 @@ def _visible_ignoring_tenant(
     )
 
 
-# -- the mutants ---------------------------------------------------------------------------
+def _filtered(rows: Sequence[Any], filters: Filters | None, test: Callable[..., bool]) -> list[Any]:
+    items = filters.items() if filters else ()
+    return [row for row in rows if all(test(c, getattr(row, name)) for name, c in items)]
+
+
+# -- soft deletes ---------------------------------------------------------------------------
 
 
 class _ReturnsDeletedRows(WrappedTransaction):
@@ -239,8 +288,52 @@ def make_returns_soft_deleted_rows(options: StoreOptions) -> StoreHandle:
     return _wrapped(factories.memory(options), _ReturnsDeletedRows)
 
 
+class _AggregateCountsDeleted(_MemoryTransaction):
+    """Aggregates include soft-deleted rows; every other read hides them."""
+
+    async def aggregate(
+        self,
+        kind: type[E],
+        *,
+        group_by: Sequence[str] = (),
+        sums: Sequence[str] = (),
+        filters: Filters | None = None,
+        include_deleted: bool = False,
+    ) -> Sequence[Group]:
+        return await super().aggregate(
+            kind, group_by=group_by, sums=sums, filters=filters, include_deleted=True
+        )
+
+
+def make_aggregate_counts_deleted_rows(options: StoreOptions) -> StoreHandle:
+    return _memory_mutant(options, _AggregateCountsDeleted)
+
+
+class _HardDelete(_MemoryTransaction):
+    """``soft_delete`` removes the row for real (a DELETE): it is gone, include_deleted or
+    not."""
+
+    async def soft_delete(
+        self, kind: type[E], id: UUID, *, at: datetime, expected_version: int | None = None
+    ) -> None:
+        await super().soft_delete(kind, id, at=at, expected_version=expected_version)
+        table = self._table(kind)
+        row = table.rows.pop(id)
+        for key, values in table.index_keys(row):
+            table.indexes[key].pop(values, None)
+        self._undo.append(lambda: table.rows.__setitem__(id, row))
+
+
+def make_hard_deletes(options: StoreOptions) -> StoreHandle:
+    return _memory_mutant(options, _HardDelete)
+
+
+# -- tenancy, livemode, prefixes ------------------------------------------------------------
+
+
 class _TenantBlindReads(_MemoryTransaction):
-    """Reads (get, list, count, find by filter, claims) forget the tenant; writes keep it."""
+    """Reads (get, list, count, find by filter, aggregates, claims) forget the tenant; writes
+    keep it."""
 
     async def get(self, kind: type[E], id: UUID, *, include_deleted: bool = False) -> E | None:
         table = self._table(kind)
@@ -250,25 +343,21 @@ class _TenantBlindReads(_MemoryTransaction):
         return row  # type: ignore[no-any-return]
 
     def _matching(self, table: _Table, filters: Filters | None, include_deleted: bool) -> list[Any]:
-        items = filters.items() if filters else ()
-        return [
+        rules.check_filters(table.spec, filters)
+        rows = [
             row
             for row in table.rows.values()
             if _visible_ignoring_tenant(self, table, row, include_deleted)
-            and all(getattr(row, name) == value for name, value in items)
         ]
-
-
-class _TenantBlindReadsStorage(MutantMemoryStorage):
-    transaction_class = _TenantBlindReads
+        return _filtered(rows, filters, matches)
 
 
 def make_ignores_tenant_on_reads(options: StoreOptions) -> StoreHandle:
-    return _memory_mutant(options, _TenantBlindReadsStorage)
+    return _memory_mutant(options, _TenantBlindReads)
 
 
 class _TenantBlindWrites(_MemoryTransaction):
-    """Updates and deletes find their row by id and livemode alone, whatever its tenant."""
+    """Updates, deletes and increments find their row by id and livemode alone."""
 
     def _current(self, table: _Table, entity_id: UUID) -> Any:
         row = table.rows.get(entity_id)
@@ -277,12 +366,8 @@ class _TenantBlindWrites(_MemoryTransaction):
         return row
 
 
-class _TenantBlindWritesStorage(MutantMemoryStorage):
-    transaction_class = _TenantBlindWrites
-
-
 def make_ignores_tenant_on_updates(options: StoreOptions) -> StoreHandle:
-    return _memory_mutant(options, _TenantBlindWritesStorage)
+    return _memory_mutant(options, _TenantBlindWrites)
 
 
 class _LivemodeBlindUnique(_MemoryTransaction):
@@ -291,18 +376,60 @@ class _LivemodeBlindUnique(_MemoryTransaction):
     def _check_unique(self, table: _Table, row: Any) -> None:
         super()._check_unique(table, row)
         other_side = attrs.evolve(row, livemode=not row.livemode)
-        for columns, key in table.index_keys(other_side):
-            holder = table.indexes[columns].get(key)
+        for key, values in table.index_keys(other_side):
+            holder = table.indexes[key].get(values)
             if holder is not None and holder != row.id:
-                raise rules.unique_conflict(table.spec, columns)
-
-
-class _LivemodeBlindUniqueStorage(MutantMemoryStorage):
-    transaction_class = _LivemodeBlindUnique
+                raise rules.unique_conflict(table.spec, key.columns)
 
 
 def make_ignores_livemode_in_unique_check(options: StoreOptions) -> StoreHandle:
-    return _memory_mutant(options, _LivemodeBlindUniqueStorage)
+    return _memory_mutant(options, _LivemodeBlindUnique)
+
+
+class _AggregateBlindToLivemode(_MemoryTransaction):
+    """Aggregates sum the rows of both livemodes; every other read keeps to the scope's."""
+
+    async def aggregate(
+        self,
+        kind: type[E],
+        *,
+        group_by: Sequence[str] = (),
+        sums: Sequence[str] = (),
+        filters: Filters | None = None,
+        include_deleted: bool = False,
+    ) -> Sequence[Group]:
+        table = self._table(kind)
+        rules.check_aggregate(table.spec, group_by, sums)
+        rules.check_filters(table.spec, filters)
+        rows = _filtered(
+            [
+                row
+                for row in table.rows.values()
+                if row.tenant_id == self.scope.tenant_id
+                and (include_deleted or not table.spec.soft_delete or row.deleted_at is None)
+            ],
+            filters,
+            matches,
+        )
+        groups: dict[tuple[Any, ...], list[Any]] = {}
+        for row in rows:
+            groups.setdefault(tuple(getattr(row, name) for name in group_by), []).append(row)
+        if not group_by and not groups:
+            groups[()] = []
+        return [
+            Group(
+                key=dict(zip(group_by, values, strict=True)),
+                count=len(members),
+                sums={name: sum(getattr(r, name) or 0 for r in members) for name in sums},
+            )
+            for values, members in sorted(
+                groups.items(), key=lambda item: [(v is not None, v) for v in item[0]]
+            )
+        ]
+
+
+def make_aggregate_ignores_livemode(options: StoreOptions) -> StoreHandle:
+    return _memory_mutant(options, _AggregateBlindToLivemode)
 
 
 def make_ignores_the_prefix(options: StoreOptions) -> StoreHandle:
@@ -327,6 +454,9 @@ def make_writes_outside_the_prefix(options: StoreOptions) -> StoreHandle:
     return attrs.evolve(good, storage=WrappedStorage(storage, reported_prefix=options.table_prefix))
 
 
+# -- optimistic locking and the atomic primitives -------------------------------------------
+
+
 class _NoVersionCheck(WrappedTransaction):
     """Every update expects whatever version is stored now: a stale write always wins."""
 
@@ -338,46 +468,55 @@ class _NoVersionCheck(WrappedTransaction):
 
 
 def make_skips_the_version_check(options: StoreOptions) -> StoreHandle:
-    return _wrapped(factories.sqlite(options), _NoVersionCheck)
+    return _wrapped(factories.memory(options), _NoVersionCheck)
 
 
-class _RacyRedemption(_MemoryTransaction):
-    """Redeems with a read, a pause, and a blind write: concurrent redemptions all pass."""
+class _RacyIncrement(_MemoryTransaction):
+    """Checks the bound on a read, pauses, then writes what it read plus ``by``: concurrent
+    increments all pass the bound (and overwrite each other)."""
 
-    async def redeem_promo_code(self, usage: PromoCodeUsage) -> PromoCode:
-        code = await self.get(PromoCode, usage.promo_code_id)
-        if code is None:
-            raise rules.missing(spec_for(PromoCode), usage.promo_code_id)
-        used = await self.count(
-            PromoCodeUsage,
-            filters={"promo_code_id": code.id, "customer_id": usage.customer_id},
-        )
-        rules.check_redemption(code, used)
-        await anyio.lowlevel.checkpoint()  # another task redeems here, from the same stale read
-        await self.insert(usage)
-        redeemed = attrs.evolve(
-            code, times_redeemed=code.times_redeemed + 1, version=code.version + 1
-        )
-        self._put(self._table(PromoCode), redeemed)
-        return redeemed
+    async def increment(
+        self,
+        kind: type[E],
+        id: UUID,
+        column: str,
+        by: int,
+        *,
+        at_most: int | str | None = None,
+        at: datetime | None = None,
+    ) -> E | None:
+        self._check_writable()
+        table = self._table(kind)
+        rules.check_increment(table.spec, column, by, at_most)
+        current = self._current(table, id)
+        value = getattr(current, column) + by
+        bound = getattr(current, at_most) if isinstance(at_most, str) else at_most
+        if bound is not None and value > bound:
+            return None
+        await anyio.lowlevel.checkpoint()  # another task increments here, from the same read
+        changes: dict[str, Any] = {column: value}
+        if table.spec.versioned:
+            changes["version"] = current.version + 1
+        if at is not None and "updated_at" in table.spec.fields:
+            changes["updated_at"] = at
+        updated = attrs.evolve(current, **changes)
+        self._put(table, updated)
+        return updated  # type: ignore[no-any-return]
 
 
-class _RacyRedemptionStorage(MutantMemoryStorage):
-    transaction_class = _RacyRedemption
-    locked = False
-
-
-def make_redeems_non_atomically(options: StoreOptions) -> StoreHandle:
-    return _memory_mutant(options, _RacyRedemptionStorage)
+def make_increments_non_atomically(options: StoreOptions) -> StoreHandle:
+    return _memory_mutant(options, _RacyIncrement, locked=False)
 
 
 class _DoubleClaim(_MemoryTransaction):
-    """Claims every due subscription, including those another claimant holds."""
+    """Claims every due row, including those another claimant's live lease holds."""
 
-    async def claim_due_subscriptions(
-        self, *, now: datetime, limit: int, claimant: str, lease: timedelta
-    ) -> Sequence[Subscription]:
-        table = self._table(Subscription)
+    async def claim(
+        self, kind: type[E], *, now: datetime, limit: int, claimant: str, lease: timedelta
+    ) -> Sequence[E]:
+        self._check_writable()
+        table = self._table(kind)
+        rules.check_claimable(table.spec)
         due = sorted(
             (
                 row
@@ -388,20 +527,60 @@ class _DoubleClaim(_MemoryTransaction):
         )[:limit]
         claimed = []
         for row in due:
-            held = attrs.evolve(
-                row, claimed_by=claimant, claimed_until=now + lease, version=row.version + 1
-            )
+            held = attrs.evolve(row, claimed_by=claimant, claimed_until=now + lease)
             self._put(table, held)
             claimed.append(held)
         return claimed
 
 
-class _DoubleClaimStorage(MutantMemoryStorage):
-    transaction_class = _DoubleClaim
-
-
 def make_double_claims(options: StoreOptions) -> StoreHandle:
-    return _memory_mutant(options, _DoubleClaimStorage)
+    return _memory_mutant(options, _DoubleClaim)
+
+
+class _ClaimBumpsVersion(_MemoryTransaction):
+    """A claim writes the lease as an update would: version + 1 and updated_at = now."""
+
+    async def claim(
+        self, kind: type[E], *, now: datetime, limit: int, claimant: str, lease: timedelta
+    ) -> Sequence[E]:
+        claimed = await super().claim(kind, now=now, limit=limit, claimant=claimant, lease=lease)
+        table = self._table(kind)
+        bumped = []
+        for row in claimed:
+            again = attrs.evolve(row, version=row.version + 1, updated_at=now)  # type: ignore[misc,attr-defined]
+            self._put(table, again)
+            bumped.append(again)
+        return bumped
+
+
+def make_claim_bumps_the_version(options: StoreOptions) -> StoreHandle:
+    return _memory_mutant(options, _ClaimBumpsVersion)
+
+
+class _UpdateWritesTheLease(_MemoryTransaction):
+    """``update`` writes every column, the lease columns too (a user's edit drops the lease)."""
+
+    async def update(self, entity: E, *, expected_version: int | None = None) -> E:
+        updated = await super().update(entity, expected_version=expected_version)
+        table = self._table(type(entity))
+        if table.spec.claimable:
+            stored = table.rows[entity.id]  # type: ignore[attr-defined]
+            self._put(
+                table,
+                attrs.evolve(
+                    stored,
+                    claimed_by=entity.claimed_by,  # type: ignore[attr-defined]
+                    claimed_until=entity.claimed_until,  # type: ignore[attr-defined]
+                ),
+            )
+        return updated
+
+
+def make_update_overwrites_the_lease(options: StoreOptions) -> StoreHandle:
+    return _memory_mutant(options, _UpdateWritesTheLease)
+
+
+# -- transactions ---------------------------------------------------------------------------
 
 
 class _Recording(WrappedTransaction):
@@ -427,9 +606,15 @@ class _Recording(WrappedTransaction):
         self.writes.append(lambda tx: tx.soft_delete(kind, id, at=at))
 
 
+PARTIAL_UP_TO = 100
+"""``make_leaves_partial_writes`` replays failed transactions of up to this many writes (the
+large ones are ``make_keeps_part_of_a_large_transaction``'s)."""
+
+
 class _PartialWrites(WrappedStorage):
-    """When a transaction fails, writes what it had written so far anyway (one by one, each
-    in its own transaction, skipping those the database refuses): a partial write."""
+    """When a transaction of up to ``PARTIAL_UP_TO`` writes fails, writes what it had written
+    so far anyway (one by one, each in its own transaction, skipping those the database
+    refuses): a partial write."""
 
     @asynccontextmanager
     async def transaction(
@@ -441,7 +626,7 @@ class _PartialWrites(WrappedStorage):
                 recording = _Recording(tx)
                 yield recording
         except BaseException:
-            if recording is not None:
+            if recording is not None and len(recording.writes) <= PARTIAL_UP_TO:
                 with anyio.CancelScope(shield=True):
                     await self._replay(scope, recording.writes)
             raise
@@ -458,52 +643,268 @@ class _PartialWrites(WrappedStorage):
 
 
 def make_leaves_partial_writes(options: StoreOptions) -> StoreHandle:
-    good = factories.sqlite(options)
+    good = factories.memory(options)
     return attrs.evolve(good, storage=_PartialWrites(good.storage))
 
 
-class _HardDelete(WrappedTransaction):
-    """``soft_delete`` removes the row for real (a DELETE once the transaction commits):
-    it is gone, include_deleted or not."""
+class _ReadonlyWrites(WrappedStorage):
+    """Opens every transaction writable: ``readonly=True`` is ignored."""
+
+    @asynccontextmanager
+    async def transaction(
+        self, scope: Scope, *, readonly: bool = False
+    ) -> AsyncIterator[StorageTransaction]:
+        async with self.inner.transaction(scope) as tx:
+            yield tx
+
+
+def make_readonly_allows_writes(options: StoreOptions) -> StoreHandle:
+    good = factories.memory(options)
+    return attrs.evolve(good, storage=_ReadonlyWrites(good.storage))
+
+
+# -- large transactions ---------------------------------------------------------------------
+
+WRITE_LIMIT = 1_000
+
+
+class _Counting(WrappedTransaction):
+    """Counts the writes of a transaction and calls ``on_limit`` at every ``WRITE_LIMIT``."""
+
+    on_limit: Callable[[], Awaitable[None]] | None = None
 
     def __init__(self, inner: StorageTransaction) -> None:
         super().__init__(inner)
-        self.deleted: list[tuple[str, UUID]] = []
+        self.writes = 0
+
+    async def _count(self) -> None:
+        self.writes += 1
+        if self.writes % WRITE_LIMIT == 0 and self.on_limit is not None:
+            await self.on_limit()
+
+    async def insert(self, entity: E) -> None:
+        await self._count()
+        await self.inner.insert(entity)
+
+    async def update(self, entity: E, *, expected_version: int | None = None) -> E:
+        await self._count()
+        return await self.inner.update(entity, expected_version=expected_version)
 
     async def soft_delete(
         self, kind: type[E], id: UUID, *, at: datetime, expected_version: int | None = None
     ) -> None:
+        await self._count()
         await self.inner.soft_delete(kind, id, at=at, expected_version=expected_version)
-        self.deleted.append((spec_for(kind).table, id))
 
 
-class _HardDeletes(WrappedStorage):
-    def __init__(self, inner: SQLiteStorage) -> None:
-        super().__init__(inner)
-        self.sqlite = inner
+class _TooManyWrites(WrappedStorage):
+    """Fails a transaction at its 1,000th buffered write, as a batcher that builds one
+    statement for everything hits a parameter or column limit."""
 
     @asynccontextmanager
     async def transaction(
         self, scope: Scope, *, readonly: bool = False
     ) -> AsyncIterator[StorageTransaction]:
         async with self.inner.transaction(scope, readonly=readonly) as tx:
-            wrapped = _HardDelete(tx)
-            yield wrapped
-        if wrapped.deleted:
-            await anyio.to_thread.run_sync(self._delete, wrapped.deleted)
+            counting = _Counting(tx)
 
-    def _delete(self, rows: list[tuple[str, UUID]]) -> None:
-        with closing(sqlite3.connect(self.sqlite.path, timeout=30)) as connection, connection:
-            for table, id in rows:
-                connection.execute(
-                    f"DELETE FROM {self.sqlite.table_prefix}{table} WHERE id = ?", (id.hex,)
-                )
+            async def refuse() -> None:
+                raise StorageError(f"too many buffered writes ({WRITE_LIMIT})", retryable=False)
+
+            counting.on_limit = refuse
+            yield counting
 
 
-def make_hard_deletes(options: StoreOptions) -> StoreHandle:
-    good = factories.sqlite(options)
-    assert isinstance(good.storage, SQLiteStorage)
-    return attrs.evolve(good, storage=_HardDeletes(good.storage))
+def make_fails_above_1000_writes(options: StoreOptions) -> StoreHandle:
+    good = factories.memory(options)
+    return attrs.evolve(good, storage=_TooManyWrites(good.storage))
+
+
+class _ChunkedCommits(WrappedStorage):
+    """Commits every 1,000 writes and goes on in a new transaction: a failure later keeps the
+    chunks already committed."""
+
+    @asynccontextmanager
+    async def transaction(
+        self, scope: Scope, *, readonly: bool = False
+    ) -> AsyncIterator[StorageTransaction]:
+        chunk = AsyncExitStack()
+        counting = _Counting(
+            await chunk.enter_async_context(self.inner.transaction(scope, readonly=readonly))
+        )
+
+        async def commit_and_go_on() -> None:
+            nonlocal chunk
+            await chunk.aclose()  # commits the chunk so far
+            chunk = AsyncExitStack()
+            counting.inner = await chunk.enter_async_context(
+                self.inner.transaction(scope, readonly=readonly)
+            )
+
+        counting.on_limit = commit_and_go_on
+        try:
+            yield counting
+        except BaseException as error:
+            await chunk.__aexit__(type(error), error, error.__traceback__)  # this chunk only
+            raise
+        await chunk.aclose()
+
+
+def make_keeps_part_of_a_large_transaction(options: StoreOptions) -> StoreHandle:
+    good = factories.memory(options)
+    return attrs.evolve(good, storage=_ChunkedCommits(good.storage))
+
+
+# -- filters and aggregates -----------------------------------------------------------------
+
+
+def _within_inclusive(condition: object, value: object) -> bool:
+    if isinstance(condition, Condition) and condition.op is Op.WITHIN and value is not None:
+        lower, upper = condition.value
+        return bool(lower <= value <= upper)
+    return matches(condition, value)
+
+
+def _one_of_anything(condition: object, value: object) -> bool:
+    if isinstance(condition, Condition) and condition.op is Op.IN:
+        return value is not None
+    return matches(condition, value)
+
+
+def _with_matcher(test: Callable[[object, object], bool]) -> type[_MemoryTransaction]:
+    class _Matching(_MemoryTransaction):
+        def _matching(
+            self, table: _Table, filters: Filters | None, include_deleted: bool
+        ) -> list[Any]:
+            rules.check_filters(table.spec, filters)
+            rows = [
+                row for row in table.rows.values() if self._visible(table, row, include_deleted)
+            ]
+            return _filtered(rows, filters, test)
+
+        async def find(
+            self, kind: type[E], *, include_deleted: bool = False, **key: object
+        ) -> E | None:
+            rows = self._matching(self._table(kind), key, include_deleted)
+            return max(rows, key=lambda row: row.id) if rows else None
+
+    return _Matching
+
+
+def make_within_includes_the_upper_bound(options: StoreOptions) -> StoreHandle:
+    return _memory_mutant(options, _with_matcher(_within_inclusive))
+
+
+def make_one_of_ignores_its_values(options: StoreOptions) -> StoreHandle:
+    return _memory_mutant(options, _with_matcher(_one_of_anything))
+
+
+class _NullLast(_MemoryTransaction):
+    """Aggregate groups ordered with NULL last (PostgreSQL's default for ascending order)."""
+
+    async def aggregate(
+        self,
+        kind: type[E],
+        *,
+        group_by: Sequence[str] = (),
+        sums: Sequence[str] = (),
+        filters: Filters | None = None,
+        include_deleted: bool = False,
+    ) -> Sequence[Group]:
+        groups = await super().aggregate(
+            kind, group_by=group_by, sums=sums, filters=filters, include_deleted=include_deleted
+        )
+        return sorted(
+            groups, key=lambda g: [(g.key[name] is None, g.key[name] or "") for name in group_by]
+        )
+
+
+def make_aggregate_orders_null_last(options: StoreOptions) -> StoreHandle:
+    return _memory_mutant(options, _NullLast)
+
+
+# -- pagination and immutability ------------------------------------------------------------
+
+
+class _EmptyLastPage(WrappedTransaction):
+    """Hands out a cursor after every full page, so a list ending on a full page is followed
+    by an empty one."""
+
+    async def list(
+        self,
+        kind: type[E],
+        *,
+        filters: Filters | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+        include_deleted: bool = False,
+    ) -> Page[E]:
+        page = await self.inner.list(
+            kind, filters=filters, limit=limit, cursor=cursor, include_deleted=include_deleted
+        )
+        if page.next_cursor is None and len(page.items) == limit:
+            last: Any = page.items[-1]
+            return Page(items=page.items, next_cursor=rules.encode_cursor(last.id))
+        return page
+
+
+def make_ends_with_an_empty_page(options: StoreOptions) -> StoreHandle:
+    return _wrapped(factories.memory(options), _EmptyLastPage)
+
+
+def _thaw(row: Any, spec: EntitySpec[Any]) -> Any:
+    """The row with plain ``dict`` mappings, bypassing the frozen converters."""
+    for name in spec.fields:
+        value = getattr(row, name)
+        if hasattr(value, "keys") and not isinstance(value, dict):
+            object.__setattr__(row, name, dict(value))
+    return row
+
+
+class _HandsOutItsObjects(_MemoryTransaction):
+    """Keeps rows with mutable ``dict`` mappings and hands out the very objects it keeps."""
+
+    def _put(self, table: _Table, row: Any) -> None:
+        super()._put(table, _thaw(row, table.spec))
+
+
+def make_returns_its_stored_objects(options: StoreOptions) -> StoreHandle:
+    return _memory_mutant(options, _HandsOutItsObjects)
+
+
+# -- the cross-tenant sweep -----------------------------------------------------------------
+
+
+class _SweepBothLivemodes(_MemorySweep):
+    """The sweep answers rows of both livemodes."""
+
+    def _live(self, kind: type[Any]) -> tuple[EntitySpec[Any], list[Any]]:
+        table = self._tables[kind]
+        rows = [
+            row
+            for row in table.rows.values()
+            if not table.spec.soft_delete or row.deleted_at is None
+        ]
+        return table.spec, rows
+
+
+def make_sweep_ignores_livemode(options: StoreOptions) -> StoreHandle:
+    return _memory_mutant(options, sweep_class=_SweepBothLivemodes)
+
+
+class _SweepWithDeleted(_MemorySweep):
+    """The sweep answers soft-deleted rows too."""
+
+    def _live(self, kind: type[Any]) -> tuple[EntitySpec[Any], list[Any]]:
+        table = self._tables[kind]
+        return table.spec, [r for r in table.rows.values() if r.livemode is self._livemode]
+
+
+def make_sweep_returns_deleted_rows(options: StoreOptions) -> StoreHandle:
+    return _memory_mutant(options, sweep_class=_SweepWithDeleted)
+
+
+# -- capabilities ---------------------------------------------------------------------------
 
 
 def make_single_connection(options: StoreOptions) -> StoreHandle:
