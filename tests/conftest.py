@@ -17,7 +17,6 @@ the test (docs/decisions/0011-postgres-in-the-service-tests.md says why per test
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -104,14 +103,11 @@ def run_outside_the_test_loop(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return pool.submit(asyncio.run, work()).result()
 
 
-@functools.cache
-def _postgres_unavailable() -> str | None:
-    return run_outside_the_test_loop(postgres_unavailable)
-
-
-def require_postgres() -> None:
-    """Skip the test when no PostgreSQL answers; fail it when CI requires one."""
-    reason = _postgres_unavailable()
+@pytest.fixture(scope="session")
+def postgres_available() -> None:
+    """Skip the requesting tests when no PostgreSQL answers; fail them when CI requires one
+    (asked once per run; a skip or failure here is repeated for every test that asks)."""
+    reason = run_outside_the_test_loop(postgres_unavailable)
     if reason is None:
         return
     if os.environ.get("QZPAY_REQUIRE_POSTGRES") == "1":
@@ -145,7 +141,7 @@ def anyio_backend() -> str:
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     kind: StoreKind = request.param
     if kind == "postgres":
-        require_postgres()
+        request.getfixturevalue("postgres_available")
     factory = StoreFactory(kind, tmp_path / "billing.db", make_test_id(request.node.nodeid))
     try:
         yield factory

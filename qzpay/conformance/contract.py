@@ -11,10 +11,13 @@ prefix per ``test_id``, as the author prefers).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import inspect
 import os
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from types import ModuleType
 from typing import ClassVar, TypeAlias
@@ -22,7 +25,7 @@ from typing import ClassVar, TypeAlias
 import attrs
 
 from qzpay.contracts.storage import StoragePort
-from qzpay.errors import ConfigurationError
+from qzpay.errors import ConfigurationError, QZPayError, StorageError
 
 MANDATORY: tuple[str, ...] = ("prefixes", "tenancy", "livemode", "soft_deletes")
 """Properties every storage adapter must honor; none may be declared unsupported."""
@@ -221,3 +224,51 @@ async def make_handle(factory: StoreFactory, options: StoreOptions) -> StoreHand
             f"(storage, raw_url, cleanup, capabilities), not {type(made).__name__}"
         )
     return made
+
+
+def preflight(spec: str, factory: StoreFactory) -> str | None:
+    """``None`` if one store from ``factory`` opens and closes; else the one line to print.
+
+    Every test of the suite opens stores the same way, so a store that cannot open (the
+    database is down, the schema is missing) would fail every test alike, in thousands of
+    lines. Opening one first turns that into one line that says why. A factory that breaks
+    the contract (a wrong return type, a mandatory property declared unsupported) is not
+    caught here: the suite reports it, test by test, in the property it concerns.
+    """
+    try:
+        asyncio.run(_open_one_store(factory))
+    except _CannotOpen as error:
+        cause = error.__cause__ or error
+        message = " ".join(str(cause).split()) or type(cause).__name__
+        return f"qzpay conformance: cannot open the store from {spec}: {message}"
+    return None
+
+
+class _CannotOpen(Exception):
+    pass
+
+
+async def _open_one_store(factory: StoreFactory) -> None:
+    options = StoreOptions(test_id=f"preflight_{uuid.uuid4().hex[:12]}")
+    try:
+        handle = await make_handle(factory, options)
+    except (StorageError, OSError) as error:
+        raise _CannotOpen from error
+    except Exception:
+        return  # a broken contract or a bug: the suite's tests say which, where it matters
+    try:
+        try:
+            await handle.storage.open()
+        except (QZPayError, OSError) as error:
+            raise _CannotOpen from error
+        await handle.storage.close()
+    except BaseException:
+        if handle.cleanup is not None:
+            with contextlib.suppress(Exception):  # what failed first is what matters
+                await handle.cleanup()
+        raise
+    if handle.cleanup is not None:
+        try:
+            await handle.cleanup()
+        except (QZPayError, OSError) as error:
+            raise _CannotOpen(f"the store opened, but its cleanup failed: {error}") from None

@@ -4,7 +4,8 @@ Registered as the ``pytest11`` entry point ``qzpay_conformance``, so every pytes
 environment with qzpay installed loads it; it only adds its options. Given
 ``--qzpay-store MODULE:FACTORY`` it:
 
-1. imports the factory (a usage error if it cannot);
+1. imports the factory and opens one store from it (a usage error, one line, if either
+   fails: a database that is down would otherwise fail every test alike);
 2. registers the suite's fixtures (``qzpay.conformance.fixtures``) and makes sure anyio's
    pytest plugin is there to run the async tests;
 3. adds the suite's modules, ``qzpay/conformance/<property>.py`` of the INSTALLED package, to
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from qzpay.conformance.contract import load_factory
+from qzpay.conformance.contract import load_factory, preflight
 from qzpay.conformance.report import PROPERTIES, ConformanceReport, property_of
 from qzpay.errors import ConfigurationError
 
@@ -68,6 +69,10 @@ def pytest_configure(config: pytest.Config) -> None:
         factory = load_factory(spec)
     except ConfigurationError as error:
         raise pytest.UsageError(f"--qzpay-store {spec}: {error}") from None
+    if not config.option.collectonly:
+        problem = preflight(spec, factory)
+        if problem is not None:
+            raise pytest.UsageError(problem)
     _ensure_anyio(config)
     # Imported only when asked for: the fixtures pull in SQLAlchemy for the raw view.
     from qzpay.conformance import fixtures

@@ -13,10 +13,12 @@ import json
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import pytest
+
+if TYPE_CHECKING:  # the runner imports this module where pytest may not be installed
+    import pytest
 
 PROPERTIES: tuple[str, ...] = (
     "prefixes",

@@ -1,12 +1,20 @@
 """``qzpay conformance MODULE:FACTORY``: the suite as one command that fails on any failure.
 
-``run`` runs the suite in this process (what the command does); ``run_in_subprocess`` runs it
-in a fresh interpreter and returns the JSON verdict as well, for an adapter's own test suite
-("our store passes the conformance suite") or CI scripts.
+``run`` is what the command does; ``run_in_subprocess`` returns the JSON verdict as well,
+for an adapter's own test suite ("our store passes the conformance suite") or CI scripts.
+
+Both run pytest in a fresh interpreter. pytest rewrites the asserts of its plugins' modules
+as it imports them, and the process that runs ``qzpay conformance`` has imported anyio and
+qzpay already: in-process, pytest could not and would warn
+(``PytestAssertRewriteWarning: Module already imported``) on every run.
+
+pytest is not a dependency of qzpay, only of its ``conformance`` extra: this module imports
+without it, and ``run`` says in one line how to install it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -16,9 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import pytest
 
 from qzpay.conformance import report
+from qzpay.conformance.contract import load_factory, preflight
+from qzpay.errors import ConfigurationError
+
+INSTALL_HINT = "pip install 'qzpay[conformance]'"
+USAGE_ERROR = 4
+"""pytest's exit code for a usage error: the factory cannot be imported or its store opened."""
 
 
 def pytest_args(
@@ -47,9 +60,34 @@ def run(
     ``report="json"`` also writes the verdict to ``report_file`` (default
     ``conformance-report.json``); ``extra_pytest_args`` go to pytest as they are
     (``["-k", "tenancy", "-x"]``). The exit code is pytest's: 1 when a test failed, 4 when
-    the factory cannot be imported.
+    the factory cannot be imported or one store from it cannot be opened (one line on
+    stderr says why, instead of every test failing alike). Without pytest installed, raises
+    ``ConfigurationError`` saying how to install it.
     """
-    return int(pytest.main(pytest_args(factory, report, report_file, extra_pytest_args)))
+    require_pytest()
+    try:
+        loaded = load_factory(factory)
+    except ConfigurationError as error:
+        print(f"qzpay conformance: {factory}: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    problem = preflight(factory, loaded)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return USAGE_ERROR
+    args = pytest_args(factory, report, report_file, extra_pytest_args)
+    return subprocess.call([sys.executable, "-m", "pytest", *args])
+
+
+def require_pytest() -> None:
+    """Raise ``ConfigurationError`` (one line: what to install) when pytest is missing."""
+    try:
+        found = importlib.util.find_spec("pytest")
+    except ImportError:
+        found = None
+    if found is None:
+        raise ConfigurationError(
+            f"the conformance suite runs on pytest, which is not installed: {INSTALL_HINT}"
+        )
 
 
 @attrs.frozen
@@ -75,6 +113,7 @@ def run_in_subprocess(
 ) -> SuiteResult:
     """Run the suite against ``factory`` in a fresh Python (``cwd`` must let it import the
     factory's module) and return its verdict."""
+    require_pytest()
     with tempfile.TemporaryDirectory(prefix="qzpay-conformance-") as directory:
         report_file = Path(directory) / "report.json"
         args = pytest_args(factory, "json", str(report_file), extra_pytest_args)
