@@ -17,9 +17,12 @@ An adapter author writes a factory and points the suite at it::
             capabilities=Capabilities(multiple_connections=True),  # or "<why not>"
         )
 
-then runs ``qzpay conformance mypkg.store:make_store`` or, from their own pytest run,
+then installs the suite's runner (``pip install 'qzpay[conformance]'``: pytest) and runs
+``qzpay conformance mypkg.store:make_store`` or, from their own pytest run,
 ``pytest -p qzpay_conformance --qzpay-store mypkg.store:make_store``. The factory may be
-an ``async def``. See ``docs/adapter-authors.md`` for the whole contract.
+an ``async def``. Before any test, one store from the factory is opened: if it cannot be
+(the database is down), the run stops with one line that says why. See
+``docs/adapter-authors.md`` for the whole contract.
 
 The factory contract:
 
@@ -36,9 +39,8 @@ The factory contract:
   reason it is not supported). Prefixes, tenancy, livemode and soft deletes are mandatory:
   declaring them unsupported raises ``ConfigurationError``.
 
-One module per property, each a group in the report: ``prefixes``, ``tenancy``,
-``livemode``, ``soft_deletes``, ``optimistic_locking``, ``atomic_operations``,
-``transactions``, ``pagination``.
+One module per property, each a group in the report, as listed in ``PROPERTIES``
+(``prefixes``, ``tenancy``, ``livemode``, ``soft_deletes``, ...).
 """
 
 from qzpay.conformance.contract import (
