@@ -117,7 +117,7 @@ def postgres_url() -> str:
     return os.environ.get(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL)
 
 
-async def postgres_unavailable(url: str | None = None, *, timeout: float = 3) -> str | None:
+async def postgres_unavailable(url: str | None = None, *, connect_timeout: float = 3) -> str | None:
     """Why no PostgreSQL can be used at ``url`` (default ``QZPAY_TEST_POSTGRES_URL``), or
     ``None`` when one answers: test runs skip (or, in CI, fail) with this reason."""
     url = postgres_url() if url is None else url
@@ -128,7 +128,7 @@ async def postgres_unavailable(url: str | None = None, *, timeout: float = 3) ->
     except ImportError as error:
         return f"cannot import the PostgreSQL adapter: {error}"
     try:
-        connection = await asyncpg.connect(asyncpg_dsn(url), timeout=timeout)
+        connection = await asyncpg.connect(asyncpg_dsn(url), timeout=connect_timeout)
     except Exception as error:
         return f"no PostgreSQL at {POSTGRES_URL_ENV}={url} ({type(error).__name__}: {error})"
     await connection.close()
