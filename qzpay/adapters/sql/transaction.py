@@ -188,8 +188,9 @@ class SqlTransaction:
         self, kind: type[E], *, filters: Filters | None = None, include_deleted: bool = False
     ) -> int:
         spec = spec_for(kind)
+        params = self._filter_params(spec, filters)  # refuses unknown columns first
         statement = self._store.statements.count(spec, filter_shape(filters), include_deleted)
-        rows = await self._fetch(statement, self._filter_params(spec, filters))
+        rows = await self._fetch(statement, params)
         return int(rows[0][0])
 
     async def aggregate(
@@ -204,10 +205,11 @@ class SqlTransaction:
         spec = spec_for(kind)
         rules.check_aggregate(spec, group_by, sums)
         grouped, summed = tuple(group_by), tuple(sums)
+        params = self._filter_params(spec, filters)  # refuses unknown columns first
         statement = self._store.statements.aggregate(
             spec, grouped, summed, filter_shape(filters), include_deleted
         )
-        rows = await self._fetch(statement, self._filter_params(spec, filters))
+        rows = await self._fetch(statement, params)
         codec = self._store.codec(kind)
         width = len(grouped)
         return [
