@@ -7,7 +7,8 @@ keeps none of its writes, checked in a new transaction and, for SQL stores, in t
 itself (``test_a_failure_keeps_nothing[<after what>]``). A normal exit keeps every write, and
 reads inside the transaction see its own writes. A transaction opened ``readonly=True``
 refuses every write method with ``ConfigurationError`` and writes nothing
-(``test_readonly_refuses[<method>]``).
+(``test_readonly_refuses[<method>]``). Opens and closes of a store are counted: only the last
+close closes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 from qzpay.conformance import entities
 from qzpay.conformance.entities import NOW
 from qzpay.conformance.expect import Expectations
+from qzpay.conformance.harness import Harness
 from qzpay.conformance.shared import Shared, module_stores
 from qzpay.contracts.storage import Scope, StoragePort, StorageTransaction
 from qzpay.domain.customers import Customer
@@ -403,4 +405,26 @@ async def test_readonly_still_reads(shared: Shared) -> None:
         got is not None and len(page) == 1 and counted == 1 and groups[0].count == 1,
         "a readonly transaction could not read (get, list, count, aggregate)",
         "readonly refuses writes only",
+    )
+
+
+async def test_opens_and_closes_are_counted(conformance: Harness) -> None:
+    """An app's lifespan and a worker share one store: the first close must not close it."""
+    store = await conformance.store()  # opened once by the harness, closed once at the end
+    await store.open()
+    await store.close()
+    fix = (
+        "count open() and close(): every open needs its close, and only the last close "
+        "disconnects (an anyio.Lock around the count makes concurrent opens safe)"
+    )
+    failure: Exception | None = None
+    try:
+        async with store.transaction(TEST) as tx:
+            await tx.insert(entities.customer(TEST))
+    except Exception as error:
+        failure = error
+    expect.that(
+        failure is None,
+        f"after open(), open(), close() the store was closed: {failure!r}",
+        fix,
     )

@@ -904,6 +904,19 @@ def make_sweep_returns_deleted_rows(options: StoreOptions) -> StoreHandle:
     return _memory_mutant(options, sweep_class=_SweepWithDeleted)
 
 
+class _ClosesOnTheFirstClose(WrappedStorage):
+    """A SQLite store whose close disconnects at once, however many opens it had."""
+
+    async def close(self) -> None:
+        assert isinstance(self.inner, SQLiteStorage)
+        await self.inner._disconnect()
+
+
+def make_closes_on_the_first_close(options: StoreOptions) -> StoreHandle:
+    good = factories.sqlite(options)
+    return attrs.evolve(good, storage=_ClosesOnTheFirstClose(good.storage))
+
+
 # -- capabilities ---------------------------------------------------------------------------
 
 

@@ -41,6 +41,7 @@ MUTANTS: dict[str, str] = {
     "keeps_part_of_a_large_transaction": "large_transactions",
     "sweep_ignores_livemode": "cross_tenant",
     "sweep_returns_deleted_rows": "cross_tenant",
+    "closes_on_the_first_close": "transactions",
 }
 """Each mutant and the property group that must catch it."""
 
