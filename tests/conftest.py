@@ -40,6 +40,11 @@ from qzpay.conformance.factories import (
 from qzpay.conformance.harness import make_test_id
 from qzpay.contracts.storage import StoragePort
 
+collect_ignore = ["conftest.py"]
+"""This file holds no doctests, and with ``--doctest-modules`` pytest 9 would import it as
+the module ``conftest`` after ``tests/conformance/conftest.py`` took that name (neither is
+in a package) and refuse it as a file mismatch."""
+
 START = datetime(2028, 1, 31, 9, tzinfo=UTC)
 """The frozen "now" of every test: a 31st, so month-end clamping shows at once."""
 
