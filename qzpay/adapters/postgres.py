@@ -43,11 +43,12 @@ from qzpay.adapters import storage_rules as rules
 from qzpay.adapters.serialized import add_refund, redeem_promo_code
 from qzpay.adapters.sql import migrations
 from qzpay.adapters.sql.event_loop import require_asyncio
+from qzpay.adapters.sql.postgres_batches import Batch, PostgresBatches
 from qzpay.adapters.sql.rows import postgres_converter
 from qzpay.adapters.sql.schema import Schema, constraint_owners
 from qzpay.adapters.sql.statements import Compiled
 from qzpay.adapters.sql.store import SqlStoreBase
-from qzpay.adapters.sql.transaction import SqlTransaction, Write
+from qzpay.adapters.sql.transaction import SqlTransaction
 from qzpay.contracts.storage import Scope, StorageTransaction
 from qzpay.domain.payments import Payment, Refund
 from qzpay.domain.promotions import PromoCode, PromoCodeUsage
@@ -57,6 +58,7 @@ from qzpay.errors import (
     ConfigurationError,
     ConflictError,
     InvalidStateError,
+    OutcomeUnknownError,
     QZPayError,
     StorageError,
     ValidationError,
@@ -65,21 +67,48 @@ from qzpay.errors import (
 E = TypeVar("E")
 
 TRANSIENT_RETRIES = 3
-_PLACEHOLDER = re.compile(r"\$(\d+)")
+"""Attempts of a statement that failed whole (deadlock, serialization) before it surfaces."""
 _CONNECTION_ERRORS = (
     # The connection is gone or unusable: the server ended it (class 08, an administrator's
-    # or a failover's shutdown), the socket broke, or asyncpg lost track of its state.
+    # or a failover's shutdown), the socket broke, a timeout, or asyncpg lost its state.
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.InternalClientError,
     ConnectionError,
-    OSError,
+    OSError,  # TimeoutError among them
 )
+# asyncpg refused to encode an argument: raised before anything is sent, the connection is
+# fine. A subclass of InterfaceError, so it is told apart first.
+_CLIENT_DATA_ERROR: type[Exception] = asyncpg.exceptions._base.DataError
 _TRANSIENT = (
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
 )
+# PostgreSQL's SQLSTATE classes (Appendix A of its manual), for messages.
+_SQLSTATE_CLASSES = {
+    "08": "connection exception",
+    "0A": "feature not supported",
+    "21": "cardinality violation",
+    "22": "data exception",
+    "23": "integrity constraint violation",
+    "25": "invalid transaction state",
+    "40": "transaction rollback",
+    "42": "syntax error or access rule violation",
+    "53": "insufficient resources",
+    "54": "program limit exceeded",
+    "55": "object not in prerequisite state",
+    "57": "operator intervention",
+    "58": "system error",
+    "P0": "PL/pgSQL error",
+    "XX": "internal error",
+}
+# Messages that quote the value they refused ('invalid input syntax for type uuid: "..."',
+# asyncpg's "invalid input for query argument $1: 'ann@...'"): the value is cut out, since
+# parameters may hold personal data and messages are written to be logged.
+_QUOTED_VALUE = re.compile(r"""(: |=)(?:"[^"]*"|'[^']*'|\([^)]*\))""")
 
 
 def asyncpg_dsn(dsn: str) -> str:
@@ -121,7 +150,7 @@ class PostgresStorage(SqlStoreBase):
         self._auto_migrate = auto_migrate
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
-        self._batches: dict[tuple[Compiled, ...], str] = {}
+        self._batches = PostgresBatches()
 
     @property
     def url(self) -> str:
@@ -239,7 +268,7 @@ class PostgresStorage(SqlStoreBase):
         require_asyncio("PostgresStorage")
         rules.check_scope(scope, self.multi_tenant)
         pool = self._require_pool()
-        connection = await pool.acquire()
+        connection = await self._acquire(pool)
         transaction = _PostgresTransaction(self, connection, scope, readonly=readonly)
         try:
             try:
@@ -252,32 +281,36 @@ class PostgresStorage(SqlStoreBase):
                 raise
         finally:
             with anyio.CancelScope(shield=True):
-                await pool.release(transaction.connection)
+                await _release(pool, transaction.connection)
 
-    def batch_sql(self, statements: tuple[Compiled, ...]) -> str:
-        """Several writes as one statement of data-modifying CTEs, built once per shape.
+    async def _acquire(self, pool: asyncpg.Pool) -> asyncpg.Connection:
+        """A pooled connection; failing to get one means nothing was sent, so it is retryable
+        unless the server refused us for good (a wrong password, a missing database)."""
+        try:
+            return await pool.acquire()
+        except _CONNECTION_ERRORS as error:
+            raise StorageError(
+                f"cannot get a PostgreSQL connection ({type(error).__name__}: {error}); "
+                "nothing was sent",
+                retryable=True,
+            ) from None
+        except asyncpg.PostgresError as error:
+            raise StorageError(
+                f"PostgreSQL refused a new connection: {describe(error)}", retryable=False
+            ) from None
 
-        Each CTE returns one row per row it wrote, and the final SELECT counts them, so an
-        UPDATE that hit no row (stale version, missing row) is seen without another trip.
-        """
-        found = self._batches.get(statements)
-        if found is not None:
-            return found
-        parts, counts, offset = [], [], 0
-        for index, statement in enumerate(statements):
-            sql = _renumber(statement.sql, offset)
-            parts.append(f"w{index} AS ({sql} RETURNING 1)")
-            counts.append(f"(SELECT count(*) FROM w{index})")
-            offset += len(statement.names)
-        found = f"WITH {', '.join(parts)} SELECT {', '.join(counts)}"
-        self._batches[statements] = found
-        return found
+    @property
+    def batches(self) -> PostgresBatches:
+        """How buffered writes become statements (``qzpay.adapters.sql.postgres_batches``)."""
+        return self._batches
 
-    def explain(self, error: asyncpg.PostgresError) -> QZPayError:
-        """The database's refusal as qzpay's named error.
+    def explain(self, error: asyncpg.PostgresError, *, writing: Sequence[str] = ()) -> QZPayError:
+        """The database's refusal as qzpay's named error, naming where it happened.
 
         Every constraint the schema creates is in ``constraint_owners``; one that is not
-        (an application's own) is named as it is.
+        (an application's own) is named as it is. Anything else keeps the server's message
+        and says which table, column and constraint it concerns (``writing``: the tables the
+        statement wrote, when the server names none), but never a parameter's value.
         """
         name = getattr(error, "constraint_name", None)
         owner = self._owners.get(name) if name else None
@@ -289,15 +322,17 @@ class PostgresStorage(SqlStoreBase):
             return rules.dangling(owner.spec, owner.columns[0])
         if isinstance(error, asyncpg.exceptions.CheckViolationError):
             return ValidationError(
-                f"breaks the database rule {name}",
+                f"breaks the database rule {name} ({describe(error)})",
                 field=owner.spec.table if owner else "row",
                 rule="check",
             )
         if isinstance(error, asyncpg.exceptions.RestrictViolationError):
             return InvalidStateError(str(error), field="table", rule="append_only")
         if isinstance(error, _TRANSIENT):
-            return StorageError(f"PostgreSQL asked to retry: {error}", retryable=True)
-        return StorageError(f"PostgreSQL failed: {type(error).__name__}", retryable=False)
+            return StorageError(f"PostgreSQL asked to retry: {describe(error)}", retryable=True)
+        return StorageError(
+            f"PostgreSQL refused the statement: {describe(error, writing)}", retryable=False
+        )
 
 
 class _PostgresTransaction(SqlTransaction):
@@ -317,11 +352,19 @@ class _PostgresTransaction(SqlTransaction):
         self._postgres = store
         self.connection = connection
         self._begun = False
+        self._lost = False  # the connection broke: it is closed, never handed out again
 
     async def _begin(self) -> None:
-        if not self._begun and not self._readonly:
+        """``BEGIN``, once; nothing of the transaction was sent before it, so a lost
+        connection here is a plain retryable error."""
+        if self._begun or self._readonly:
+            return
+        await self._replace_if_closed()
+        try:
             await self.connection.execute("BEGIN")
-            self._begun = True
+        except Exception as error:
+            raise self._failure(error, "at BEGIN", sent=False) from None
+        self._begun = True
 
     async def _fetch(self, statement: Compiled, params: dict[str, Any]) -> Sequence[Sequence[Any]]:
         """A read: opens BEGIN, sends buffered writes; readonly reads retry on a new connection."""
@@ -332,87 +375,148 @@ class _PostgresTransaction(SqlTransaction):
             try:
                 rows: list[Any] = await self.connection.fetch(statement.sql, *args)
                 return rows
-            except _CONNECTION_ERRORS as error:
-                if self._begun or attempt == TRANSIENT_RETRIES - 1:
-                    raise StorageError(f"lost the PostgreSQL connection: {error}") from None
-                await self._reconnect()
-            except asyncpg.PostgresError as error:
-                raise self._postgres.explain(error) from None
+            except Exception as error:
+                retry = not self._begun and attempt < TRANSIENT_RETRIES - 1
+                if retry and _lost(error):
+                    await self._reconnect()
+                    continue
+                raise self._failure(error, "while reading", sent=False) from None
         raise AssertionError("unreachable")
+
+    async def _replace_if_closed(self) -> None:
+        """Before the transaction's first statement: a connection the server ended while it
+        sat in the pool (a restart, an idle reaper) is replaced, since nothing was sent."""
+        try:
+            closed = self.connection.is_closed()
+        except asyncpg.exceptions.InterfaceError:
+            closed = True  # the pool detached it when the server ended it
+        if closed:
+            await self._reconnect()
 
     async def _reconnect(self) -> None:
         pool = self._postgres._require_pool()
-        broken, self.connection = self.connection, await pool.acquire()
+        broken, self.connection = self.connection, await self._postgres._acquire(pool)
         await _discard(pool, broken)
 
-    async def _send_writes(self) -> None:
-        """Buffered writes as few statements as possible; inside BEGIN when more than one."""
-        writes, self._writes = self._writes, []
+    def _failure(
+        self,
+        error: Exception,
+        when: str,
+        *,
+        sent: bool,
+        writing: Sequence[str] = (),
+    ) -> QZPayError:
+        """A driver exception as qzpay's error. ``sent``: whether what failed may have
+        committed on its own (COMMIT, or the one statement of an autocommit write)."""
+        if isinstance(error, QZPayError):
+            return error
+        if isinstance(error, _CLIENT_DATA_ERROR):
+            where = f" for {', '.join(writing)}" if writing else ""
+            return StorageError(
+                f"the PostgreSQL driver refused a value{where} {when}: {_redact(str(error))}; "
+                "nothing was sent",
+                retryable=False,
+            )
+        if _lost(error):
+            self._lost = True
+            reason = f"{type(error).__name__}: {_redact(str(error))}"
+            if sent:
+                return OutcomeUnknownError(
+                    f"lost the PostgreSQL connection {when} ({reason}): the transaction may or "
+                    "may not have committed; read back what it wrote before trying again"
+                )
+            return StorageError(
+                f"lost the PostgreSQL connection {when} ({reason}); nothing was committed",
+                retryable=True,
+            )
+        if isinstance(error, asyncpg.PostgresError):
+            return self._postgres.explain(error, writing=writing)
+        return StorageError(
+            f"PostgreSQL failed {when}: {type(error).__name__}: {_redact(str(error))}",
+            retryable=False,
+        )
+
+    async def _send_writes(self, *, commit: bool = False) -> None:
+        """Buffered writes as few bounded statements as ``PostgresBatches`` makes them.
+
+        Every statement runs inside BEGIN, except the one fast path: at commit, a
+        transaction that never began and whose writes all fit one statement without a
+        checked UPDATE sends it in autocommit (one round trip; one statement is atomic).
+        """
+        writes = self._writes
         if not writes:
             return
-        batches = _batches(writes)
-        if len(batches) > 1:
+        self._writes = []
+        batches = self._postgres.batches.plan(writes)
+        autocommit = (
+            commit
+            and not self._begun
+            and len(batches) == 1
+            and not any(write.checked for write in writes)
+        )
+        if autocommit:
+            await self._replace_if_closed()
+        else:
             await self._begin()
         for batch in batches:
-            await self._send_batch(batch)
+            await self._send_batch(batch, autocommit=autocommit)
 
-    async def _send_batch(self, writes: list[Write]) -> None:
-        autocommit = not self._begun
+    async def _send_batch(self, batch: Batch, *, autocommit: bool) -> None:
         for attempt in range(TRANSIENT_RETRIES):
             try:
-                counts = await self._execute(writes)
+                results = await self._execute(batch)
                 break
             except _TRANSIENT as error:
                 # A single autocommit statement failed whole: nothing happened, try again.
                 if not autocommit or attempt == TRANSIENT_RETRIES - 1:
                     raise self._postgres.explain(error) from None
-            except _CONNECTION_ERRORS as error:
-                raise StorageError(
-                    f"lost the PostgreSQL connection while writing: {error}; the write may or "
-                    "may not have happened"
+            except Exception as error:
+                raise self._failure(
+                    error, "while writing", sent=autocommit, writing=_tables(batch)
                 ) from None
-            except asyncpg.PostgresError as error:
-                raise self._postgres.explain(error) from None
-        for write, count in zip(writes, counts, strict=True):
-            if write.checked and count != 1:
-                assert write.entity_id is not None
-                exists = self._postgres.statements.exists(write.spec, include_deleted=False)
+        missed = batch.missed(results)
+        if missed is not None:
+            assert missed.entity_id is not None
+            exists = self._postgres.statements.exists(missed.spec, include_deleted=False)
+            try:
                 found = await self.connection.fetch(
-                    exists.sql, *exists.positional(self._key(write.entity_id))
+                    exists.sql, *exists.positional(self._key(missed.entity_id))
                 )
-                raise write.no_row(bool(found))
+            except Exception as error:
+                raise self._failure(error, "while reading", sent=False) from None
+            raise missed.no_row(bool(found))
 
-    async def _execute(self, writes: list[Write]) -> list[int]:
-        if len(writes) == 1:
-            write = writes[0]
-            status: str = await self.connection.execute(
-                write.statement.sql, *write.statement.positional(write.params)
-            )
+    async def _execute(self, batch: Batch) -> Sequence[Any]:
+        if batch.plain:
+            status: str = await self.connection.execute(batch.sql, *batch.args)
             return [int(status.rsplit(" ", 1)[-1])]
-        sql = self._postgres.batch_sql(tuple(write.statement for write in writes))
-        args = [arg for write in writes for arg in write.statement.positional(write.params)]
-        row = await self.connection.fetchrow(sql, *args)
-        return [int(count) for count in row]
+        row = await self.connection.fetchrow(batch.sql, *batch.args)
+        return tuple(row)
 
     async def commit(self) -> None:
-        if not self._begun and any(write.checked for write in self._writes):
-            await self._begin()  # a checked UPDATE must be able to roll the others back
-        await self._send_writes()
+        await self._send_writes(commit=True)
         if self._begun:
-            await self.connection.execute("COMMIT")
-            self._begun = False
+            self._begun = False  # whatever COMMIT answers, the transaction is over
+            try:
+                await self.connection.execute("COMMIT")
+            except Exception as error:
+                raise self._failure(error, "at COMMIT", sent=True) from None
 
     async def rollback(self) -> None:
         self._writes = []
+        if self._lost:
+            await _discard(self._postgres._require_pool(), self.connection)
+            return
         if self._begun:
             self._begun = False
             try:
                 await self.connection.execute("ROLLBACK")
-            except (*_CONNECTION_ERRORS, asyncpg.PostgresError):
+            except Exception:
                 # The server rolls back a transaction whose connection is gone.
                 await _discard(self._postgres._require_pool(), self.connection)
 
     async def flush(self) -> None:
+        """Sends the buffered writes inside BEGIN (never in autocommit: more may follow)."""
         await self._send_writes()
 
     # -- atomic operations: row locks in the database ------------------------------------
@@ -482,31 +586,56 @@ async def _discard(pool: asyncpg.Pool, connection: asyncpg.Connection) -> None:
     """
     with contextlib.suppress(asyncpg.exceptions.InterfaceError):
         connection.terminate()
-    await pool.release(connection)
+    await _release(pool, connection)
 
 
-def _batches(writes: list[Write]) -> list[list[Write]]:
-    """Consecutive runs of writes that may share one statement.
+async def _release(pool: asyncpg.Pool, connection: asyncpg.Connection) -> None:
+    """Give a connection back. The transaction's outcome is already known (or already
+    raised), so a failure here must not replace it: the connection is closed instead."""
+    try:
+        await pool.release(connection)
+    except Exception:
+        with contextlib.suppress(Exception):
+            connection.terminate()
 
-    The CTEs of one statement all see the snapshot from before it, not each other's rows:
-    a write to a row that an earlier write of the run touched (insert then update, update
-    then soft delete) starts the next run.
+
+def _lost(error: BaseException) -> bool:
+    """Whether ``error`` means the connection is gone (and not a refused value)."""
+    return isinstance(error, _CONNECTION_ERRORS) and not isinstance(error, _CLIENT_DATA_ERROR)
+
+
+def _tables(batch: Batch) -> list[str]:
+    """The tables a statement writes, for a message."""
+    return list(dict.fromkeys(part.writes[0].spec.table for part in batch.parts))
+
+
+def _redact(message: str) -> str:
+    return _QUOTED_VALUE.sub(r"\1<value>", message)
+
+
+def describe(error: asyncpg.PostgresError, writing: Sequence[str] = ()) -> str:
+    """The server's message with where it applies: table, column, constraint, SQLSTATE.
+
+    The DETAIL line is left out: it quotes the row's values (``Key (email)=(ann@...)``).
     """
-    batches: list[list[Write]] = [[]]
-    touched: set[tuple[str, UUID | None]] = set()
-    for write in writes:
-        row = (write.spec.table, write.entity_id)
-        if row in touched:
-            batches.append([])
-            touched = set()
-        batches[-1].append(write)
-        touched.add(row)
-    return batches
-
-
-def _renumber(sql: str, offset: int) -> str:
-    """Move ``$n`` placeholders up by ``offset``, to append one statement's args to another's."""
-    return _PLACEHOLDER.sub(lambda match: f"${int(match.group(1)) + offset}", sql)
+    message = _redact(str(getattr(error, "message", None) or error))
+    where = []
+    table = getattr(error, "table_name", None)
+    column = getattr(error, "column_name", None)
+    constraint = getattr(error, "constraint_name", None)
+    if table:
+        where.append(f"table {table}" + (f", column {column}" if column else ""))
+    elif column:
+        where.append(f"column {column}")
+    elif writing:
+        where.append(f"writing {', '.join(writing)}")
+    if constraint:
+        where.append(f"constraint {constraint}")
+    sqlstate = str(getattr(error, "sqlstate", None) or "")
+    if sqlstate:
+        kind = _SQLSTATE_CLASSES.get(sqlstate[:2], f"class {sqlstate[:2]}")
+        where.append(f"SQLSTATE {sqlstate}, {kind}, {type(error).__name__}")
+    return f"{message} ({'; '.join(where)})" if where else message
 
 
 __all__ = ["PostgresStorage", "asyncpg_dsn"]
