@@ -24,6 +24,7 @@ from qzpay.adapters.postgres import PostgresStorage
 from qzpay.adapters.sql import postgres_batches
 from qzpay.adapters.sql.postgres_batches import Part, PostgresBatches
 from qzpay.adapters.sql.transaction import Write
+from qzpay.adapters.sql.write_groups import group_writes
 from qzpay.contracts.storage import Scope
 from qzpay.domain.customers import Customer
 from qzpay.domain.enums import InvoiceStatus, PaymentStatus
@@ -569,3 +570,50 @@ def test_statements_stay_bounded_however_many_writes() -> None:
         + [_write(storage, customer) for customer in customers[100:200]]
     )
     assert all(len(batch.parts) <= postgres_batches.MAX_PARTS for batch in many)
+
+
+def test_grouping_keeps_the_orders_that_matter() -> None:
+    """Alike writes are grouped, but never ahead of a row they point at, nor across another
+    operation on the same table, nor past a write of unknown kind."""
+    storage = PostgresStorage("postgresql://postgres@127.0.0.1:5432/test", table_prefix="g_")
+    ann, bob = _customer(1), _customer(2)
+
+    def insert(row: Any) -> Write:
+        return _write(storage, row, type(row))
+
+    def update(row: Any) -> Write:
+        spec = spec_for(type(row))
+        params = {**storage.codec(type(row)).params(row), "k_id": row.id, "s_livemode": False}
+        return Write(spec, storage.statements.update(spec), params, True, row.id, None, "update")
+
+    def shape(writes: list[Write]) -> list[list[list[str]]]:
+        return [
+            [[f"{w.operation} {w.spec.name}" for w in group] for group in run]
+            for run in group_writes(writes)
+        ]
+
+    first, second = _invoice(ann, 1), _invoice(bob, 2)
+    assert shape([insert(ann), insert(first), insert(bob), insert(second)]) == [
+        [["insert customer", "insert customer"], ["insert invoice", "insert invoice"]]
+    ]
+    # The second invoice points at a customer inserted after the first invoice's group.
+    assert shape([insert(first), insert(bob), insert(second)]) == [
+        [["insert invoice"], ["insert customer"], ["insert invoice"]]
+    ]
+    old = PaymentMethod(
+        id=new_id(), livemode=False, customer_id=ann.id, provider="fake", provider_id="pm_1",
+        type="card", is_default=True, created_at=NOW, updated_at=NOW,
+    )  # fmt: skip
+    other, new = (attrs.evolve(old, id=new_id(), provider_id=p) for p in ("pm_2", "pm_3"))
+    assert shape([insert(other), update(old), insert(new)]) == [
+        [["insert payment_method"], ["update payment_method"], ["insert payment_method"]]
+    ]
+    barrier = attrs.evolve(insert(_customer(3)), operation=None)
+    assert shape([insert(ann), barrier, insert(bob)]) == [
+        [["insert customer"], ["None customer"], ["insert customer"]]
+    ]
+    # A row written twice starts a new run (one statement's CTEs share one snapshot).
+    assert shape([insert(ann), update(ann), insert(bob)]) == [
+        [["insert customer"]],
+        [["update customer"], ["insert customer"]],
+    ]

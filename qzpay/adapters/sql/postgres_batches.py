@@ -86,19 +86,22 @@ class MultiRow:
     key_type: str
 
     def args(self, writes: Sequence[Write]) -> list[Any]:
-        rows = [self._values(write.params) for write in writes]
-        columns = list(zip(*rows, strict=True))
+        """One tuple per array parameter (asyncpg takes any sequence), one value per scope
+        parameter; transposed by ``zip`` rather than column by column in Python."""
+        values = _getter(self.binds)
+        columns = zip(*[values(write.params) for write in writes], strict=True)
         return [
-            list(column) if array else column[0]
+            column if array else column[0]
             for column, array in zip(columns, self.arrays, strict=True)
         ]
 
-    @property
-    def _values(self) -> Any:
-        getter = operator.itemgetter(*self.binds)
-        if len(self.binds) == 1:
-            return lambda params: (getter(params),)
-        return getter
+
+def _getter(names: tuple[str, ...]) -> Any:
+    """The values of ``names`` from a parameter dict, always as a tuple."""
+    getter = operator.itemgetter(*names)
+    if len(names) == 1:
+        return lambda params: (getter(params),)
+    return getter
 
 
 def multi_row(statement: Compiled) -> MultiRow | None:

@@ -52,14 +52,16 @@ def group_writes(writes: Sequence[Write]) -> list[Run]:
             groups, touched, joinable, latest, inserted = [], set(), {}, {}, {}
         touched.add(row)
         target = joinable.get(id(write.statement)) if write.operation is not None else None
-        if target is not None and latest[spec.table] != target:
-            target = None
-        if target is not None and inserted:
-            for column in spec.references:
-                at = inserted.get(write.params.get(column))
-                if at is not None and at > target:
-                    target = None
-                    break
+        if target is not None:
+            if latest[spec.table] != target:
+                target = None
+            elif inserted and target != len(groups) - 1:  # no group after the last one
+                params = write.params
+                for column in spec.references:
+                    at = inserted.get(params.get(column))
+                    if at is not None and at > target:
+                        target = None
+                        break
         if target is None:
             target = len(groups)
             groups.append([write])
