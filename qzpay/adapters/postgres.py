@@ -6,15 +6,20 @@ How it stays fast and safe (DESIGN §11, docs/decisions/0008-postgres-unit-of-wo
   asyncpg dialect, and run straight on asyncpg (which prepares and caches them).
 - A transaction buffers its writes. A call that only writes (``customers.create``:
   customer + audit row) sends them as ONE statement of data-modifying CTEs in autocommit:
-  one round trip, atomic by itself. A call that reads first opens ``BEGIN`` at its first read
-  and sends its buffered writes as one statement before ``COMMIT``.
+  one round trip, atomic by itself. Otherwise (a read, a ``flush()``, more writes than one
+  statement holds, a checked UPDATE) everything runs inside ``BEGIN ... COMMIT``. Many alike
+  writes go as multi-row ``unnest`` statements of at most 1,000 rows
+  (``qzpay.adapters.sql.postgres_batches``), so a renewal batch of thousands of writes is a
+  handful of statements.
 - Atomic operations use the database: a counter row upserted and locked for invoice numbers,
   ``SELECT ... FOR UPDATE`` before redeeming a promo code or adding a refund,
   ``FOR UPDATE SKIP LOCKED`` to claim due subscriptions, ``ON CONFLICT`` for idempotency keys.
 - A unique key taken by a concurrent writer raises the same ``ConflictError`` as a
   sequential duplicate. A deadlock or serialization failure of a single-statement call is
-  retried (a bounded number of times); elsewhere, and on a lost connection during a write, it
-  surfaces as a retryable ``StorageError``; reads retry on a fresh connection.
+  retried (a bounded number of times); inside ``BEGIN`` it surfaces as a retryable
+  ``StorageError``. A connection lost at ``COMMIT`` (or under the one autocommit statement)
+  raises ``OutcomeUnknownError``; lost before that, a retryable ``StorageError``; readonly
+  reads retry on a fresh connection. No asyncpg exception escapes.
 - The schema is created or upgraded only by ``qzpay migrate`` or ``auto_migrate=True``;
   otherwise opening a missing or older schema raises ``ConfigurationError`` saying so.
 
