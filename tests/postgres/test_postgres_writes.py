@@ -25,6 +25,7 @@ from qzpay.adapters.sql import postgres_batches
 from qzpay.adapters.sql.postgres_batches import Part, PostgresBatches
 from qzpay.adapters.sql.transaction import Write
 from qzpay.adapters.sql.write_groups import group_writes
+from qzpay.conformance import entities
 from qzpay.contracts.storage import Scope
 from qzpay.domain.customers import Customer
 from qzpay.domain.enums import InvoiceStatus, PaymentStatus
@@ -617,3 +618,13 @@ def test_grouping_keeps_the_orders_that_matter() -> None:
         [["insert customer"]],
         [["update customer"], ["insert customer"]],
     ]
+    # Unsetting one default and setting another: never one multi-row UPDATE, which checks
+    # the one-default key row by row in no promised order.
+    assert shape([update(old), update(attrs.evolve(other, is_default=True))]) == [
+        [["update payment_method"], ["update payment_method"]]
+    ]
+    # Kinds without unique keys (a renewal's payments, subscriptions) update as one statement;
+    # invoices have one (their number), so they do not.
+    paid = [entities.payment(SCOPE, ann), entities.payment(SCOPE, bob)]
+    assert shape([update(row) for row in paid]) == [[["update payment", "update payment"]]]
+    assert shape([update(first), update(second)]) == [[["update invoice"], ["update invoice"]]]

@@ -16,6 +16,11 @@ writes buffered before it, which is only safe where no order between them can be
 - **References stay behind their rows.** A write that references (``spec.references``) a
   row inserted by a later group of the run starts a new group, so a statement boundary
   never falls between a row and a row pointing at it in the wrong order.
+- **Updates that may move a unique key go one by one.** An UPDATE of a kind with unique
+  keys never shares a multi-row statement: one row may free a key that another takes (unset
+  the old default payment method, set the new one), and a multi-row UPDATE checks its rows'
+  unique keys one at a time in no order it promises, so it could see both holding the key.
+  Inserts only take keys and soft deletes only free them: they group freely.
 - Groups keep the order in which they first appeared; writes keep their order inside a
   group. A write whose ``operation`` is unknown gets a group of its own, and nothing
   buffered after it is moved ahead of it.
@@ -51,7 +56,7 @@ def group_writes(writes: Sequence[Write]) -> list[Run]:
             runs.append(groups)
             groups, touched, joinable, latest, inserted = [], set(), {}, {}, {}
         touched.add(row)
-        target = joinable.get(id(write.statement)) if write.operation is not None else None
+        target = joinable.get(id(write.statement)) if _joins(write) else None
         if target is not None:
             if latest[spec.table] != target:
                 target = None
@@ -77,6 +82,13 @@ def group_writes(writes: Sequence[Write]) -> list[Run]:
     if groups:
         runs.append(groups)
     return runs
+
+
+def _joins(write: Write) -> bool:
+    """Whether ``write`` may join an earlier write's multi-row statement."""
+    if write.operation is None:
+        return False
+    return not (write.operation == "update" and write.spec.unique)
 
 
 __all__ = ["Group", "Run", "group_writes"]
