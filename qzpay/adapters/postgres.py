@@ -273,7 +273,10 @@ class PostgresStorage(SqlStoreBase):
         require_asyncio("PostgresStorage")
         rules.check_scope(scope, self.multi_tenant)
         pool = self._require_pool()
-        connection = await self._acquire(pool)
+        try:
+            connection = await pool.acquire()
+        except Exception as error:
+            raise _acquire_failed(error) from None
         transaction = _PostgresTransaction(self, connection, scope, readonly=readonly)
         try:
             try:
@@ -289,20 +292,10 @@ class PostgresStorage(SqlStoreBase):
                 await _release(pool, transaction.connection)
 
     async def _acquire(self, pool: asyncpg.Pool) -> asyncpg.Connection:
-        """A pooled connection; failing to get one means nothing was sent, so it is retryable
-        unless the server refused us for good (a wrong password, a missing database)."""
         try:
             return await pool.acquire()
-        except _CONNECTION_ERRORS as error:
-            raise StorageError(
-                f"cannot get a PostgreSQL connection ({type(error).__name__}: {error}); "
-                "nothing was sent",
-                retryable=True,
-            ) from None
-        except asyncpg.PostgresError as error:
-            raise StorageError(
-                f"PostgreSQL refused a new connection: {describe(error)}", retryable=False
-            ) from None
+        except Exception as error:
+            raise _acquire_failed(error) from None
 
     @property
     def batches(self) -> PostgresBatches:
@@ -602,6 +595,24 @@ async def _release(pool: asyncpg.Pool, connection: asyncpg.Connection) -> None:
     except Exception:
         with contextlib.suppress(Exception):
             connection.terminate()
+
+
+def _acquire_failed(error: Exception) -> QZPayError:
+    """The pool could not give a connection: nothing was sent, so it is retryable unless the
+    server refused us for good (a wrong password, a missing database)."""
+    if isinstance(error, asyncpg.PostgresError) and not _lost(error):
+        return StorageError(
+            f"PostgreSQL refused a new connection: {describe(error)}", retryable=False
+        )
+    if isinstance(error, _CONNECTION_ERRORS):
+        return StorageError(
+            f"cannot get a PostgreSQL connection ({type(error).__name__}: {error}); "
+            "nothing was sent",
+            retryable=True,
+        )
+    return StorageError(
+        f"cannot get a PostgreSQL connection: {type(error).__name__}: {error}", retryable=False
+    )
 
 
 def _lost(error: BaseException) -> bool:

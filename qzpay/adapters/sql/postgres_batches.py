@@ -33,7 +33,7 @@ import operator
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -47,6 +47,8 @@ MAX_PARTS = 32
 """CTEs per statement (a run of many single-row groups)."""
 SHAPE_CACHE = 256
 """Combined statement texts kept, least recently used dropped first."""
+SMALL = 8
+"""Up to this many writes, a transaction is checked for the shortcut in ``plan``."""
 
 SCOPE_BINDS = frozenset({"s_livemode", "s_tenant_id"})
 """Binds that are the same for every write of a transaction: sent once, not as an array."""
@@ -143,6 +145,13 @@ def multi_row(statement: Compiled) -> MultiRow | None:
     return None
 
 
+def _all_different(writes: Sequence[Write]) -> bool:
+    """No two writes share a statement or a row: one run of one-write groups, as buffered."""
+    statements = {id(write.statement) for write in writes}
+    rows = {(write.spec.table, write.entity_id) for write in writes}
+    return len(statements) == len(rows) == len(writes)
+
+
 def _order_matters(write: Write) -> bool:
     """Whether the rows of a group must be written one after the other.
 
@@ -154,29 +163,31 @@ def _order_matters(write: Write) -> bool:
     return write.operation == "update" and bool(write.spec.unique)
 
 
-@attrs.frozen
-class Part:
-    """Writes sent as one CTE (or as the whole statement): one row, or a multi-row chunk."""
+class Part(NamedTuple):
+    """Writes sent as one CTE (or as the whole statement): one row, or a multi-row chunk.
+
+    Named tuples, not attrs classes: the small calls build a few per call, on the hot path.
+    """
 
     writes: Sequence[Write]
     multi: MultiRow | None
 
 
-@attrs.frozen
-class Batch:
+class Batch(NamedTuple):
     """One statement to send: its text, its arguments and what each of its parts covers."""
 
     sql: str
     args: list[Any]
     parts: Sequence[Part]
-
-    @property
-    def plain(self) -> bool:
-        """One single-row write: sent as its own statement, its row count from the status."""
-        return len(self.parts) == 1 and self.parts[0].multi is None
+    plain: bool
+    """One single-row write: sent as its own statement, its row count from the status."""
+    checked: bool
+    """Whether any part must hit its rows (a checked UPDATE or soft delete)."""
 
     def missed(self, results: Sequence[Any]) -> Write | None:
         """The first checked write that hit no row (stale version, missing row), if any."""
+        if not self.checked:
+            return None
         for part, result in zip(self.parts, results, strict=True):
             if part.multi is None:
                 write = part.writes[0]
@@ -205,6 +216,10 @@ class PostgresBatches:
 
     def plan(self, writes: Sequence[Write]) -> list[Batch]:
         """The statements that send ``writes``, in the order they must run."""
+        if len(writes) <= SMALL and _all_different(writes):
+            # The common small call (customers.create: a customer and its audit row): each
+            # write is its own group, so grouping would change nothing; skip its bookkeeping.
+            return [self._batch([Part((write,), None) for write in writes])]
         batches: list[Batch] = []
         for run in group_writes(writes):
             parts: list[Part] = []
@@ -238,17 +253,19 @@ class PostgresBatches:
         ]
 
     def _batch(self, parts: list[Part]) -> Batch:
+        checked = any(part.writes[0].checked for part in parts)
         if len(parts) == 1 and parts[0].multi is None:
             write = parts[0].writes[0]
-            return Batch(write.statement.sql, write.statement.positional(write.params), parts)
-        args: list[Any] = []
+            sql, args = write.statement.sql, write.statement.positional(write.params)
+            return Batch(sql, args, parts, True, checked)
+        args = []
         for part in parts:
             if part.multi is None:
                 write = part.writes[0]
                 args.extend(write.statement.positional(write.params))
             else:
                 args.extend(part.multi.args(part.writes))
-        return Batch(self.combined(parts), args, parts)
+        return Batch(self.combined(parts), args, parts, False, checked)
 
     def combined(self, parts: Sequence[Part]) -> str:
         """The parts as one statement of data-modifying CTEs, built once per shape."""
