@@ -183,6 +183,8 @@ class Batch(NamedTuple):
     """One single-row write: sent as its own statement, its row count from the status."""
     checked: bool
     """Whether any part must hit its rows (a checked UPDATE or soft delete)."""
+    multi_row: bool
+    """Whether any part is a multi-row ``unnest`` statement."""
 
     def missed(self, results: Sequence[Any]) -> Write | None:
         """The first checked write that hit no row (stale version, missing row), if any."""
@@ -257,7 +259,7 @@ class PostgresBatches:
         if len(parts) == 1 and parts[0].multi is None:
             write = parts[0].writes[0]
             sql, args = write.statement.sql, write.statement.positional(write.params)
-            return Batch(sql, args, parts, True, checked)
+            return Batch(sql, args, parts, True, checked, False)
         args = []
         for part in parts:
             if part.multi is None:
@@ -265,7 +267,8 @@ class PostgresBatches:
                 args.extend(write.statement.positional(write.params))
             else:
                 args.extend(part.multi.args(part.writes))
-        return Batch(self.combined(parts), args, parts, False, checked)
+        multi_row = any(part.multi is not None for part in parts)
+        return Batch(self.combined(parts), args, parts, False, checked, multi_row)
 
     def combined(self, parts: Sequence[Part]) -> str:
         """The parts as one statement of data-modifying CTEs, built once per shape."""
