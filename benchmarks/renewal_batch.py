@@ -30,7 +30,9 @@ per fresh file, so each side writes two batches there and the second is timed (c
 against version 2), so that qzpay's statements are compiled, as in a long-lived store.
 Before timing, each baseline's rows are compared with qzpay's, column by column (the same
 ids: both write the same prepared entities). Each figure is the median of R runs (default
-7); the cases are interleaved run by run.
+7). The backends are timed one after the other (each after an ``os.sync()``, PostgreSQL
+after a ``CHECKPOINT``), so SQLite's file writes do not land in PostgreSQL's commits; within
+a backend qzpay and its baseline alternate run by run.
 """
 
 from __future__ import annotations
