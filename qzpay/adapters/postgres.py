@@ -36,16 +36,15 @@ import contextlib
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
-from uuid import UUID
 
 import anyio
 import asyncpg
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
 from qzpay.adapters import storage_rules as rules
-from qzpay.adapters.serialized import add_refund, redeem_promo_code
 from qzpay.adapters.sql import migrations
 from qzpay.adapters.sql.event_loop import require_asyncio
 from qzpay.adapters.sql.postgres_batches import Batch, PostgresBatches
@@ -53,12 +52,8 @@ from qzpay.adapters.sql.rows import postgres_converter
 from qzpay.adapters.sql.schema import Schema, constraint_owners
 from qzpay.adapters.sql.statements import Compiled
 from qzpay.adapters.sql.store import SqlStoreBase
-from qzpay.adapters.sql.transaction import SqlTransaction
-from qzpay.contracts.storage import Scope, StorageTransaction
-from qzpay.domain.payments import Payment, Refund
-from qzpay.domain.promotions import PromoCode, PromoCodeUsage
-from qzpay.domain.records import IdempotencyKey
-from qzpay.domain.registry import spec_for
+from qzpay.adapters.sql.transaction import SqlSweep, SqlTransaction
+from qzpay.contracts.storage import Scope, StorageTransaction, TenantSweep
 from qzpay.errors import (
     ConfigurationError,
     ConflictError,
@@ -296,6 +291,19 @@ class PostgresStorage(SqlStoreBase):
             return await pool.acquire()
         except Exception as error:
             raise _acquire_failed(error) from None
+
+    @asynccontextmanager
+    async def across_tenants(self, *, livemode: bool) -> AsyncIterator[TenantSweep]:
+        """The cross-tenant reads, on a connection of their own, in no tenant's scope."""
+        require_asyncio("PostgresStorage")
+        pool = self._require_pool()
+        connection = await self._acquire(pool)
+        sweep = _PostgresTransaction(self, connection, Scope(livemode=livemode), readonly=True)
+        try:
+            yield SqlSweep(sweep)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _release(pool, sweep.connection)
 
     @property
     def batches(self) -> PostgresBatches:
@@ -537,34 +545,11 @@ class _PostgresTransaction(SqlTransaction):
         """Sends the buffered writes inside BEGIN (never in autocommit: more may follow)."""
         await self._send_writes()
 
-    # -- atomic operations: row locks in the database ------------------------------------
+    # -- atomic primitives: the statements lock what they touch --------------------------
 
-    async def _lock(self, kind: type[Any], entity_id: UUID) -> None:
-        """Hold the row's lock until the transaction ends: the next read-check-write is atomic."""
-        self._check_writable()
-        await self._fetch(self._postgres.statements.lock(spec_for(kind)), self._key(entity_id))
-
-    async def redeem_promo_code(self, usage: PromoCodeUsage) -> PromoCode:
-        await self._lock(PromoCode, usage.promo_code_id)
-        return await redeem_promo_code(self, usage)
-
-    async def add_refund(self, refund: Refund) -> Payment:
-        await self._lock(Payment, refund.payment_id)
-        return await add_refund(self, refund)
-
-    async def store_idempotency_key(self, record: IdempotencyKey) -> IdempotencyKey:
-        """Insert unless taken (``ON CONFLICT DO NOTHING`` waits for a concurrent inserter)."""
-        self._check_writable()
-        rules.check_entity_scope(record, self._scope)
-        rules.check_timestamps(record)
-        statement = self._postgres.statements.insert_if_absent(spec_for(IdempotencyKey))
-        params = self._postgres.codec(IdempotencyKey).params(record)
-        if await self._fetch(statement, params):
-            return record
-        stored: IdempotencyKey | None = await self.find(IdempotencyKey, key=record.key)
-        if stored is None:
-            raise StorageError("the idempotency key vanished while being stored")
-        return stored
+    def _lease(self, now: datetime, lease: timedelta) -> dict[str, Any]:
+        """Leases run on the server's clock: every worker compares against the same one."""
+        return {"lease": lease}
 
 
 async def _found(connection: asyncpg.Connection, schema: Schema) -> migrations.Found:
