@@ -13,7 +13,8 @@ import re
 import typing
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -115,7 +116,7 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 def storable_text(value: str, *, field: str) -> str:
     """``value``, or a ``ValidationError`` naming ``field`` if a database cannot store it."""
-    if _UNSTORABLE.search(value):
+    if not (value.isascii() and "\x00" not in value) and _UNSTORABLE.search(value):
         raise ValidationError(
             "contains a NUL character or a lone surrogate, which cannot be stored",
             field=field,
@@ -125,13 +126,16 @@ def storable_text(value: str, *, field: str) -> str:
 
 
 def _check_storable(value: Any, field: str) -> None:
-    if isinstance(value, str):
+    # Exact types first: this runs on every written row, and abc isinstance checks are slow.
+    kind = type(value)
+    if kind is str:
         storable_text(value, field=field)
-    elif isinstance(value, Mapping):
+    elif kind is MappingProxyType or kind is dict or isinstance(value, Mapping):
         for key, item in value.items():
-            storable_text(str(key), field=f"{field}.{key!s}"[:200])
-            _check_storable(item, f"{field}.{key!s}"[:200])
-    elif isinstance(value, tuple | list):
+            inner = f"{field}.{key!s}"[:200]
+            storable_text(str(key), field=inner)
+            _check_storable(item, inner)
+    elif kind is tuple or kind is list:
         for item in value:
             _check_storable(item, field)
 
@@ -142,11 +146,14 @@ def check_values(entity: Any) -> None:
     columns = _columns(type(entity))
     for name in columns.timestamps:
         value = getattr(entity, name)
-        if value is not None:
+        if value is not None and value.tzinfo is not UTC:
             aware_utc(value, field=name)
     for name in columns.texts:
         value = getattr(entity, name)
-        if value is not None:
+        if type(value) is str:
+            if not (value.isascii() and "\x00" not in value):  # else nothing to look at
+                storable_text(value, field=name)
+        elif value is not None:
             _check_storable(value, name)
     for name in columns.mappings:
         value = getattr(entity, name)

@@ -24,9 +24,14 @@ from types import MappingProxyType
 from typing import Any
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+_ATOMS = frozenset({str, int, bool, float, type(None)})
+"""Types that are immutable already: checked by exact type first, as the abc checks below
+are slow and every row read back from a database goes through here."""
 
 
 def _freeze(value: Any) -> Any:
+    if type(value) in _ATOMS:
+        return value
     if isinstance(value, Mapping):
         return frozen_mapping(value)
     if isinstance(value, list | tuple):

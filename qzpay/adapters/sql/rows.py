@@ -15,6 +15,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
@@ -40,6 +41,10 @@ def _to_json(value: Any) -> str | None:
         return None
     if not value:  # most metadata is empty: skip the encoder
         return "{}" if isinstance(value, Mapping) else "[]"
+    if type(value) is MappingProxyType:
+        # Domain values hold read-only mappings; the C encoder takes only real dicts, and
+        # anything else sends the whole value down the pure-Python path.
+        value = value.copy()
     return _ENCODER.encode(value)
 
 
