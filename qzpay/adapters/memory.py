@@ -406,6 +406,7 @@ class _MemoryTransaction:
         rules.check_claimable(table.spec)
         limit = rules.claim_size(limit)
         now = aware_utc(now, field="now")
+        rules.storable_text(claimant, field="claimant")
         claimed = []
         for row in _due(self._matching(table, None, False), now, limit):
             held = attrs.evolve(row, claimed_by=claimant, claimed_until=now + lease)
