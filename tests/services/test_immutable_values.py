@@ -38,7 +38,7 @@ async def test_the_audit_log_cannot_be_rewritten_through_a_returned_row(billing:
     with pytest.raises(TypeError):
         updated.changes["name"] = "forged"  # type: ignore[index]
     with pytest.raises(TypeError):
-        updated.changes["name"][1] = "forged"  # type: ignore[index]
+        updated.changes["name"][1] = "forged"
 
     [again, _] = (await billing.audit.list(entity_id=ann.id)).items
     assert again.changes == {"name": (None, "Ann")}

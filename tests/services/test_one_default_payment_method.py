@@ -31,7 +31,8 @@ async def test_concurrent_attaches_with_set_default_leave_exactly_one_default(
     assert len(attached) == len(cards) == 4
     assert sum(card.is_default for card in cards) == 1
     default = await billing.payment_methods.get_default(ann.id)
-    assert default is not None and default.is_default
+    assert default is not None
+    assert default.is_default
 
 
 async def test_concurrent_set_default_leaves_exactly_one_default(billing: Billing) -> None:

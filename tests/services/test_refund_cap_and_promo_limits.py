@@ -6,11 +6,13 @@ payment and promo services build on; here they run under concurrency on every ad
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import anyio
 import attrs
 import pytest
 
-from qzpay import Billing, InvalidStateError, NotFoundError, Scope, ValidationError
+from qzpay import Billing, InvalidStateError, NotFoundError, QZPayError, Scope, ValidationError
 from qzpay.conformance import entities
 from qzpay.domain.customers import Customer
 from qzpay.domain.payments import Payment, Refund
@@ -30,15 +32,16 @@ async def _customers(billing: Billing, count: int) -> list[Customer]:
     return customers
 
 
-async def _race(count: int, work: object) -> tuple[int, list[Exception]]:
+async def _race(count: int, work: Callable[[int], Awaitable[None]]) -> tuple[int, list[QZPayError]]:
+    """Start ``count`` calls of ``work`` at once: how many succeeded, and qzpay's refusals."""
     done, errors = 0, []
 
     async def one(index: int) -> None:
         nonlocal done
         try:
-            await work(index)  # type: ignore[operator]
+            await work(index)
             done += 1
-        except Exception as error:
+        except QZPayError as error:
             errors.append(error)
 
     async with anyio.create_task_group() as group:
