@@ -30,6 +30,7 @@ from qzpay.errors import (
     ValidationError,
 )
 from qzpay.timestamps import aware_utc
+from qzpay.validation import storable_text as storable_text  # one rule for services and stores
 
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
 MAX_PAGE_SIZE = 100
@@ -110,21 +111,6 @@ def _columns(kind: type[Any]) -> _Columns:
     return found
 
 
-# PostgreSQL's text cannot hold NUL, and no UTF-8 can hold a lone surrogate.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def storable_text(value: str, *, field: str) -> str:
-    """``value``, or a ``ValidationError`` naming ``field`` if a database cannot store it."""
-    if not (value.isascii() and "\x00" not in value) and _UNSTORABLE.search(value):
-        raise ValidationError(
-            "contains a NUL character or a lone surrogate, which cannot be stored",
-            field=field,
-            rule="storable_text",
-        )
-    return value
-
-
 def _check_storable(value: Any, field: str) -> None:
     # Exact types first: this runs on every written row, and abc isinstance checks are slow.
     kind = type(value)
@@ -151,8 +137,7 @@ def check_values(entity: Any) -> None:
     for name in columns.texts:
         value = getattr(entity, name)
         if type(value) is str:
-            if not (value.isascii() and "\x00" not in value):  # else nothing to look at
-                storable_text(value, field=name)
+            storable_text(value, field=name)
         elif value is not None:
             _check_storable(value, name)
     for name in columns.mappings:

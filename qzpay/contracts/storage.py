@@ -29,6 +29,10 @@ applies to:
 - **Readonly.** A transaction opened ``readonly=True`` refuses every write method
   (``insert``, ``update``, ``soft_delete``, ``claim``, ``increment``, ``next_number``,
   ``insert_or_get``) with ``ConfigurationError`` before anything reaches the database.
+- **Storable values.** Every write (``insert``, ``update``, ``insert_or_get``) refuses a row
+  with a naive datetime, or with text (metadata keys and values included) holding a NUL or a
+  lone surrogate, with ``ValidationError`` naming the field (``name``, ``metadata.tier``) and
+  rule ``storable_text``: what one database cannot keep, no adapter keeps.
 - **Immutability.** A returned entity is the adapter's copy: nothing a caller does to it
   changes what is stored, and no two calls hand out one mutable object.
 - **Atomicity.** Writes may be buffered and sent at the next read, at ``flush()`` or at
