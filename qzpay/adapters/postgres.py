@@ -342,9 +342,8 @@ class PostgresStorage(SqlStoreBase):
 
 
 class _PostgresTransaction(SqlTransaction):
-    """Reads run at once; writes go as one statement at the next read, flush or commit."""
-
-    skip_locked = True
+    """Reads run at once; buffered writes go as few bounded statements at the next read,
+    flush or commit (``PostgresBatches``)."""
 
     def __init__(
         self,

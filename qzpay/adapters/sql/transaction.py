@@ -71,9 +71,6 @@ class Write:
 class SqlTransaction:
     """Generic reads and buffered writes over compiled statements."""
 
-    # Claims skip rows another transaction holds (PostgreSQL); SQLite has one writer anyway.
-    skip_locked = False
-
     def __init__(self, store: SqlStore, scope: Scope, *, readonly: bool) -> None:
         self._store = store
         self._scope = scope
