@@ -7,17 +7,17 @@ every buffered write into one statement and failed at 1,665 writes (``TooManyCol
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import attrs
 import pytest
 
 from qzpay import ConflictError, NotFoundError
+from qzpay.conformance import entities
 from qzpay.contracts.storage import Scope, StoragePort, StorageTransaction
-from qzpay.domain.catalog import Plan, Price
 from qzpay.domain.customers import Customer
-from qzpay.domain.enums import Interval, InvoiceStatus, PaymentStatus, SubscriptionStatus
+from qzpay.domain.enums import InvoiceStatus, PaymentStatus
 from qzpay.domain.invoices import Invoice, InvoiceLine, InvoicePayment
 from qzpay.domain.payments import Payment
 from qzpay.domain.records import AuditLog
@@ -27,7 +27,7 @@ from qzpay.ids import new_id
 pytestmark = pytest.mark.anyio
 
 SCOPE = Scope(livemode=False)
-NOW = datetime(2028, 1, 31, 9, 0, tzinfo=UTC)
+NOW = entities.NOW  # the conformance rows' "now": what the book is built at
 LATER = NOW + timedelta(days=31)
 RENEWALS = 500
 
@@ -54,33 +54,11 @@ async def storage(store_factory: StoreFactory) -> AsyncIterator[StoragePort]:
 
 @pytest.fixture
 async def book(storage: StoragePort) -> Book:
-    customer = Customer(
-        id=new_id(), livemode=False, email="ann@example.com", created_at=NOW, updated_at=NOW
-    )
-    plan = Plan(id=new_id(), livemode=False, name="Pro", created_at=NOW, updated_at=NOW)
-    price = Price(
-        id=new_id(), livemode=False, plan_id=plan.id, unit_amount=2900, currency="USD",
-        interval=Interval.MONTH, created_at=NOW, updated_at=NOW,
-    )  # fmt: skip
+    customer = entities.customer(SCOPE, email="ann@example.com")
+    plan = entities.plan(SCOPE)
+    price = entities.price(SCOPE, plan.id)
     subscriptions = [
-        Subscription(
-            id=new_id(),
-            livemode=False,
-            customer_id=customer.id,
-            plan_id=plan.id,
-            price_id=price.id,
-            status=SubscriptionStatus.ACTIVE,
-            currency="USD",
-            unit_amount=2900,
-            interval=Interval.MONTH,
-            billing_anchor=NOW,
-            current_period_start=NOW - timedelta(days=31),
-            current_period_end=NOW,
-            due_at=NOW,
-            metadata={"n": str(i)},
-            created_at=NOW,
-            updated_at=NOW,
-        )
+        entities.subscription(SCOPE, customer, price, due_at=NOW, metadata={"n": str(i)})
         for i in range(RENEWALS)
     ]
     async with storage.transaction(SCOPE) as tx:
