@@ -21,7 +21,7 @@ from qzpay.adapters.sql.rows import RowCodec
 from qzpay.adapters.sql.statements import Compiled, Statements, filter_shape
 from qzpay.contracts.filters import Condition, Op
 from qzpay.contracts.storage import Filters, Group, Page, Scope
-from qzpay.domain.registry import EntitySpec, spec_for
+from qzpay.domain.registry import EntitySpec, UniqueKey, spec_for
 from qzpay.errors import ConfigurationError, QZPayError
 from qzpay.timestamps import aware_utc
 
@@ -368,9 +368,11 @@ class SqlTransaction:
         return stored, False
 
 
-def _taken_key(spec: EntitySpec[Any], asked: Any) -> tuple[str, ...]:
+def _taken_key(spec: EntitySpec[Any], asked: UniqueKey) -> tuple[str, ...]:
+    """The key to name when ``asked`` was free but the insert was refused: the kind's first
+    other unique key, or its id when it has none."""
     others = [key.columns for key in spec.unique if key is not asked]
-    return others[0] if len(others) == 1 else ("id",) if not others else others[0]
+    return others[0] if others else ("id",)
 
 
 class SqlSweep:
