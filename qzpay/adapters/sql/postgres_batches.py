@@ -209,19 +209,22 @@ class PostgresBatches:
     def __init__(self, *, shape_cache: int = SHAPE_CACHE) -> None:
         self._multi: dict[Compiled, MultiRow | None] = {}
         self._shapes: OrderedDict[tuple[tuple[Compiled, bool], ...], str] = OrderedDict()
+        self._small: dict[tuple[Compiled, ...], str] = {}
+        """Combined texts of single-row writes, by their statements (oldest dropped first)."""
         self._shape_cache = shape_cache
 
     @property
     def shapes(self) -> int:
-        """How many combined texts are cached now (at most ``shape_cache``)."""
-        return len(self._shapes)
+        """How many combined texts are cached now (at most twice ``shape_cache``: the
+        general shapes, and those of small calls of single-row writes)."""
+        return len(self._shapes) + len(self._small)
 
     def plan(self, writes: Sequence[Write]) -> list[Batch]:
         """The statements that send ``writes``, in the order they must run."""
         if len(writes) <= SMALL and _all_different(writes):
             # The common small call (customers.create: a customer and its audit row): each
             # write is its own group, so grouping would change nothing; skip its bookkeeping.
-            return [self._batch([Part((write,), None) for write in writes])]
+            return [self._single_rows(writes)]
         batches: list[Batch] = []
         for run in group_writes(writes):
             parts: list[Part] = []
@@ -254,6 +257,30 @@ class PostgresBatches:
             for start in range(0, len(group), CHUNK_ROWS)
         ]
 
+    def _single_rows(self, writes: Sequence[Write]) -> Batch:
+        """``_batch`` for writes that are one part each, in one pass (this is every small
+        call): the combined text is cached by the statements alone."""
+        if len(writes) == 1:
+            write = writes[0]
+            args = write.statement.positional(write.params)
+            return Batch(
+                write.statement.sql, args, [Part(writes, None)], True, write.checked, False
+            )
+        parts, statements, args, checked = [], [], [], False
+        for write in writes:
+            statement = write.statement
+            parts.append(Part((write,), None))
+            statements.append(statement)
+            args.extend(statement.positional(write.params))
+            checked = checked or write.checked
+        shape = tuple(statements)
+        sql = self._small.get(shape)
+        if sql is None:
+            sql = self._small[shape] = _text(parts)
+            if len(self._small) > self._shape_cache:
+                del self._small[next(iter(self._small))]
+        return Batch(sql, args, parts, False, checked, False)
+
     def _batch(self, parts: list[Part]) -> Batch:
         checked = any(part.writes[0].checked for part in parts)
         if len(parts) == 1 and parts[0].multi is None:
@@ -277,30 +304,34 @@ class PostgresBatches:
         if found is not None:
             self._shapes.move_to_end(shape)
             return found
-        ctes, outputs, offset = [], [], 0
-        for index, part in enumerate(parts):
-            multi = part.multi
-            if multi is None:
-                statement = part.writes[0].statement
-                ctes.append(f"w{index} AS ({renumber(statement.sql, offset)} RETURNING 1)")
-                outputs.append(f"(SELECT count(*) FROM w{index})")
-                offset += len(statement.names)
-                continue
-            ctes.append(f"w{index} AS ({renumber(multi.sql, offset)} RETURNING {multi.returning})")
-            if multi.key is None:
-                outputs.append(f"(SELECT count(*) FROM w{index})")
-            else:
-                keys = f"${multi.key + offset}::{multi.key_type}[]"
-                outputs.append(
-                    f"(SELECT array_agg(m.k) FROM unnest({keys}) AS m(k)"
-                    f" WHERE m.k NOT IN (SELECT id FROM w{index}))"
-                )
-            offset += len(multi.binds)
-        found = f"WITH {', '.join(ctes)} SELECT {', '.join(outputs)}"
-        self._shapes[shape] = found
+        found = self._shapes[shape] = _text(parts)
         if len(self._shapes) > self._shape_cache:
             self._shapes.popitem(last=False)
         return found
+
+
+def _text(parts: Sequence[Part]) -> str:
+    """The statement of data-modifying CTEs for ``parts`` (``combined`` caches it)."""
+    ctes, outputs, offset = [], [], 0
+    for index, part in enumerate(parts):
+        multi = part.multi
+        if multi is None:
+            statement = part.writes[0].statement
+            ctes.append(f"w{index} AS ({renumber(statement.sql, offset)} RETURNING 1)")
+            outputs.append(f"(SELECT count(*) FROM w{index})")
+            offset += len(statement.names)
+            continue
+        ctes.append(f"w{index} AS ({renumber(multi.sql, offset)} RETURNING {multi.returning})")
+        if multi.key is None:
+            outputs.append(f"(SELECT count(*) FROM w{index})")
+        else:
+            keys = f"${multi.key + offset}::{multi.key_type}[]"
+            outputs.append(
+                f"(SELECT array_agg(m.k) FROM unnest({keys}) AS m(k)"
+                f" WHERE m.k NOT IN (SELECT id FROM w{index}))"
+            )
+        offset += len(multi.binds)
+    return f"WITH {', '.join(ctes)} SELECT {', '.join(outputs)}"
 
 
 __all__ = ["CHUNK_ROWS", "MAX_PARTS", "SHAPE_CACHE", "Batch", "Part", "PostgresBatches"]

@@ -53,9 +53,13 @@ MAX_CACHED = 512
 """Statement shapes kept compiled per store; the least recently used one goes past this."""
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Compiled:
-    """SQL text for one dialect and the bind names in the order a positional driver wants."""
+    """SQL text for one dialect and the bind names in the order a positional driver wants.
+
+    Its hash is cached: write plans key their caches by the statements of a transaction,
+    once per call.
+    """
 
     sql: str
     names: tuple[str, ...]
