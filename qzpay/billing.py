@@ -105,6 +105,7 @@ class Billing:
             livemode=self._context.livemode,
             tenant_id=check.tenant_id(tenant_id),
             multi_tenant=True,
+            settings=self._context.settings,
         )
         return Billing(context, root=root)
 

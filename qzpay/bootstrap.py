@@ -6,6 +6,8 @@ in-process event bus) and checks that the pieces agree before anything runs.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from qzpay import validation as check
 from qzpay.adapters.clock import SystemClock
 from qzpay.adapters.events import InProcessEventBus
@@ -16,6 +18,7 @@ from qzpay.contracts.provider import PaymentProvider
 from qzpay.contracts.storage import StoragePort
 from qzpay.errors import ConfigurationError
 from qzpay.services.context import ServiceContext
+from qzpay.settings import DEFAULTS, Settings
 
 
 def create_billing(
@@ -26,12 +29,16 @@ def create_billing(
     tenancy: Tenancy | None = None,
     clock: Clock | None = None,
     event_bus: EventBus | None = None,
+    idempotency_ttl: timedelta = DEFAULTS.idempotency_ttl,
+    reconcile_after: timedelta = DEFAULTS.reconcile_after,
+    abandon_after: timedelta = DEFAULTS.abandon_after,
 ) -> Billing:
     """Wire qzpay to your storage, payment provider, clock and event bus.
 
     Tenancy is declared once, on the storage (``multi_tenant=``): ``tenancy=`` may be left
     out, and where it is given it must agree, so a mismatch is caught here rather than at
-    the first call.
+    the first call. ``idempotency_ttl``, ``reconcile_after`` and ``abandon_after`` are
+    described on ``qzpay.settings.Settings``.
 
     >>> from qzpay.adapters.memory import MemoryStorage
     >>> from qzpay.adapters.fake import FakeProvider
@@ -59,5 +66,10 @@ def create_billing(
         livemode=check.boolean(livemode, field="livemode"),
         tenant_id=None,
         multi_tenant=multi,
+        settings=Settings(
+            idempotency_ttl=idempotency_ttl,
+            reconcile_after=reconcile_after,
+            abandon_after=abandon_after,
+        ),
     )
     return Billing(context)

@@ -12,11 +12,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import pickle
 import re
 import secrets
 from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, get_args
 
 import anyio.lowlevel
@@ -246,8 +249,11 @@ class FakeProvider:
     by default, so a new run against a saved database never reuses an id; pass
     ``namespace=""`` for bare, reproducible ids (``cus_fake_000001``, ``pm_fake_000001``,
     ``ch_fake_000001``, ``re_fake_000001``, ``cs_fake_000001``). Tests can inject
-    faults with ``fail_next`` and inspect ``customers``, ``payment_methods``, ``charges``
-    and ``refunds``.
+    faults with ``fail_next`` (also a response lost after the work was done), finish 3-D
+    Secure with ``complete_authentication``, and inspect ``customers``,
+    ``payment_methods``, ``charges`` and ``refunds``. With ``ledger=path`` the fake keeps
+    its state in that file, so another process (a crash test's next run, the demo run
+    again) sees what an earlier one charged.
 
     Every call yields to the event loop once, as a network round trip would, then applies
     its change without awaiting again: concurrent calls on one event loop (asyncio or trio)
@@ -284,6 +290,7 @@ class FakeProvider:
         webhook_secret: str = "whsec_fake",
         webhook_tolerance: timedelta = timedelta(minutes=5),
         namespace: str | None = None,
+        ledger: str | Path | None = None,
     ) -> None:
         if not isinstance(webhook_secret, str) or not webhook_secret:
             raise ValidationError("must be a non-empty string", field="webhook_secret")
@@ -303,7 +310,10 @@ class FakeProvider:
         self._charges: dict[str, _ChargeState] = {}
         self._refunds: list[FakeRefund] = []
         self._keys: dict[str, _KeyUse] = {}
-        self._faults: dict[str, deque[ProviderError]] = {}
+        self._faults: dict[str, deque[tuple[ProviderError, bool]]] = {}
+        self._ledger = None if ledger is None else Path(ledger)
+        if self._ledger is not None and self._ledger.exists():
+            self._load(self._ledger)
 
     # -- identity ---------------------------------------------------------------------------
 
@@ -319,16 +329,20 @@ class FakeProvider:
 
     # -- test controls ----------------------------------------------------------------------
 
-    def fail_next(self, operation: Operation, error: ProviderError) -> None:
-        """Make the next call of ``operation`` raise ``error`` before it does anything.
+    def fail_next(self, operation: Operation, error: ProviderError, *, after: bool = False) -> None:
+        """Make the next call of ``operation`` raise ``error``.
 
-        Errors queue up per operation, first in first out, and each is raised once. The
-        failing call changes nothing and binds no idempotency key, like a request that never
-        reached the provider. Operations: ``create_customer``, ``attach_payment_method``,
-        ``detach_payment_method``, ``charge``, ``refund``, ``create_checkout``.
+        Errors queue up per operation, first in first out, and each is raised once. By
+        default the failing call changes nothing and binds no idempotency key, like a
+        request that never reached the provider. With ``after=True`` the call does its work
+        (charges, refunds, binds the key) and then raises, like a response lost on its way
+        back (a timeout after charging): the fault reconciliation exists for. Operations:
+        ``create_customer``, ``attach_payment_method``, ``detach_payment_method``, ``charge``,
+        ``refund``, ``create_checkout``.
 
         >>> fake = FakeProvider()
         >>> fake.fail_next("charge", ProviderError("gateway timeout", retryable=True))
+        >>> fake.fail_next("charge", ProviderError("read timeout", retryable=True), after=True)
         """
         if operation not in _OPERATIONS:
             raise ValidationError(f"must be one of: {', '.join(_OPERATIONS)}", field="operation")
@@ -337,7 +351,7 @@ class FakeProvider:
                 "must be a ProviderError: the port promises callers nothing else",
                 field="error",
             )
-        self._faults.setdefault(operation, deque()).append(error)
+        self._faults.setdefault(operation, deque()).append((error, after))
 
     @property
     def customers(self) -> Mapping[str, FakeCustomer]:
@@ -372,12 +386,12 @@ class FakeProvider:
         self, *, email: str, name: str | None, idempotency_key: str
     ) -> ProviderCustomer:
         """Create a customer; the same key with the same email and name replays it."""
-        await self._enter("create_customer")
+        lost = await self._enter("create_customer")
         _check_key(idempotency_key)
         params = (email, name)
         prior = self._key_use("create_customer", idempotency_key, params)
         if prior is not None and prior.result is not None:
-            return self._replayed(prior, ProviderCustomer)
+            return self._leave(lost, self._replayed(prior, ProviderCustomer))
         if not isinstance(email, str) or not email:
             raise ProviderError("must be a non-empty string", field="email")
         customer = ProviderCustomer(provider_id=self._next_id("cus"))
@@ -385,7 +399,7 @@ class FakeProvider:
             provider_id=customer.provider_id, email=email, name=name
         )
         self._remember("create_customer", idempotency_key, params, customer)
-        return customer
+        return self._leave(lost, customer)
 
     async def attach_payment_method(
         self, *, provider_customer_id: str, token: str
@@ -394,7 +408,7 @@ class FakeProvider:
 
         Attaching the same token twice makes two payment methods, as on Stripe.
         """
-        await self._enter("attach_payment_method")
+        lost = await self._enter("attach_payment_method")
         self._require_customer(provider_customer_id)
         card = _TEST_CARDS.get(token) if isinstance(token, str) else None
         if card is None:
@@ -418,11 +432,11 @@ class FakeProvider:
         self._payment_methods[method.provider_id] = FakePaymentMethod(
             method=method, token=token, provider_customer_id=provider_customer_id
         )
-        return method
+        return self._leave(lost, method)
 
     async def detach_payment_method(self, *, provider_payment_method_id: str) -> None:
         """Detach a payment method; it can no longer be charged. Detaching twice fails."""
-        await self._enter("detach_payment_method")
+        lost = await self._enter("detach_payment_method")
         stored = self._payment_methods.get(provider_payment_method_id)
         if stored is None:
             raise ProviderError(
@@ -437,16 +451,17 @@ class FakeProvider:
         self._payment_methods[provider_payment_method_id] = attrs.evolve(
             stored, provider_customer_id=None
         )
+        self._leave(lost, None)
 
     async def charge(self, request: ChargeRequest) -> ChargeResult:
         """Charge an attached test card; the card's token decides the outcome."""
-        await self._enter("charge")
+        lost = await self._enter("charge")
         _check_key(request.idempotency_key)
         # A copy, so a caller mutating its metadata dict afterwards cannot change the binding.
         params = attrs.evolve(request, metadata=dict(request.metadata))
         prior = self._key_use("charge", request.idempotency_key, params)
         if prior is not None and prior.result is not None:
-            return self._replayed(prior, ChargeResult)
+            return self._leave(lost, self._replayed(prior, ChargeResult))
         _check_amount(request.amount)
         _check_currency(request.currency)
         self._require_customer(request.provider_customer_id)
@@ -454,6 +469,7 @@ class FakeProvider:
 
         if card.behavior == "processing_error" and prior is None:
             self._keys[request.idempotency_key] = _KeyUse(operation="charge", params=params)
+            self._save()
             raise ProviderError(
                 "processing error at the card network (simulated); "
                 "retry with the same idempotency key",
@@ -466,26 +482,65 @@ class FakeProvider:
                 status="failed",
                 failure_code=card.failure_code,
                 failure_message=card.failure_message,
+                provider_failure_code=card.failure_code,
             )
         elif card.behavior == "authenticate":
             result = ChargeResult(
                 provider_id=charge_id,
                 status="requires_action",
                 next_action_url=f"{_FAKE_3DS_URL}{charge_id}",
+                client_secret=f"{charge_id}_secret_fake",
             )
         else:
             result = ChargeResult(provider_id=charge_id, status="succeeded")
         self._charges[charge_id] = _ChargeState(request=params, result=result)
         self._remember("charge", request.idempotency_key, params, result)
-        return result
+        return self._leave(lost, result)
+
+    async def retrieve_charge(
+        self, *, idempotency_key: str, provider_id: str | None = None
+    ) -> ChargeResult | None:
+        """The charge as it stands now, found by its provider id or by the key it was made
+        with; ``None`` when no charge was made (never charges)."""
+        await anyio.lowlevel.checkpoint()
+        if provider_id is not None:
+            state = self._charges.get(provider_id)
+            return None if state is None else state.result
+        use = self._keys.get(idempotency_key)
+        if use is None or use.operation != "charge" or not isinstance(use.result, ChargeResult):
+            return None
+        return self._charges[use.result.provider_id].result
+
+    def complete_authentication(self, provider_id: str, *, succeed: bool = True) -> ChargeResult:
+        """The customer finished (or failed) 3-D Secure on a ``requires_action`` charge.
+
+        Stands in for the customer's browser: the charge becomes ``succeeded``, or
+        ``failed`` with ``authentication_failed``; ``payments.confirm`` then settles it.
+        """
+        state = self._charges.get(provider_id)
+        if state is None or state.result.status != "requires_action":
+            raise ValidationError("is not a charge waiting for 3-D Secure", field="provider_id")
+        state.result = (
+            ChargeResult(provider_id=provider_id, status="succeeded")
+            if succeed
+            else ChargeResult(
+                provider_id=provider_id,
+                status="failed",
+                failure_code="authentication_failed",
+                failure_message="The customer did not complete 3-D Secure.",
+                provider_failure_code="authentication_failed",
+            )
+        )
+        self._save()
+        return state.result
 
     async def refund(self, request: RefundRequest) -> RefundResult:
         """Refund part or all of a succeeded charge, never more than is left of it."""
-        await self._enter("refund")
+        lost = await self._enter("refund")
         _check_key(request.idempotency_key)
         prior = self._key_use("refund", request.idempotency_key, request)
         if prior is not None and prior.result is not None:
-            return self._replayed(prior, RefundResult)
+            return self._leave(lost, self._replayed(prior, RefundResult))
         _check_amount(request.amount)
         charge = self._charges.get(request.provider_payment_id)
         if charge is None:
@@ -515,7 +570,19 @@ class FakeProvider:
         result = RefundResult(provider_id=self._next_id("re"), status="succeeded")
         self._refunds.append(FakeRefund(request=request, result=result))
         self._remember("refund", request.idempotency_key, request, result)
-        return result
+        return self._leave(lost, result)
+
+    async def retrieve_refund(
+        self, *, idempotency_key: str, provider_id: str | None = None
+    ) -> RefundResult | None:
+        """The refund found by its provider id or by the key it was made with, or ``None``."""
+        await anyio.lowlevel.checkpoint()
+        for granted in self._refunds:
+            if granted.result.provider_id == provider_id or (
+                provider_id is None and granted.request.idempotency_key == idempotency_key
+            ):
+                return granted.result
+        return None
 
     async def create_subscription(
         self, request: ProviderSubscriptionRequest
@@ -528,11 +595,11 @@ class FakeProvider:
 
     async def create_checkout(self, request: CheckoutRequest) -> ProviderCheckout:
         """Open a checkout session at ``https://fake.qzpay.local/checkout/<id>``."""
-        await self._enter("create_checkout")
+        lost = await self._enter("create_checkout")
         _check_key(request.idempotency_key)
         prior = self._key_use("create_checkout", request.idempotency_key, request)
         if prior is not None and prior.result is not None:
-            return self._replayed(prior, ProviderCheckout)
+            return self._leave(lost, self._replayed(prior, ProviderCheckout))
         _check_amount(request.amount)
         _check_currency(request.currency)
         if request.provider_customer_id is not None:
@@ -540,7 +607,7 @@ class FakeProvider:
         session_id = self._next_id("cs")
         checkout = ProviderCheckout(provider_id=session_id, url=f"{FAKE_CHECKOUT_URL}{session_id}")
         self._remember("create_checkout", request.idempotency_key, request, checkout)
-        return checkout
+        return self._leave(lost, checkout)
 
     # -- webhooks ---------------------------------------------------------------------------
 
@@ -611,12 +678,54 @@ class FakeProvider:
 
     # -- internals --------------------------------------------------------------------------
 
-    async def _enter(self, operation: str) -> None:
-        """Yield once like a round trip would, then raise an injected fault if one is queued."""
+    async def _enter(self, operation: str) -> ProviderError | None:
+        """Yield once like a round trip would, then raise an injected fault if one is queued;
+        a fault for after the work is handed back for ``_leave``."""
         await anyio.lowlevel.checkpoint()
         faults = self._faults.get(operation)
         if faults:
-            raise faults.popleft()
+            error, after = faults.popleft()
+            if not after:
+                raise error
+            return error
+        return None
+
+    def _leave(self, lost: ProviderError | None, result: _T) -> _T:
+        """The call's work is done (and saved): return its result, or lose it on the way."""
+        self._save()
+        if lost is not None:
+            raise lost
+        return result
+
+    _STATE = (
+        "_namespace",
+        "_counters",
+        "_customers",
+        "_payment_methods",
+        "_cards",
+        "_charges",
+        "_refunds",
+        "_keys",
+    )
+
+    def _save(self) -> None:
+        """With a ``ledger`` file, write the whole state after each change (atomically), so
+        a process killed right after a call leaves what the provider did behind it."""
+        if self._ledger is None:
+            return
+        state = {name: getattr(self, name) for name in self._STATE}
+        partial = self._ledger.with_name(self._ledger.name + ".partial")
+        with partial.open("wb") as file:
+            pickle.dump(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, self._ledger)
+
+    def _load(self, ledger: Path) -> None:
+        with ledger.open("rb") as file:
+            state = pickle.load(file)  # the fake's own file: written by _save above
+        for name in self._STATE:
+            setattr(self, name, state[name])
 
     def _next_id(self, prefix: str) -> str:
         count = self._counters.get(prefix, 0) + 1

@@ -6,8 +6,12 @@ move money takes qzpay's own idempotency key, which the adapter must pass throug
 provider, so an application-level retry never charges twice.
 
 Failures: a refusal that is the customer's (a decline) comes back as a result with
-``status == "failed"`` and a ``failure_code``; a failure of the provider or the network
-raises ``qzpay.errors.ProviderError`` with ``retryable`` set honestly.
+``status == "failed"``, a provider-neutral ``failure_code`` (one of ``FAILURE_CODES``) and
+the provider's own code in ``provider_failure_code``; a failure of the provider or the
+network raises ``qzpay.errors.ProviderError`` with ``retryable`` set honestly. A call whose
+outcome the adapter cannot know (a timeout after the request was sent) raises a retryable
+``ProviderError``: qzpay then asks ``retrieve_charge`` / ``retrieve_refund`` by its own
+key, never charges again.
 """
 
 from __future__ import annotations
@@ -50,6 +54,30 @@ class ProviderPaymentMethod:
 
 ChargeStatus = Literal["succeeded", "requires_action", "processing", "failed"]
 
+FAILURE_CODES = frozenset(
+    {
+        "card_declined",
+        "insufficient_funds",
+        "expired_card",
+        "incorrect_cvc",
+        "incorrect_number",
+        "card_not_supported",
+        "currency_not_supported",
+        "fraud_suspected",
+        "authentication_failed",
+        "processing_error",
+        "provider_rejected",
+        "abandoned",
+    }
+)
+"""The provider-neutral failure codes a failed charge carries (``ChargeResult.failure_code``).
+
+Adapters map their provider's codes onto these (a code they cannot map is
+``card_declined``) and keep the original in ``provider_failure_code``. ``provider_rejected``
+means the provider refused the request itself (nothing was charged); ``abandoned``, that the
+provider never saw the charge and qzpay gave the attempt up (``payments.reconcile``).
+"""
+
 
 @attrs.frozen(kw_only=True)
 class ChargeRequest:
@@ -64,13 +92,19 @@ class ChargeRequest:
 
 @attrs.frozen(kw_only=True)
 class ChargeResult:
-    """The outcome of a charge; ``next_action_url`` is set when 3-D Secure is required."""
+    """The outcome of a charge, or its state now when retrieved.
+
+    While ``requires_action`` (3-D Secure), ``next_action_url`` is where to send the
+    customer and/or ``client_secret`` what a client library needs to finish it.
+    """
 
     provider_id: str
     status: ChargeStatus
     failure_code: str | None = None
     failure_message: str | None = None
+    provider_failure_code: str | None = None
     next_action_url: str | None = None
+    client_secret: str | None = None
 
 
 RefundStatusLiteral = Literal["succeeded", "pending", "failed"]
@@ -163,7 +197,24 @@ class PaymentProvider(Protocol):
 
     async def charge(self, request: ChargeRequest) -> ChargeResult: ...
 
+    async def retrieve_charge(
+        self, *, idempotency_key: str, provider_id: str | None = None
+    ) -> ChargeResult | None:
+        """The charge made with qzpay's ``idempotency_key`` (or, when known, the provider's
+        ``provider_id``) as it stands now; ``None`` when the provider has no such charge.
+
+        Reconciliation asks this after a crash or a lost response; it never charges.
+        """
+        ...
+
     async def refund(self, request: RefundRequest) -> RefundResult: ...
+
+    async def retrieve_refund(
+        self, *, idempotency_key: str, provider_id: str | None = None
+    ) -> RefundResult | None:
+        """The refund made with ``idempotency_key`` (or ``provider_id``) as it stands now;
+        ``None`` when the provider has none."""
+        ...
 
     async def create_subscription(
         self, request: ProviderSubscriptionRequest

@@ -58,6 +58,14 @@ class DiscountType(StrEnum):
     FREE_TRIAL_DAYS = "free_trial_days"
 
 
+class PromoDuration(StrEnum):
+    """How long a promo code's discount lasts (Stripe's coupon ``duration``)."""
+
+    ONCE = "once"
+    REPEATING = "repeating"
+    FOREVER = "forever"
+
+
 class ProrationBehavior(StrEnum):
     CREATE_PRORATIONS = "create_prorations"
     NONE = "none"

@@ -9,7 +9,7 @@ from uuid import UUID
 
 import attrs
 
-from qzpay.domain.enums import DiscountType
+from qzpay.domain.enums import DiscountType, PromoDuration
 from qzpay.domain.frozen import frozen_mapping, frozen_tuple
 
 
@@ -26,6 +26,13 @@ class PromoCode:
     amount_off: int | None = None
     currency: str | None = None
     trial_days: int | None = None
+    duration: PromoDuration = PromoDuration.ONCE
+    duration_in_periods: int | None = None
+    """For ``repeating``: how many billing periods the discount applies to."""
+    minimum_amount: int | None = None
+    """The smallest amount (in ``currency``) the code applies to."""
+    first_time_only: bool = False
+    """Only for customers who never paid before."""
     max_redemptions: int | None = None
     max_redemptions_per_customer: int | None = None
     times_redeemed: int = 0

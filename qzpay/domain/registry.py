@@ -27,6 +27,7 @@ from qzpay.domain.access import (
 from qzpay.domain.catalog import Addon, Plan, Price
 from qzpay.domain.checkout import Checkout
 from qzpay.domain.customers import Customer, CustomerProviderRef
+from qzpay.domain.enums import PaymentStatus
 from qzpay.domain.invoices import Invoice, InvoiceLine, InvoicePayment
 from qzpay.domain.marketplace import Vendor, VendorPayout
 from qzpay.domain.payments import Payment, PaymentMethod, Refund
@@ -81,6 +82,9 @@ class EntitySpec(Generic[E]):
     unique: tuple[UniqueKey, ...] = attrs.field(default=(), converter=_unique_keys)
     references: Mapping[str, str] = attrs.field(factory=dict)
     append_only: bool = False
+    defaults: Mapping[str, str | bool] = attrs.field(factory=dict)
+    """Database defaults of NOT NULL columns added to an existing table by a migration
+    (a database cannot add such a column without one): the same on new schemas."""
     fields: tuple[str, ...] = attrs.field(init=False)
     soft_delete: bool = attrs.field(init=False)
     versioned: bool = attrs.field(init=False)
@@ -141,7 +145,13 @@ SPECS: tuple[EntitySpec[Any], ...] = (
         ),
         references={"customer_id": "customers"},
     ),
-    _spec(PromoCode, "promo_codes", "promo_code", unique=(("code",),)),
+    _spec(
+        PromoCode,
+        "promo_codes",
+        "promo_code",
+        unique=(("code",),),
+        defaults={"duration": "once", "first_time_only": False},
+    ),
     _spec(
         Subscription,
         "subscriptions",
@@ -172,6 +182,11 @@ SPECS: tuple[EntitySpec[Any], ...] = (
         Payment,
         "payments",
         "payment",
+        unique=(
+            ("provider", "provider_id"),
+            # One open attempt per invoice: a second charge waits for the first's outcome.
+            UniqueKey(("invoice_id",), where={"status": PaymentStatus.PENDING}),
+        ),
         references={
             "customer_id": "customers",
             "subscription_id": "subscriptions",
@@ -186,7 +201,13 @@ SPECS: tuple[EntitySpec[Any], ...] = (
         unique=(("invoice_id", "payment_id"),),
         references={"invoice_id": "invoices", "payment_id": "payments"},
     ),
-    _spec(Refund, "refunds", "refund", references={"payment_id": "payments"}),
+    _spec(
+        Refund,
+        "refunds",
+        "refund",
+        unique=(("provider", "provider_id"),),
+        references={"payment_id": "payments"},
+    ),
     _spec(
         PromoCodeUsage,
         "promo_code_usage",
@@ -231,7 +252,7 @@ SPECS: tuple[EntitySpec[Any], ...] = (
         append_only=True,
     ),
     _spec(JobExecution, "job_executions", "job_execution"),
-    _spec(IdempotencyKey, "idempotency_keys", "idempotency_key", unique=(("key",),)),
+    _spec(IdempotencyKey, "idempotency_keys", "idempotency_key", unique=(("operation", "key"),)),
 )
 
 _BY_KIND: dict[type[Any], EntitySpec[Any]] = {spec.kind: spec for spec in SPECS}

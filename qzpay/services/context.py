@@ -24,6 +24,7 @@ from qzpay.domain.records import AuditLog
 from qzpay.domain.registry import spec_for
 from qzpay.errors import ConfigurationError, NotFoundError
 from qzpay.ids import new_id
+from qzpay.settings import DEFAULTS, Settings
 from qzpay.timestamps import aware_utc
 from qzpay.validation import changed
 
@@ -89,6 +90,7 @@ class ServiceContext:
     livemode: bool
     tenant_id: str | None
     multi_tenant: bool
+    settings: Settings = DEFAULTS
 
     def scope(self) -> Scope:
         if self.multi_tenant and self.tenant_id is None:

@@ -623,8 +623,14 @@ def test_grouping_keeps_the_orders_that_matter() -> None:
     assert shape([update(old), update(attrs.evolve(other, is_default=True))]) == [
         [["update payment_method"], ["update payment_method"]]
     ]
-    # Kinds without unique keys (a renewal's payments, subscriptions) update as one statement;
-    # invoices have one (their number), so they do not.
+    # Kinds without unique keys (a renewal's subscriptions) update as one statement;
+    # invoices (their number) and payments (their provider id) have one, so they do not.
+    plan = entities.plan(SCOPE)
+    price = entities.price(SCOPE, plan.id)
+    renewed = [entities.subscription(SCOPE, c, price) for c in (ann, bob)]
+    assert shape([update(row) for row in renewed]) == [
+        [["update subscription", "update subscription"]]
+    ]
     paid = [entities.payment(SCOPE, ann), entities.payment(SCOPE, bob)]
-    assert shape([update(row) for row in paid]) == [[["update payment", "update payment"]]]
+    assert shape([update(row) for row in paid]) == [[["update payment"], ["update payment"]]]
     assert shape([update(first), update(second)]) == [[["update invoice"], ["update invoice"]]]

@@ -39,6 +39,7 @@ pytestmark = pytest.mark.anyio
 LONG_PREFIX = "qz_" + "x" * 27 + "_"  # 31 characters: the longest a prefix may be
 PREFIXES = ["billing_", LONG_PREFIX]
 Shape = dict[str, Any]
+ALL_VERSIONS = [step.version for step in migrations.MIGRATIONS]
 
 
 @pytest.fixture
@@ -184,15 +185,12 @@ async def test_sqlite_upgraded_from_version_1_is_the_new_schema(
 ) -> None:
     new, old = tmp_path / "new.db", tmp_path / "old.db"
     assert await SQLiteStorage(new, table_prefix=prefix, multi_tenant=multi_tenant).migrate() == [
-        1,
-        2,
-        3,
-        4,
+        *ALL_VERSIONS
     ]
     make_version_1_sqlite(old, prefix, multi_tenant)
     version_1 = sqlite_shape(old, prefix)
     storage = SQLiteStorage(old, table_prefix=prefix, multi_tenant=multi_tenant)
-    assert await storage.migrate() == [2, 3, 4]
+    assert await storage.migrate() == ALL_VERSIONS[1:]
 
     assert differences(sqlite_shape(new, prefix), sqlite_shape(old, prefix)) == []
     assert differences(sqlite_rows(new, prefix), sqlite_rows(old, prefix)) == []
@@ -355,10 +353,10 @@ async def test_postgres_upgraded_from_version_1_is_the_new_schema(
     new, old = pg_schemas
     new_url, old_url = in_schema(pg_url, new), in_schema(pg_url, old)
     fresh = PostgresStorage(new_url, table_prefix=prefix, multi_tenant=multi_tenant)
-    assert await fresh.migrate() == [1, 2, 3, 4]
+    assert await fresh.migrate() == ALL_VERSIONS
     await make_version_1_postgres(old_url, prefix, multi_tenant)
     upgraded = PostgresStorage(old_url, table_prefix=prefix, multi_tenant=multi_tenant)
-    assert await upgraded.migrate() == [2, 3, 4]
+    assert await upgraded.migrate() == ALL_VERSIONS[1:]
 
     new_shape = await postgres_shape(pg_url, new, prefix)
     assert differences(new_shape, await postgres_shape(pg_url, old, prefix)) == []
@@ -455,11 +453,10 @@ async def test_sqlite_step_3_keeps_invoice_numbers_and_the_newest_default(
         for statement in _version_1_rows(prefix, multi_tenant, "sqlite"):
             connection.execute(statement)
         connection.commit()
-    assert await SQLiteStorage(path, table_prefix=prefix, multi_tenant=multi_tenant).migrate() == [
-        2,
-        3,
-        4,
-    ]
+    assert (
+        await SQLiteStorage(path, table_prefix=prefix, multi_tenant=multi_tenant).migrate()
+        == ALL_VERSIONS[1:]
+    )
     with closing(sqlite3.connect(path)) as connection:
         tenant = "tenant_id" if multi_tenant else "NULL"
         sequences = connection.execute(
@@ -508,7 +505,7 @@ async def test_postgres_step_3_keeps_invoice_numbers_and_the_newest_default(
     finally:
         await connection.close()
     storage = PostgresStorage(url, table_prefix=prefix, multi_tenant=multi_tenant)
-    assert await storage.migrate() == [2, 3, 4]
+    assert await storage.migrate() == ALL_VERSIONS[1:]
     connection = await asyncpg.connect(url)
     try:
         tenant = "tenant_id" if multi_tenant else "NULL"

@@ -166,6 +166,49 @@ def _v4_schema_info(layout: Layout) -> list[str]:
     ]
 
 
+def _v5_payments_intent_first(layout: Layout) -> list[str]:
+    """What intent-first payments, refunds, promo codes and idempotency need.
+
+    Payments: the provider's own failure code, a description, the next action of a
+    ``requires_action`` payment, and ``due_at`` with a lease, so the job runner claims
+    pending payments to reconcile them. One payment per ``(provider, provider_id)`` (a
+    payment recorded twice is stored once) and one pending attempt per invoice; refunds
+    likewise once per provider id. Promo codes: duration, minimum amount, first-time-only.
+    Idempotency keys are scoped per operation as well.
+    """
+    sqlite = layout.dialect == "sqlite"
+    json = "JSON" if sqlite else "JSONB"
+    moment = "DATETIME" if sqlite else "TIMESTAMP WITH TIME ZONE"
+    scope = layout.scope
+    return layout.render(
+        "ALTER TABLE {prefix}payments ADD COLUMN provider_failure_code TEXT",
+        "ALTER TABLE {prefix}payments ADD COLUMN description TEXT",
+        f"ALTER TABLE {{prefix}}payments ADD COLUMN next_action {json}",
+        f"ALTER TABLE {{prefix}}payments ADD COLUMN due_at {moment}",
+        "ALTER TABLE {prefix}payments ADD COLUMN claimed_by TEXT",
+        f"ALTER TABLE {{prefix}}payments ADD COLUMN claimed_until {moment}",
+        "CREATE INDEX IF NOT EXISTS {prefix}payments_due_at_idx "
+        f"ON {{prefix}}payments ({scope}, due_at)",
+        "CREATE UNIQUE INDEX IF NOT EXISTS {prefix}payments_provider_provider_id_key "
+        f"ON {{prefix}}payments ({scope}, provider, provider_id) WHERE deleted_at IS NULL",
+        "CREATE UNIQUE INDEX IF NOT EXISTS {prefix}payments_invoice_id_status_key "
+        f"ON {{prefix}}payments ({scope}, invoice_id) "
+        "WHERE deleted_at IS NULL AND status = 'pending'",
+        "ALTER TABLE {prefix}refunds ADD COLUMN failure_code TEXT",
+        "ALTER TABLE {prefix}refunds ADD COLUMN idempotency_key TEXT",
+        "CREATE UNIQUE INDEX IF NOT EXISTS {prefix}refunds_provider_provider_id_key "
+        f"ON {{prefix}}refunds ({scope}, provider, provider_id)",
+        "ALTER TABLE {prefix}promo_codes ADD COLUMN duration TEXT DEFAULT 'once' NOT NULL",
+        "ALTER TABLE {prefix}promo_codes ADD COLUMN duration_in_periods BIGINT",
+        "ALTER TABLE {prefix}promo_codes ADD COLUMN minimum_amount BIGINT",
+        "ALTER TABLE {prefix}promo_codes ADD COLUMN first_time_only BOOLEAN "
+        f"DEFAULT {layout.false} NOT NULL",
+        "DROP INDEX IF EXISTS {prefix}idempotency_keys_key_key",
+        "CREATE UNIQUE INDEX IF NOT EXISTS {prefix}idempotency_keys_operation_key_key "
+        f'ON {{prefix}}idempotency_keys ({scope}, operation, "key")',
+    )
+
+
 def _identity_row(layout: Layout) -> str:
     # The prefix was validated as [a-z_][a-z0-9_]* before any SQL: safe as a literal.
     table = identifier(layout.prefix, "schema_info")
@@ -179,6 +222,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         3, "named sequences; one default payment method per customer", _v3_sequences_and_one_default
     ),
     Migration(4, "record the prefix and tenancy in schema_info", _v4_schema_info),
+    Migration(
+        5,
+        "intent-first payments, refunds, promo code rules, idempotency keys per operation",
+        _v5_payments_intent_first,
+    ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -44,7 +44,9 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
     and_,
+    false,
     literal,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
@@ -133,15 +135,23 @@ def _columns(spec: EntitySpec[Any], multi_tenant: bool) -> list[Column[Any]]:
                 columns.append(Column("tenant_id", Text(), nullable=False))
             continue
         annotation, nullable = _unwrap_optional(field.type)
+        default = spec.defaults.get(field.name)
         columns.append(
             Column(
                 field.name,
                 _sql_type(annotation),
                 primary_key=field.name == "id",
                 nullable=nullable,
+                server_default=None if default is None else _default_sql(default),
             )
         )
     return columns
+
+
+def _default_sql(value: str | bool) -> ColumnElement[Any]:
+    if isinstance(value, bool):
+        return true() if value else false()
+    return literal(value, Text())
 
 
 def _scope_columns(multi_tenant: bool) -> tuple[str, ...]:
@@ -206,14 +216,14 @@ def _table(
             sqlite_where=where,
             postgresql_where=where,
         )
-    if spec.table == "subscriptions":
-        Index(due_index_name(prefix), *(table.c[c] for c in (*scope, "due_at")))
+    if spec.claimable:
+        Index(due_index_name(prefix, spec.table), *(table.c[c] for c in (*scope, "due_at")))
     return table
 
 
-def due_index_name(prefix: str) -> str:
+def due_index_name(prefix: str, table: str = "subscriptions") -> str:
     """The index job runners' claims read (``due_at <= now`` within a scope)."""
-    return constraint_name(prefix, "subscriptions", "due_at_idx")
+    return constraint_name(prefix, table, "due_at_idx")
 
 
 @attrs.frozen(kw_only=True)
