@@ -1,29 +1,72 @@
-"""Charging a customer through the provider, and the payment row that records it.
+"""Every charge qzpay makes, intent first (DESIGN §7), and how its outcome is settled.
 
-Shared by everything that takes money for a subscription period (creation without a trial,
-the end of a trial, renewals), so each charge is made and recorded the same way: with an
-idempotency key derived from what is being paid for, so a retry can never charge twice.
+The one path for money taken from a customer (``payments.process``, a subscription's first
+period, the end of a trial; invoices later):
+
+1. ``open_attempt``: a ``pending`` payment row is committed, its provider idempotency key
+   derived from its own id (``payment_key``), before the provider hears of it;
+2. ``call_provider``: the charge, retried on a retryable error with that same key (so a
+   retry can never charge twice, and ``pm_card_processingError`` succeeds on the retry);
+3. ``settle``: the outcome written onto the row, and onto what the payment was for (an
+   incomplete subscription becomes active, a trial that ended becomes active or past due).
+
+A crash or a lost response between 2 and 3 leaves the row pending: ``reconcile`` (and the job
+runner, once the row is ``reconcile_after`` old) asks the provider by the row's key and
+settles it; nothing here ever charges an attempt twice. A new attempt (another card, a
+dunning retry) is a new row with a new key, so no provider replays an earlier decline.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any
 from uuid import UUID
 
+import anyio
+import attrs
+
+from qzpay import periods
 from qzpay.contracts.provider import ChargeRequest, ChargeResult
 from qzpay.contracts.storage import StorageTransaction
 from qzpay.domain.customers import CustomerProviderRef
-from qzpay.domain.enums import PaymentStatus
+from qzpay.domain.enums import PaymentStatus, SubscriptionStatus
 from qzpay.domain.payments import Payment, PaymentMethod
+from qzpay.domain.subscriptions import Subscription
+from qzpay.errors import ConflictError, InvalidStateError, ProviderError
 from qzpay.ids import new_id
-from qzpay.services.context import ServiceContext, UnitOfWork
+from qzpay.services.context import ServiceContext, UnitOfWork, require
 from qzpay.services.payment_methods import default_method
+from qzpay.transitions import transition
 
-_STATUS = {
+PROVIDER_ATTEMPTS = 3
+"""Tries of one attempt's provider call on a retryable error, all with the attempt's key."""
+BACKOFF_SECONDS = (0.05, 0.25)
+"""Waits between those tries (short: the caller is waiting; reconciliation does the rest)."""
+SETTLE_ATTEMPTS = 5
+"""How often settling is retried when a concurrent write moved the row's version."""
+
+OPEN = frozenset({PaymentStatus.PENDING, PaymentStatus.PROCESSING, PaymentStatus.REQUIRES_ACTION})
+"""Statuses whose outcome may still change at the provider."""
+PAID = frozenset(
+    {PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED, PaymentStatus.REFUNDED}
+)
+"""Statuses of a payment that took money (refunds do not undo that it was paid)."""
+
+_STATUS: Mapping[str, PaymentStatus] = {
     "succeeded": PaymentStatus.SUCCEEDED,
     "requires_action": PaymentStatus.REQUIRES_ACTION,
     "processing": PaymentStatus.PROCESSING,
     "failed": PaymentStatus.FAILED,
 }
+
+AfterSettle = Callable[[UnitOfWork, Payment], Awaitable[None]]
+"""More work in the settling transaction (an idempotency key completed with the result)."""
+
+
+def payment_key(payment_id: UUID) -> str:
+    """The provider idempotency key of one payment attempt: derived from the row's id."""
+    return f"qzpay-payment-{payment_id}"
 
 
 async def chargeable_method(
@@ -39,65 +82,240 @@ async def chargeable_method(
     return None if ref is None else (method, ref.provider_customer_id)
 
 
-async def charge(
-    context: ServiceContext,
-    *,
-    method: PaymentMethod,
-    provider_customer_id: str,
-    amount: int,
-    currency: str,
-    idempotency_key: str,
-    description: str,
-) -> ChargeResult:
-    return await context.provider.charge(
-        ChargeRequest(
-            amount=amount,
-            currency=currency,
-            provider_customer_id=provider_customer_id,
-            provider_payment_method_id=method.provider_id,
-            idempotency_key=idempotency_key,
-            description=description,
-        )
-    )
-
-
-async def record_payment(
+def pending_payment(
     uow: UnitOfWork,
     context: ServiceContext,
     *,
-    result: ChargeResult,
-    method: PaymentMethod,
-    subscription_id: UUID | None,
+    customer_id: UUID,
+    method: PaymentMethod | None,
     amount: int,
     currency: str,
-    idempotency_key: str,
+    subscription_id: UUID | None = None,
+    invoice_id: UUID | None = None,
+    description: str | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> Payment:
-    """Insert the payment row for a charge and record ``payment.<status>``."""
-    payment = Payment(
-        id=new_id(),
+    """The row of a new attempt, not yet stored: ``pending``, due for reconciliation at
+    ``reconcile_after`` from now, its provider key derived from its id."""
+    payment_id = new_id()
+    return Payment(
+        id=payment_id,
         livemode=uow.scope.livemode,
         tenant_id=uow.scope.tenant_id,
-        customer_id=method.customer_id,
+        customer_id=customer_id,
         subscription_id=subscription_id,
-        payment_method_id=method.id,
+        invoice_id=invoice_id,
+        payment_method_id=None if method is None else method.id,
         amount=amount,
         currency=currency,
-        status=_STATUS[result.status],
+        status=PaymentStatus.PENDING,
         provider=context.provider.name,
-        provider_id=result.provider_id,
-        failure_code=result.failure_code,
-        failure_message=result.failure_message,
-        idempotency_key=idempotency_key,
+        idempotency_key=payment_key(payment_id),
+        description=description,
+        metadata=metadata or {},
+        due_at=uow.now + context.settings.reconcile_after,
         created_at=uow.now,
         updated_at=uow.now,
     )
+
+
+async def open_attempt(uow: UnitOfWork, payment: Payment) -> None:
+    """Store the pending row (committed with ``uow``, before any provider call).
+
+    An invoice has at most one pending attempt (a partial unique key): a second one while
+    the first's outcome is unknown is refused, so it cannot charge twice.
+    """
     await uow.tx.insert(payment)
+    try:
+        await uow.tx.flush()
+    except ConflictError:
+        if payment.invoice_id is None:
+            raise
+        raise InvalidStateError(
+            f"invoice {payment.invoice_id} already has a payment attempt in flight: "
+            "wait for its outcome (payments.reconcile) before trying again",
+            field="invoice_id",
+            rule="one_attempt_in_flight",
+        ) from None
     await uow.record(
-        f"payment.{payment.status.value}", payment, changes={"amount": amount, "currency": currency}
+        "payment.created",
+        payment,
+        changes={"amount": payment.amount, "currency": payment.currency},
     )
-    return payment
 
 
-def period_key(subscription_id: UUID, period_index: int) -> str:
-    """The idempotency key of one period's charge: the same however often it is retried."""
-    return f"qzpay-subscription-{subscription_id}-period-{period_index}"
+async def call_provider(
+    context: ServiceContext, payment: Payment, method: PaymentMethod, provider_customer_id: str
+) -> ChargeResult | None:
+    """Ask the provider to charge ``payment``; ``None`` when the outcome is unknown.
+
+    A retryable failure is tried again with the same key, at most ``PROVIDER_ATTEMPTS``
+    times; if none answers, the payment stays pending for ``reconcile``. A refusal of the
+    request itself is a failed charge (``provider_rejected``): nothing was taken.
+    """
+    assert payment.idempotency_key is not None
+    request = ChargeRequest(
+        amount=payment.amount,
+        currency=payment.currency,
+        provider_customer_id=provider_customer_id,
+        provider_payment_method_id=method.provider_id,
+        idempotency_key=payment.idempotency_key,
+        description=payment.description,
+        metadata=dict(payment.metadata),
+    )
+    for attempt in range(PROVIDER_ATTEMPTS):
+        try:
+            return await context.provider.charge(request)
+        except ProviderError as error:
+            if not error.retryable:
+                return ChargeResult(
+                    provider_id="",
+                    status="failed",
+                    failure_code="provider_rejected",
+                    failure_message=str(error)[:500],
+                )
+            if attempt + 1 < PROVIDER_ATTEMPTS:
+                await anyio.sleep(BACKOFF_SECONDS[min(attempt, len(BACKOFF_SECONDS) - 1)])
+    return None
+
+
+def _next_action(result: ChargeResult) -> dict[str, str] | None:
+    if result.status != "requires_action":
+        return None
+    action: dict[str, str] = {}
+    if result.next_action_url is not None:
+        action["type"] = "redirect_to_url"
+        action["url"] = result.next_action_url
+    if result.client_secret is not None:
+        action.setdefault("type", "use_client_secret")
+        action["client_secret"] = result.client_secret
+    return action or {"type": "unknown"}
+
+
+def outcome(
+    payment: Payment, result: ChargeResult, now: datetime, context: ServiceContext
+) -> Payment:
+    """``payment`` as ``result`` says it now is (a pure step: nothing is written)."""
+    status = _STATUS[result.status]
+    return attrs.evolve(
+        payment,
+        status=status,
+        provider_id=result.provider_id or payment.provider_id,
+        failure_code=result.failure_code if status == PaymentStatus.FAILED else None,
+        failure_message=result.failure_message if status == PaymentStatus.FAILED else None,
+        provider_failure_code=(
+            result.provider_failure_code if status == PaymentStatus.FAILED else None
+        ),
+        next_action=_next_action(result),
+        # Still open at the provider (processing): ask again later. Otherwise settled, or
+        # waiting for the customer (requires_action: payments.confirm settles it).
+        due_at=now + context.settings.reconcile_after
+        if status == PaymentStatus.PROCESSING
+        else None,
+        updated_at=now,
+    )
+
+
+async def settle(
+    context: ServiceContext,
+    payment_id: UUID,
+    result: ChargeResult | None,
+    *,
+    then: AfterSettle | None = None,
+) -> Payment:
+    """Write the provider's answer onto the payment, and onto what it paid for.
+
+    ``result`` ``None`` (the outcome is unknown) leaves the payment pending, as it is. A
+    payment already settled (by ``reconcile``, a webhook, a concurrent settle) is returned
+    as it is: the first settlement wins, and the provider said the same to both. Retried on
+    a concurrent edit of the rows. ``then`` runs in the same transaction.
+    """
+    for _ in range(SETTLE_ATTEMPTS):
+        try:
+            async with context.unit_of_work() as uow:
+                current: Payment = await require(uow.tx, Payment, payment_id, field="payment_id")
+                if result is None or current.status not in OPEN:
+                    settled = current
+                else:
+                    settled = await _write_outcome(uow, context, current, result)
+                if then is not None:
+                    await then(uow, settled)
+            return settled
+        except ConflictError:
+            continue
+    raise ConflictError(
+        f"payment {payment_id} kept changing while its outcome was written; "
+        "payments.reconcile writes it again",
+        field="payment_id",
+        rule="concurrent_update",
+    )
+
+
+async def _write_outcome(
+    uow: UnitOfWork, context: ServiceContext, current: Payment, result: ChargeResult
+) -> Payment:
+    wanted = outcome(current, result, uow.now, context)
+    if wanted.status == current.status and wanted.next_action == current.next_action:
+        if wanted.due_at == current.due_at:
+            return current
+        return await uow.tx.update(attrs.evolve(current, due_at=wanted.due_at, updated_at=uow.now))
+    settled = await uow.tx.update(wanted)
+    changes: dict[str, Any] = {"status": [current.status.value, settled.status.value]}
+    if settled.failure_code is not None:
+        changes["failure_code"] = settled.failure_code
+    await uow.record(f"payment.{settled.status.value}", settled, changes=changes)
+    if settled.subscription_id is not None:
+        await _apply_to_subscription(uow, settled)
+    return settled
+
+
+async def _apply_to_subscription(uow: UnitOfWork, payment: Payment) -> None:
+    """What a settled first payment means for its subscription (Stripe's rules).
+
+    ``incomplete`` becomes ``active`` when its first payment succeeds (a failed one leaves
+    it incomplete: the app may retry with another card). A ``trialing`` subscription whose
+    end-of-trial charge settles starts its first paid period: ``active`` if paid, else
+    ``past_due``.
+    """
+    assert payment.subscription_id is not None
+    subscription: Subscription | None = await uow.tx.get(Subscription, payment.subscription_id)
+    if subscription is None:
+        return
+    paid = payment.status == PaymentStatus.SUCCEEDED
+    if subscription.status == SubscriptionStatus.INCOMPLETE:
+        if not paid:
+            return
+        target = SubscriptionStatus.ACTIVE
+        updated = await uow.tx.update(
+            attrs.evolve(
+                subscription, status=transition(subscription.status, target), updated_at=uow.now
+            )
+        )
+        await uow.record(
+            "subscription.activated",
+            updated,
+            changes={"status": [subscription.status.value, target.value]},
+        )
+        return
+    if subscription.status == SubscriptionStatus.TRIALING and (
+        subscription.trial_end is not None and payment.created_at >= subscription.trial_end
+    ):
+        target = SubscriptionStatus.ACTIVE if paid else SubscriptionStatus.PAST_DUE
+        start, end = periods.period_bounds(
+            subscription.billing_anchor, subscription.interval, subscription.interval_count, 0
+        )
+        updated = await uow.tx.update(
+            attrs.evolve(
+                subscription,
+                status=transition(subscription.status, target),
+                current_period_start=start,
+                current_period_end=end,
+                due_at=None,  # renewals set it from the lifecycle issue on
+                updated_at=uow.now,
+            )
+        )
+        await uow.record(
+            "subscription.trial_ended",
+            updated,
+            changes={"status": [subscription.status.value, target.value]},
+        )

@@ -28,15 +28,15 @@ import attrs
 
 from qzpay import periods
 from qzpay import validation as check
-from qzpay.contracts.provider import ChargeResult
-from qzpay.domain.enums import JobStatus, SubscriptionStatus
-from qzpay.domain.payments import PaymentMethod
+from qzpay.domain.enums import JobStatus, PaymentStatus, SubscriptionStatus
+from qzpay.domain.payments import Payment
 from qzpay.domain.records import JobExecution
 from qzpay.domain.subscriptions import Subscription
-from qzpay.errors import ConflictError, InvalidStateError, ProviderError
+from qzpay.errors import ConflictError, InvalidStateError
 from qzpay.ids import new_id
 from qzpay.services import charging
-from qzpay.services.context import ServiceContext, UnitOfWork
+from qzpay.services.context import ServiceContext
+from qzpay.services.reconciliation import reconcile
 from qzpay.transitions import transition
 
 BATCH = 100
@@ -176,7 +176,11 @@ class JobsService:
             )
 
     async def _end_trial(self, context: ServiceContext, subscription: Subscription) -> Outcome:
-        """Charge the first paid period; ``active`` if paid, ``past_due`` if not."""
+        """Charge the first paid period, intent first; ``active`` if paid, ``past_due`` if not.
+
+        An attempt left pending by an earlier run (a crash, a lost response) is reconciled,
+        never charged again; until it settles the subscription stays trialing and due.
+        """
         if subscription.status != SubscriptionStatus.TRIALING:
             raise InvalidStateError(
                 f"subscription {subscription.id} is due but {subscription.status.value}: "
@@ -191,27 +195,37 @@ class JobsService:
                 subscription.default_payment_method_id,
                 context.provider.name,
             )
+            earlier = await uow.tx.find(
+                Payment, subscription_id=subscription.id, status=PaymentStatus.PENDING
+            )
         amount = subscription.unit_amount * subscription.quantity
-        key = charging.period_key(subscription.id, 0)
-        result: ChargeResult | None = None
-        paid = amount == 0
-        if not paid and payable is not None:
-            try:
-                result = await charging.charge(
+        if earlier is not None:
+            settled = await reconcile(context, earlier.id)
+        elif amount == 0 or payable is None:
+            return await self._end_unpaid_trial(context, subscription, paid=amount == 0)
+        else:
+            async with context.unit_of_work() as uow:
+                payment = charging.pending_payment(
+                    uow,
                     context,
+                    customer_id=subscription.customer_id,
                     method=payable[0],
-                    provider_customer_id=payable[1],
                     amount=amount,
                     currency=subscription.currency,
-                    idempotency_key=key,
+                    subscription_id=subscription.id,
                     description=f"Subscription {subscription.id}, first period after trial",
                 )
-            except ProviderError as failure:
-                if failure.retryable:
-                    # Left claimed: due again once the lease ends, charged with the same key.
-                    return "skipped"
-                raise
-            paid = result.status == "succeeded"
+                await charging.open_attempt(uow, payment)
+            result = await charging.call_provider(context, payment, *payable)
+            settled = await charging.settle(context, payment.id, result)
+        if settled.status in (PaymentStatus.PENDING, PaymentStatus.PROCESSING):
+            return "skipped"  # left claimed: reconciled and moved on once its outcome is known
+        return "charged" if settled.status == PaymentStatus.SUCCEEDED else "failed"
+
+    async def _end_unpaid_trial(
+        self, context: ServiceContext, subscription: Subscription, *, paid: bool
+    ) -> Outcome:
+        """A trial that ends with nothing to charge (``free``) or nothing to charge it to."""
         target = SubscriptionStatus.ACTIVE if paid else SubscriptionStatus.PAST_DUE
         start, end = periods.period_bounds(
             subscription.billing_anchor, subscription.interval, subscription.interval_count, 0
@@ -237,41 +251,13 @@ class JobsService:
                         updated,
                         changes={"status": [current.status.value, target.value]},
                     )
-                    await self._record_charge(uow, context, result, payable, subscription, key)
             except ConflictError:
                 # A user's edit moved the version after the claim: apply to the row as it is.
                 current = await self._reread(context, subscription.id)
                 continue
-            if not paid:
-                return "failed"
-            return "free" if result is None else "charged"
-        # The subscription moved on without us; the money taken must still be on record.
-        async with context.unit_of_work() as uow:
-            await self._record_charge(uow, context, result, payable, subscription, key)
+            return "free" if paid else "failed"
         return "skipped"
 
     async def _reread(self, context: ServiceContext, subscription_id: UUID) -> Subscription | None:
         async with context.unit_of_work(readonly=True) as uow:
             return await uow.tx.get(Subscription, subscription_id)
-
-    async def _record_charge(
-        self,
-        uow: UnitOfWork,
-        context: ServiceContext,
-        result: ChargeResult | None,
-        payable: tuple[PaymentMethod, str] | None,
-        subscription: Subscription,
-        key: str,
-    ) -> None:
-        if result is None or payable is None:
-            return
-        await charging.record_payment(
-            uow,
-            context,
-            result=result,
-            method=payable[0],
-            subscription_id=subscription.id,
-            amount=subscription.unit_amount * subscription.quantity,
-            currency=subscription.currency,
-            idempotency_key=key,
-        )

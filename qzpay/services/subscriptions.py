@@ -13,17 +13,16 @@ Creating one (docs/decisions/0005-first-period.md):
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 from qzpay import money, periods
 from qzpay import validation as check
-from qzpay.contracts.provider import ChargeResult
 from qzpay.contracts.storage import Page
 from qzpay.domain.catalog import Price
 from qzpay.domain.customers import Customer
-from qzpay.domain.enums import SubscriptionStatus
+from qzpay.domain.enums import PaymentStatus, SubscriptionStatus
 from qzpay.domain.payments import PaymentMethod
 from qzpay.domain.subscriptions import Subscription
 from qzpay.errors import InvalidStateError, ValidationError
@@ -119,40 +118,21 @@ class SubscriptionsService:
             )
 
         subscription_id = new_id()
-        now = self._context.now()
         amount = money.amount(price.unit_amount * count, field="quantity")
-        charge: ChargeResult | None = None
-        if trial:
-            status = SubscriptionStatus.TRIALING
-            trial_end = now + timedelta(days=trial)
-            anchor, period_start, period_end = trial_end, now, trial_end
-        else:
-            trial_end = None
-            anchor = now
-            period_start, period_end = periods.period_bounds(
-                anchor, price.interval, price.interval_count, 0
-            )
-            if amount == 0:
-                status = SubscriptionStatus.ACTIVE
-            elif payable is None:
-                status = SubscriptionStatus.INCOMPLETE
-            else:
-                charge = await charging.charge(
-                    self._context,
-                    method=payable[0],
-                    provider_customer_id=payable[1],
-                    amount=amount,
-                    currency=price.currency,
-                    idempotency_key=charging.period_key(subscription_id, 0),
-                    description=f"Subscription {subscription_id}, first period",
-                )
-                status = (
-                    SubscriptionStatus.ACTIVE
-                    if charge.status == "succeeded"
-                    else SubscriptionStatus.INCOMPLETE
-                )
-
         async with self._context.unit_of_work() as uow:
+            now = uow.now
+            trial_end: datetime | None = None
+            if trial:
+                status = SubscriptionStatus.TRIALING
+                trial_end = anchor = period_end = now + timedelta(days=trial)
+                period_start = now
+            else:
+                anchor = now
+                period_start, period_end = periods.period_bounds(
+                    anchor, price.interval, price.interval_count, 0
+                )
+                # Incomplete until its first payment succeeds (Stripe's default_incomplete).
+                status = SubscriptionStatus.ACTIVE if amount == 0 else SubscriptionStatus.INCOMPLETE
             subscription = Subscription(
                 id=subscription_id,
                 livemode=uow.scope.livemode,
@@ -174,8 +154,8 @@ class SubscriptionsService:
                 due_at=trial_end,
                 default_payment_method_id=payable[0].id if payable is not None else method_key,
                 metadata=sub_metadata,
-                created_at=uow.now,
-                updated_at=uow.now,
+                created_at=now,
+                updated_at=now,
             )
             await uow.tx.insert(subscription)
             await uow.record(
@@ -183,18 +163,29 @@ class SubscriptionsService:
                 subscription,
                 changes={"status": status.value, "price_id": str(price.id)},
             )
-            if charge is not None and payable is not None:
-                await charging.record_payment(
+            payment = None
+            if status == SubscriptionStatus.INCOMPLETE and payable is not None:
+                payment = charging.pending_payment(
                     uow,
                     self._context,
-                    result=charge,
+                    customer_id=customer_key,
                     method=payable[0],
-                    subscription_id=subscription_id,
                     amount=amount,
                     currency=price.currency,
-                    idempotency_key=charging.period_key(subscription_id, 0),
+                    subscription_id=subscription_id,
+                    description=f"Subscription {subscription_id}, first period",
                 )
-        return subscription
+                await charging.open_attempt(uow, payment)
+        if payment is None or payable is None:
+            return subscription
+        result = await charging.call_provider(self._context, payment, *payable)
+        settled = await charging.settle(self._context, payment.id, result)
+        if settled.status != PaymentStatus.SUCCEEDED:
+            return subscription  # still incomplete, with its failed or open payment
+        current: Subscription = await self._context.read(
+            Subscription, subscription_id, field="subscription_id"
+        )
+        return current
 
     async def get(self, subscription_id: UUID | str) -> Subscription:
         subscription: Subscription = await self._context.read(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+import attrs
 import pytest
 
 from qzpay import Billing, Event, InvalidStateError, Scope, ValidationError
@@ -144,7 +145,11 @@ async def test_a_declined_card_leaves_it_incomplete_with_a_failed_payment(
     [payment] = await _payments(billing)
     assert (payment.status, payment.failure_code) == ("failed", "card_declined")
     assert (payment.amount, payment.subscription_id) == (2900, sub.id)
-    assert [e.type for e in events] == ["subscription.created", "payment.failed"]
+    assert [e.type for e in events] == [
+        "subscription.created",
+        "payment.created",
+        "payment.failed",
+    ]
 
 
 async def test_a_card_that_needs_3d_secure_leaves_it_incomplete(billing: Billing) -> None:
@@ -176,14 +181,21 @@ async def test_creation_is_audited_and_announced_after_commit(billing: Billing) 
 
     sub = await billing.subscriptions.create(customer_id=ann.id, price_id=price.id)
 
-    assert [e.type for e in events] == ["subscription.created", "payment.succeeded"]
-    assert events[0].data == sub
-    [audit] = (await billing.audit.list(entity_id=sub.id)).items
-    assert (audit.entity_type, audit.action, audit.changes["status"]) == (
-        "subscription",
-        "created",
-        "active",
-    )
+    # Intent first: the subscription and its pending payment are committed before the
+    # provider is called; the charge's outcome then activates the subscription.
+    assert [e.type for e in events] == [
+        "subscription.created",
+        "payment.created",
+        "payment.succeeded",
+        "subscription.activated",
+    ]
+    assert events[0].data == attrs.evolve(sub, status="incomplete", version=1, updated_at=sub.created_at)
+    assert events[-1].data == sub
+    audits = (await billing.audit.list(entity_id=sub.id)).items
+    assert sorted((a.action, str(a.changes["status"])) for a in audits) == [
+        ("activated", "('incomplete', 'active')"),
+        ("created", "incomplete"),
+    ]
 
 
 async def test_subscriptions_are_listed_by_customer_and_status(billing: Billing) -> None:
