@@ -5,8 +5,10 @@ subscriptions in batches through the storage's atomic ``claim`` (a lease: no oth
 gets them meanwhile; the claim does not move the version, so a user's edit during the run
 still succeeds), does the work, and writes the outcome with an optimistic-lock update that
 moves ``due_at`` on. If a user's edit moved the version meanwhile, the outcome is applied
-again to the row as it now is. Charges use an idempotency key derived from the subscription
-and the period, so even a runner that lost its lease cannot make the provider charge twice.
+again to the row as it now is. Charges go intent first (``qzpay.services.charging``): a
+pending payment is committed before the provider is called, with a key derived from its
+row, and a subscription whose attempt is still pending is reconciled, never charged again.
+Payments left pending past ``reconcile_after`` are reconciled (``qzpay.services.reconciliation``).
 
 In multi-tenant mode, ``billing.jobs.run_due()`` on the root billing sweeps every tenant:
 the storage's one cross-tenant read (``across_tenants``) says which tenants have due rows,
@@ -21,7 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Literal
+from typing import Literal, TypeVar
 from uuid import UUID
 
 import attrs
@@ -40,8 +42,10 @@ from qzpay.services.reconciliation import reconcile
 from qzpay.transitions import transition
 
 BATCH = 100
-Outcome = Literal["charged", "free", "failed", "skipped"]
-"""What ending one trial came to: paid, free (nothing to charge), unpaid, or left for later."""
+Claimed = TypeVar("Claimed", Subscription, Payment)
+Outcome = Literal["charged", "free", "failed", "skipped", "reconciled"]
+"""What one due item came to: a trial paid, free (nothing to charge), unpaid, or left for
+later; or a pending payment reconciled."""
 LEASE = timedelta(minutes=5)
 OUTCOME_ATTEMPTS = 3
 """How often an outcome is re-applied after a concurrent edit moved the row's version."""
@@ -55,6 +59,7 @@ class JobRunReport:
     charged: int = 0
     failed: int = 0
     skipped: int = 0
+    payments_reconciled: int = 0
 
     @classmethod
     def of(cls, outcomes: Counter[Outcome]) -> JobRunReport:
@@ -63,6 +68,7 @@ class JobRunReport:
             charged=outcomes["charged"],
             failed=outcomes["failed"],
             skipped=outcomes["skipped"],
+            payments_reconciled=outcomes["reconciled"],
         )
 
 
@@ -114,7 +120,11 @@ class JobsService:
         done: set[str] = set()
         while limit is None or outcomes.total() < limit:
             async with context.storage.across_tenants(livemode=context.livemode) as sweep:
-                due = await sweep.due(Subscription, now=context.now(), limit=BATCH)
+                now = context.now()
+                due: list[Subscription | Payment] = [
+                    *await sweep.due(Subscription, now=now, limit=BATCH),
+                    *await sweep.due(Payment, now=now, limit=BATCH),
+                ]
             tenants = sorted({row.tenant_id or "" for row in due} - done)
             if not tenants:
                 return outcomes
@@ -145,11 +155,19 @@ class JobsService:
         try:
             while limit is None or outcomes.total() < limit:
                 size = BATCH if limit is None else min(BATCH, limit - outcomes.total())
-                batch = await self._claim(context, execution.id, size)
+                batch = await self._claim(context, execution.id, size, kind=Subscription)
                 if not batch:
                     break
                 for subscription in batch:
                     outcomes[await self._end_trial(context, subscription)] += 1
+            while limit is None or outcomes.total() < limit:
+                size = BATCH if limit is None else min(BATCH, limit - outcomes.total())
+                payments = await self._claim(context, execution.id, size, kind=Payment)
+                if not payments:
+                    break
+                for payment in payments:
+                    await reconcile(context, payment.id)
+                    outcomes["reconciled"] += 1
         except BaseException as failure:
             status, error = JobStatus.FAILED, type(failure).__name__
             raise
@@ -160,7 +178,7 @@ class JobsService:
                         execution,
                         status=status,
                         finished_at=uow.now,
-                        items_processed=JobRunReport.of(outcomes).trials_ended,
+                        items_processed=outcomes.total() - outcomes["skipped"],
                         error=error,
                         updated_at=uow.now,
                     )
@@ -168,11 +186,16 @@ class JobsService:
         return outcomes
 
     async def _claim(
-        self, context: ServiceContext, run_id: UUID, size: int
-    ) -> Sequence[Subscription]:
+        self,
+        context: ServiceContext,
+        run_id: UUID,
+        size: int,
+        *,
+        kind: type[Claimed],
+    ) -> Sequence[Claimed]:
         async with context.unit_of_work() as uow:
             return await uow.tx.claim(
-                Subscription, now=uow.now, limit=size, claimant=str(run_id), lease=LEASE
+                kind, now=uow.now, limit=size, claimant=str(run_id), lease=LEASE
             )
 
     async def _end_trial(self, context: ServiceContext, subscription: Subscription) -> Outcome:

@@ -5,10 +5,13 @@ Creating one (docs/decisions/0005-first-period.md):
 - with a trial (``trial_days`` given, or the price's own), the subscription starts
   ``trialing``; its first period runs from now to the trial's end, which becomes the billing
   anchor for every later period;
-- without a trial, the first period (anchored now, month ends clamped) is charged at once
-  through the provider with the customer's payment method: ``active`` when the charge
-  succeeds, ``incomplete`` when it is declined, needs 3-D Secure, or there is no payment
-  method yet (as Stripe's ``default_incomplete``); a free price is ``active`` at once.
+- without a trial, the first period (anchored now, month ends clamped) is charged at once,
+  intent first (``qzpay.services.charging``): the subscription is committed ``incomplete``
+  with a ``pending`` payment before the provider is called, and becomes ``active`` when the
+  charge succeeds. Declined, needing 3-D Secure, or no payment method yet: it stays
+  ``incomplete`` with its payment (as Stripe's ``default_incomplete``); an unknown outcome
+  leaves the payment pending for ``payments.reconcile``, which activates it once paid. A
+  free price is ``active`` at once.
 """
 
 from __future__ import annotations
