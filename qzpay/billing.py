@@ -17,6 +17,7 @@ from qzpay.services.context import ServiceContext
 from qzpay.services.customers import CustomersService
 from qzpay.services.jobs import JobsService
 from qzpay.services.payment_methods import PaymentMethodsService
+from qzpay.services.promo_codes import PromoCodesService
 from qzpay.services.subscriptions import SubscriptionsService
 
 Tenancy = Literal["single", "multi"]
@@ -37,6 +38,7 @@ class Billing:
         self.prices = PricesService(context)
         self.payment_methods = PaymentMethodsService(context)
         self.subscriptions = SubscriptionsService(context)
+        self.promo_codes = PromoCodesService(context)
         self.jobs = JobsService(context)
         self.audit = AuditService(context)
 

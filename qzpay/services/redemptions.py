@@ -3,6 +3,8 @@
 The limits are the domain's (``qzpay.domain.redemption_rules``); atomicity is the storage's:
 the code's ``times_redeemed`` is incremented bounded by ``max_redemptions``, which holds the
 code until the transaction ends, so the customer's redemptions counted after it cannot race.
+A refusal is the domain's error for the limit: rule ``exhausted`` or ``customer_limit``, the
+reasons ``billing.promo_codes.validate`` reports for the same limits.
 """
 
 from __future__ import annotations
