@@ -41,6 +41,7 @@ from qzpay.services.promo_codes import Redemption, redeem_for_subscription
 pytestmark = pytest.mark.anyio
 TEST = Scope(livemode=False)
 RowCounter = Callable[[Billing, type[Any]], Awaitable[int]]
+MakeBilling = Callable[..., Billing]
 
 
 async def _shop(billing: Billing, unit_amount: int = 2900) -> tuple[Customer, Plan, Price]:
@@ -64,7 +65,7 @@ async def _redeem(
 async def _redeem_in(
     uow: UnitOfWork, code: str, customer: Customer, price: Price, *, amount: int | None = None
 ) -> Redemption:
-    subscription = entities.subscription(TEST, customer, price)
+    subscription = entities.subscription(uow.scope, customer, price)
     await uow.tx.insert(subscription)
     return await redeem_for_subscription(
         uow,
@@ -314,6 +315,32 @@ async def test_a_code_for_an_unknown_plan_is_refused(
 
     assert error.value.field == "plan_ids"
     assert await count_rows(billing, PromoCode) == 0
+
+
+async def test_codes_belong_to_their_tenant(
+    make_billing: MakeBilling, count_rows: RowCounter
+) -> None:
+    async with make_billing(tenancy="multi") as billing:
+        acme, globex = billing.for_tenant("acme"), billing.for_tenant("globex")
+        ann, _, price = await _shop(acme)
+        bob, _, globex_price = await _shop(globex)
+        ours = await acme.promo_codes.create(code="SAVE20", percent_off=Decimal("20"))
+        theirs = await globex.promo_codes.create(code="save20", amount_off=100, currency="USD")
+
+        await _redeem(acme, "SAVE20", ann, price)
+
+        assert (await acme.promo_codes.get_by_code("SAVE20")).times_redeemed == 1
+        assert await globex.promo_codes.get_by_code("SAVE20") == theirs
+        with pytest.raises(NotFoundError):
+            await globex.promo_codes.get(ours.id)
+        with pytest.raises(NotFoundError) as error:
+            await globex.promo_codes.validate("SAVE20", customer_id=ann.id, price_id=price.id)
+        assert error.value.field == "customer_id"
+        check = await globex.promo_codes.validate(
+            "SAVE20", customer_id=bob.id, price_id=globex_price.id
+        )
+        assert (check.valid, check.discount) == (True, 100)
+        assert await count_rows(globex, PromoCodeUsage) == 0
 
 
 # -- idempotency ----------------------------------------------------------------------------
