@@ -12,6 +12,7 @@ from qzpay.domain.catalog import Plan, Price
 from qzpay.domain.enums import Interval
 from qzpay.errors import ValidationError
 from qzpay.ids import new_id
+from qzpay.services import idempotency
 from qzpay.services.context import ServiceContext, require
 from qzpay.validation import UNSET, Unset
 
@@ -58,14 +59,31 @@ class PlansService:
         limits: dict[str, int] | None = None,
         metadata: dict[str, str] | None = None,
         active: bool = True,
+        idempotency_key: str | None = None,
     ) -> Plan:
+        """Create a plan; with ``idempotency_key`` a retry returns the first call's plan."""
         plan_name = check.text(name, field="name", max_length=200)
         plan_description = check.optional_text(description, field="description")
         plan_entitlements = check.keys(entitlements, field="entitlements")
         plan_limits = check.limits(limits)
         plan_metadata = check.metadata(metadata)
         plan_active = check.boolean(active, field="active")
+        keyed = idempotency.keyed(
+            self._context,
+            "plans.create",
+            idempotency_key,
+            name=plan_name,
+            description=plan_description,
+            entitlements=plan_entitlements,
+            limits=plan_limits,
+            metadata=plan_metadata,
+            active=plan_active,
+        )
         async with self._context.unit_of_work() as uow:
+            claim = await idempotency.claim(uow, keyed, Plan)
+            if claim.replay is not None:
+                return claim.replay
+            claim.raise_if_in_progress()
             plan = Plan(
                 id=new_id(),
                 livemode=uow.scope.livemode,
@@ -81,6 +99,7 @@ class PlansService:
             )
             await uow.tx.insert(plan)
             await uow.record("plan.created", plan, changes={"name": plan_name})
+            await idempotency.complete(uow, keyed, plan)
         return plan
 
     async def get(self, plan_id: UUID | str) -> Plan:
@@ -99,7 +118,10 @@ class PlansService:
         entitlements: list[str] | tuple[str, ...] | Unset = UNSET,
         limits: dict[str, int] | Unset = UNSET,
         metadata: dict[str, str] | Unset | None = UNSET,
+        idempotency_key: str | None = None,
     ) -> Plan:
+        """Change the given fields; with ``idempotency_key`` a retry returns the plan as the
+        first call left it."""
         entity_id = check.identifier(plan_id, field="plan_id")
         changes: dict[str, Any] = {}
         if check.given(name):
@@ -114,8 +136,17 @@ class PlansService:
             changes["limits"] = check.limits(limits)
         if check.given(metadata):
             changes["metadata"] = check.metadata(metadata)
-        return await self._context.change(
-            Plan, entity_id, changes, field="plan_id", event="plan.updated"
+        keyed = idempotency.keyed(
+            self._context, "plans.update", idempotency_key, plan_id=entity_id, **changes
+        )
+        return await idempotency.change(
+            self._context,
+            Plan,
+            entity_id,
+            changes,
+            field="plan_id",
+            event="plan.updated",
+            keyed=keyed,
         )
 
     async def list(
@@ -162,7 +193,10 @@ class PricesService:
         nickname: str | None = None,
         metadata: dict[str, str] | None = None,
         active: bool = True,
+        idempotency_key: str | None = None,
     ) -> Price:
+        """Create a price of a plan; with ``idempotency_key`` a retry returns the first
+        call's price."""
         entity_plan_id = check.identifier(plan_id, field="plan_id")
         price_amount = money.amount(unit_amount, field="unit_amount")
         price_currency = money.currency(currency).code
@@ -172,7 +206,25 @@ class PricesService:
         price_nickname = check.optional_text(nickname, field="nickname", max_length=200)
         price_metadata = check.metadata(metadata)
         price_active = check.boolean(active, field="active")
+        keyed = idempotency.keyed(
+            self._context,
+            "prices.create",
+            idempotency_key,
+            plan_id=entity_plan_id,
+            unit_amount=price_amount,
+            currency=price_currency,
+            interval=price_interval,
+            interval_count=price_count,
+            trial_days=price_trial,
+            nickname=price_nickname,
+            metadata=price_metadata,
+            active=price_active,
+        )
         async with self._context.unit_of_work() as uow:
+            claim = await idempotency.claim(uow, keyed, Price)
+            if claim.replay is not None:
+                return claim.replay
+            claim.raise_if_in_progress()
             await require(uow.tx, Plan, entity_plan_id, field="plan_id")
             price = Price(
                 id=new_id(),
@@ -196,6 +248,7 @@ class PricesService:
                 price,
                 changes={"unit_amount": price_amount, "currency": price_currency},
             )
+            await idempotency.complete(uow, keyed, price)
         return price
 
     async def get(self, price_id: UUID | str) -> Price:
@@ -212,8 +265,12 @@ class PricesService:
         nickname: str | Unset | None = UNSET,
         trial_days: int | Unset | None = UNSET,
         metadata: dict[str, str] | Unset | None = UNSET,
+        idempotency_key: str | None = None,
     ) -> Price:
-        """Change what may change; amount, currency and interval never do."""
+        """Change what may change; amount, currency and interval never do.
+
+        With ``idempotency_key``, a retry returns the price as the first call left it.
+        """
         entity_id = check.identifier(price_id, field="price_id")
         changes: dict[str, Any] = {}
         if check.given(active):
@@ -224,8 +281,17 @@ class PricesService:
             changes["trial_days"] = _trial_days(trial_days)
         if check.given(metadata):
             changes["metadata"] = check.metadata(metadata)
-        return await self._context.change(
-            Price, entity_id, changes, field="price_id", event="price.updated"
+        keyed = idempotency.keyed(
+            self._context, "prices.update", idempotency_key, price_id=entity_id, **changes
+        )
+        return await idempotency.change(
+            self._context,
+            Price,
+            entity_id,
+            changes,
+            field="price_id",
+            event="price.updated",
+            keyed=keyed,
         )
 
     async def list(

@@ -12,6 +12,7 @@ from qzpay.contracts.storage import Page
 from qzpay.domain.customers import Customer
 from qzpay.errors import NotFoundError
 from qzpay.ids import new_id
+from qzpay.services import idempotency
 from qzpay.services.context import ServiceContext, require
 from qzpay.validation import UNSET, Unset
 
@@ -43,8 +44,13 @@ class CustomersService:
         external_id: str | None = None,
         phone: str | None = None,
         metadata: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
     ) -> Customer:
-        """Create a customer; ``external_id`` (your user id) is unique among live customers."""
+        """Create a customer; ``external_id`` (your user id) is unique among live customers.
+
+        With ``idempotency_key``, a retry with the same arguments returns the first call's
+        customer instead of making a second one.
+        """
         customer_email = check.email(email)
         customer_name = check.optional_text(name, field="name")
         customer_external_id = (
@@ -52,7 +58,21 @@ class CustomersService:
         )
         customer_phone = check.optional_text(phone, field="phone", max_length=40)
         customer_metadata = check.metadata(metadata)
+        keyed = idempotency.keyed(
+            self._context,
+            "customers.create",
+            idempotency_key,
+            email=customer_email,
+            name=customer_name,
+            external_id=customer_external_id,
+            phone=customer_phone,
+            metadata=customer_metadata,
+        )
         async with self._context.unit_of_work() as uow:
+            claim = await idempotency.claim(uow, keyed, Customer)
+            if claim.replay is not None:
+                return claim.replay
+            claim.raise_if_in_progress()
             customer = Customer(
                 id=new_id(),
                 livemode=uow.scope.livemode,
@@ -71,6 +91,7 @@ class CustomersService:
                 customer,
                 changes={"email": customer_email, "external_id": customer_external_id},
             )
+            await idempotency.complete(uow, keyed, customer)
         return customer
 
     async def get(self, customer_id: UUID | str) -> Customer:
@@ -99,8 +120,12 @@ class CustomersService:
         external_id: str | Unset | None = UNSET,
         phone: str | Unset | None = UNSET,
         metadata: dict[str, str] | Unset | None = UNSET,
+        idempotency_key: str | None = None,
     ) -> Customer:
-        """Change the given fields (``None`` clears an optional one); others stay."""
+        """Change the given fields (``None`` clears an optional one); others stay.
+
+        With ``idempotency_key``, a retry returns the customer as the first call left it.
+        """
         entity_id = check.identifier(customer_id, field="customer_id")
         changes: dict[str, Any] = {}
         if check.given(email):
@@ -115,14 +140,36 @@ class CustomersService:
             changes["phone"] = check.optional_text(phone, field="phone", max_length=40)
         if check.given(metadata):
             changes["metadata"] = check.metadata(metadata)
-        return await self._context.change(
-            Customer, entity_id, changes, field="customer_id", event="customer.updated"
+        keyed = idempotency.keyed(
+            self._context, "customers.update", idempotency_key, customer_id=entity_id, **changes
+        )
+        return await idempotency.change(
+            self._context,
+            Customer,
+            entity_id,
+            changes,
+            field="customer_id",
+            event="customer.updated",
+            keyed=keyed,
         )
 
-    async def delete(self, customer_id: UUID | str) -> Customer:
-        """Soft-delete: the row stays for the books, and its ``external_id`` is free again."""
+    async def delete(
+        self, customer_id: UUID | str, *, idempotency_key: str | None = None
+    ) -> Customer:
+        """Soft-delete: the row stays for the books, and its ``external_id`` is free again.
+
+        With ``idempotency_key``, a retry returns the deleted customer again instead of
+        ``NotFoundError``.
+        """
         entity_id = check.identifier(customer_id, field="customer_id")
+        keyed = idempotency.keyed(
+            self._context, "customers.delete", idempotency_key, customer_id=entity_id
+        )
         async with self._context.unit_of_work() as uow:
+            claim = await idempotency.claim(uow, keyed, Customer)
+            if claim.replay is not None:
+                return claim.replay
+            claim.raise_if_in_progress()
             current: Customer = await require(uow.tx, Customer, entity_id, field="customer_id")
             await uow.tx.soft_delete(
                 Customer, entity_id, at=uow.now, expected_version=current.version
@@ -131,6 +178,7 @@ class CustomersService:
                 current, deleted_at=uow.now, updated_at=uow.now, version=current.version + 1
             )
             await uow.record("customer.deleted", deleted)
+            await idempotency.complete(uow, keyed, deleted)
         return deleted
 
     async def list(

@@ -13,6 +13,7 @@ from qzpay.domain.customers import Customer, CustomerProviderRef
 from qzpay.domain.payments import PaymentMethod
 from qzpay.errors import ConflictError, InvalidStateError
 from qzpay.ids import new_id
+from qzpay.services import idempotency
 from qzpay.services.context import ServiceContext, UnitOfWork, require
 
 DEFAULT_ATTEMPTS = 5
@@ -90,16 +91,39 @@ class PaymentMethodsService:
         return created.provider_id
 
     async def attach(
-        self, customer_id: UUID | str, *, token: str, set_default: bool = False
+        self,
+        customer_id: UUID | str,
+        *,
+        token: str,
+        set_default: bool = False,
+        idempotency_key: str | None = None,
     ) -> PaymentMethod:
         """Attach the card behind ``token`` (``pm_card_visa`` with the fake provider).
 
         The first method a customer gets becomes the default whatever ``set_default`` says.
+        With ``idempotency_key``, a retry after the first call finished returns its payment
+        method without asking the provider again. The key is claimed in the transaction that
+        stores the method, after the provider call: a duplicate made while the first call is
+        still at the provider attaches the card there a second time, but only one method is
+        stored and both calls return it (the provider keeps the spare, unused).
         """
         entity_id = check.identifier(customer_id, field="customer_id")
         card_token = check.text(token, field="token", max_length=255)
         make_default = check.boolean(set_default, field="set_default")
-        customer: Customer = await self._context.read(Customer, entity_id, field="customer_id")
+        keyed = idempotency.keyed(
+            self._context,
+            "payment_methods.attach",
+            idempotency_key,
+            customer_id=entity_id,
+            token=card_token,
+            set_default=make_default,
+        )
+        async with self._context.unit_of_work(readonly=True) as uow:
+            earlier = await idempotency.peek(uow, keyed, PaymentMethod)
+            if earlier.replay is not None:
+                return earlier.replay
+            earlier.raise_if_in_progress()
+            customer: Customer = await require(uow.tx, Customer, entity_id, field="customer_id")
         provider_customer_id = await self._provider_customer_id(customer)
         attached = await self._context.provider.attach_payment_method(
             provider_customer_id=provider_customer_id, token=card_token
@@ -107,7 +131,9 @@ class PaymentMethodsService:
         method_id = new_id()
         for attempt in range(DEFAULT_ATTEMPTS):
             try:
-                return await self._store_attached(method_id, entity_id, attached, make_default)
+                return await self._store_attached(
+                    method_id, entity_id, attached, make_default, keyed
+                )
             except ConflictError as error:
                 # Another attach or set_default made a default first (the database allows
                 # one per customer), or moved the default we unset: read it and take over.
@@ -121,8 +147,13 @@ class PaymentMethodsService:
         customer_id: UUID,
         attached: ProviderPaymentMethod,
         make_default: bool,
+        keyed: idempotency.Keyed | None,
     ) -> PaymentMethod:
         async with self._context.unit_of_work() as uow:
+            claim = await idempotency.claim(uow, keyed, PaymentMethod)
+            if claim.replay is not None:
+                return claim.replay
+            claim.raise_if_in_progress()
             await require(uow.tx, Customer, customer_id, field="customer_id")
             current_default = await default_method(uow.tx, customer_id)
             method = PaymentMethod(
@@ -153,6 +184,7 @@ class PaymentMethodsService:
                     "is_default": method.is_default,
                 },
             )
+            await idempotency.complete(uow, keyed, method)
         return method
 
     async def _unset_default(self, uow: UnitOfWork, method: PaymentMethod) -> None:
@@ -181,23 +213,41 @@ class PaymentMethodsService:
         async with self._context.unit_of_work(readonly=True) as uow:
             return await default_method(uow.tx, entity_id)
 
-    async def set_default(self, payment_method_id: UUID | str) -> PaymentMethod:
-        """Make this the customer's default; the previous default stops being one."""
+    async def set_default(
+        self, payment_method_id: UUID | str, *, idempotency_key: str | None = None
+    ) -> PaymentMethod:
+        """Make this the customer's default; the previous default stops being one.
+
+        With ``idempotency_key``, a retry returns the method as the first call left it.
+        """
         entity_id = check.identifier(payment_method_id, field="payment_method_id")
+        keyed = idempotency.keyed(
+            self._context,
+            "payment_methods.set_default",
+            idempotency_key,
+            payment_method_id=entity_id,
+        )
         for attempt in range(DEFAULT_ATTEMPTS):
             try:
-                return await self._make_default(entity_id)
+                return await self._make_default(entity_id, keyed)
             except ConflictError as error:
                 if error.field not in _LOST_THE_DEFAULT or attempt == DEFAULT_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
 
-    async def _make_default(self, entity_id: UUID) -> PaymentMethod:
+    async def _make_default(
+        self, entity_id: UUID, keyed: idempotency.Keyed | None
+    ) -> PaymentMethod:
         async with self._context.unit_of_work() as uow:
+            claim = await idempotency.claim(uow, keyed, PaymentMethod)
+            if claim.replay is not None:
+                return claim.replay
+            claim.raise_if_in_progress()
             method: PaymentMethod = await require(
                 uow.tx, PaymentMethod, entity_id, field="payment_method_id"
             )
             if method.is_default:
+                await idempotency.complete(uow, keyed, method)
                 return method
             current_default = await default_method(uow.tx, method.customer_id)
             if current_default is not None:
@@ -206,14 +256,31 @@ class PaymentMethodsService:
             await uow.record(
                 "payment_method.updated", updated, changes={"is_default": [False, True]}
             )
+            await idempotency.complete(uow, keyed, updated)
         return updated
 
-    async def detach(self, payment_method_id: UUID | str) -> PaymentMethod:
-        """Detach at the provider, then soft-delete here; a detached default leaves none."""
+    async def detach(
+        self, payment_method_id: UUID | str, *, idempotency_key: str | None = None
+    ) -> PaymentMethod:
+        """Detach at the provider, then soft-delete here; a detached default leaves none.
+
+        With ``idempotency_key``, a retry after the first call finished returns the detached
+        method again (instead of ``NotFoundError``) without asking the provider. As with
+        ``attach``, the key is claimed only in the writing transaction: a duplicate made
+        while the first is still at the provider asks the provider a second time too.
+        """
         entity_id = check.identifier(payment_method_id, field="payment_method_id")
-        method: PaymentMethod = await self._context.read(
-            PaymentMethod, entity_id, field="payment_method_id"
+        keyed = idempotency.keyed(
+            self._context, "payment_methods.detach", idempotency_key, payment_method_id=entity_id
         )
+        async with self._context.unit_of_work(readonly=True) as uow:
+            earlier = await idempotency.peek(uow, keyed, PaymentMethod)
+            if earlier.replay is not None:
+                return earlier.replay
+            earlier.raise_if_in_progress()
+            method: PaymentMethod = await require(
+                uow.tx, PaymentMethod, entity_id, field="payment_method_id"
+            )
         if method.provider != self._context.provider.name:
             raise InvalidStateError(
                 f"was attached through {method.provider!r}, not {self._context.provider.name!r}",
@@ -224,6 +291,10 @@ class PaymentMethodsService:
             provider_payment_method_id=method.provider_id
         )
         async with self._context.unit_of_work() as uow:
+            claim = await idempotency.claim(uow, keyed, PaymentMethod)
+            if claim.replay is not None:
+                return claim.replay
+            claim.raise_if_in_progress()
             current: PaymentMethod = await require(
                 uow.tx, PaymentMethod, entity_id, field="payment_method_id"
             )
@@ -234,6 +305,7 @@ class PaymentMethodsService:
             await uow.tx.soft_delete(PaymentMethod, entity_id, at=uow.now)
             detached = attrs.evolve(current, deleted_at=uow.now, updated_at=uow.now)
             await uow.record("payment_method.detached", detached)
+            await idempotency.complete(uow, keyed, detached)
         return detached
 
 
