@@ -11,6 +11,7 @@ from qzpay.contracts.events import EventHandler
 from qzpay.contracts.provider import PaymentProvider
 from qzpay.contracts.storage import StoragePort
 from qzpay.errors import ConfigurationError
+from qzpay.event_names import check_event_name
 from qzpay.services.audit import AuditService
 from qzpay.services.catalog import PlansService, PricesService
 from qzpay.services.context import ServiceContext
@@ -114,6 +115,9 @@ class Billing:
     def on(self, event_type: str, handler: EventHandler) -> None:
         """Call ``handler`` after each committed ``event_type`` (``"*"``: every event).
 
-        A handler that raises is logged and never breaks the billing call.
+        A handler that raises is logged and never breaks the billing call. A name qzpay
+        never emits (``"payment.succeded"``) is a ``ValidationError`` naming the closest
+        real one, so a typo fails here instead of never firing; ``docs/events.md`` lists
+        them all.
         """
-        self._context.events.subscribe(event_type, handler)
+        self._context.events.subscribe(check_event_name(event_type), handler)

@@ -23,6 +23,7 @@ from qzpay.contracts.storage import Scope, StoragePort, StorageTransaction
 from qzpay.domain.records import AuditLog
 from qzpay.domain.registry import spec_for
 from qzpay.errors import ConfigurationError, NotFoundError
+from qzpay.event_names import EVENTS
 from qzpay.ids import new_id
 from qzpay.settings import DEFAULTS, Settings
 from qzpay.timestamps import aware_utc
@@ -50,7 +51,14 @@ class UnitOfWork:
         changes: Mapping[str, Any] | None = None,
         actor: str | None = None,
     ) -> None:
-        """Audit ``entity``'s change (``customer.created``...) and queue its event."""
+        """Audit ``entity``'s change (``customer.created``...) and queue its event.
+
+        ``event_type`` must be a name of the event registry (``qzpay.event_names``), so every
+        event emitted is one an app can subscribe to and ``docs/events.md`` describes; any
+        other name is a bug in qzpay, refused with ``ValueError`` before anything is written.
+        """
+        if event_type not in EVENTS:
+            raise ValueError(f"{event_type!r} is not in the event registry (qzpay.event_names)")
         entity_type, _, action = event_type.rpartition(".")
         # The event carries its audit row's id: a consumer can find the row it came from.
         record_id = new_id()
