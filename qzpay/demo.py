@@ -1,4 +1,5 @@
-"""The story ``qzpay demo`` tells: a plan, a customer, a trial, and the trial ending.
+"""The story ``qzpay demo`` tells: a plan, a customer, a one-off payment retried with its
+idempotency key and partly refunded, a promo code, a trial, and the trial ending.
 
 ``qzpay demo`` runs it on a real SQLite file with the fake provider and a frozen clock
 starting on 2028-01-31 09:00 UTC, so it reads the same on every machine and every run (a
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from enum import Enum
 from uuid import UUID
 
@@ -108,6 +110,9 @@ async def run(billing: Billing, *, travel: Travel, emit: Emit) -> None:
         )
     )
 
+    await _one_off_payment_and_refund(billing, customer.id, emit)
+    await _promo_code_subscription(billing, yearly, emit)
+
     subscription = await billing.subscriptions.create(
         customer_id=customer.id, price_id=monthly.id, trial_days=TRIAL_DAYS
     )
@@ -167,6 +172,95 @@ async def run(billing: Billing, *, travel: Travel, emit: Emit) -> None:
             name="audit",
             text=f"The audit log holds {audit_rows} rows, each written with its change",
             data={"rows": audit_rows},
+        )
+    )
+
+
+async def _one_off_payment_and_refund(billing: Billing, customer_id: UUID, emit: Emit) -> None:
+    """A setup fee charged with an idempotency key, the same call retried (answered from
+    the stored result: the provider is not asked again), and part of it refunded."""
+    fee = await billing.payments.process(
+        customer_id=customer_id,
+        amount=4900,
+        currency="USD",
+        description="Setup fee",
+        idempotency_key="demo-setup-fee",
+    )
+    emit(
+        Step(
+            name="one_off_payment",
+            text=f"Charged a one-off setup fee of {format_amount(fee.amount, fee.currency)}: "
+            f"{fee.status} (payment id {fee.id})",
+            data={"id": fee.id, "amount": fee.amount, "status": fee.status},
+        )
+    )
+    again = await billing.payments.process(
+        customer_id=customer_id,
+        amount=4900,
+        currency="USD",
+        description="Setup fee",
+        idempotency_key="demo-setup-fee",
+    )
+    emit(
+        Step(
+            name="payment_retried",
+            text="Retried the same call with idempotency key demo-setup-fee: answered from "
+            f"the stored result, {'the same' if again == fee else 'another'} payment "
+            f"(payment id {again.id}), no second charge",
+            data={"id": again.id, "same_payment": again == fee},
+        )
+    )
+    refund = await billing.payments.refund(fee.id, amount=1000, reason="requested_by_customer")
+    fee = await billing.payments.get(fee.id)
+    emit(
+        Step(
+            name="refund",
+            text=f"Refunded {format_amount(refund.amount, refund.currency)} of it: refund "
+            f"{refund.status}, payment {fee.status} (refund id {refund.id})",
+            data={
+                "id": refund.id,
+                "amount": refund.amount,
+                "status": refund.status,
+                "payment_status": fee.status,
+                "refunded_amount": fee.refunded_amount,
+            },
+        )
+    )
+
+
+async def _promo_code_subscription(billing: Billing, yearly: Price, emit: Emit) -> None:
+    """A 20%-off code, and a second customer subscribing yearly with it: charged at once,
+    the discount off the first charge."""
+    code = await billing.promo_codes.create(
+        code="SAVE20", percent_off=Decimal("20"), duration="once", max_redemptions=100
+    )
+    emit(
+        Step(
+            name="promo_code_created",
+            text=f"Created promo code {code.code}: {code.percent_off}% off the first charge",
+            data={"id": code.id, "code": code.code, "percent_off": str(code.percent_off)},
+        )
+    )
+    bob = await billing.customers.create(email="bob@example.com", name="Bob")
+    await billing.payment_methods.attach(bob.id, token="pm_card_mastercard", set_default=True)
+    subscription = await billing.subscriptions.create(
+        customer_id=bob.id, price_id=yearly.id, promo_code="save20"
+    )
+    payments, _ = await _payments_and_audit_rows(billing, subscription.id)
+    charged = sum(payment.amount for payment in payments)
+    emit(
+        Step(
+            name="subscription_with_promo_code",
+            text=f"Subscribed {bob.name} to the yearly price with {code.code}: "
+            f"{subscription.status}, charged {format_amount(charged, yearly.currency)} "
+            f"instead of {format_amount(yearly.unit_amount, yearly.currency)} "
+            f"(subscription id {subscription.id})",
+            data={
+                "id": subscription.id,
+                "status": subscription.status,
+                "charged": charged,
+                "promo_code": code.code,
+            },
         )
     )
 

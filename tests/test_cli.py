@@ -36,6 +36,10 @@ def test_demo_tells_the_trial_ending_and_the_first_charge(
     assert trialing < active
     assert "Payment of USD 29.00 succeeded" in out
     assert "trials ended 1, charged 1, failed 0" in out
+    assert "Charged a one-off setup fee of USD 49.00: succeeded" in out
+    assert "answered from the stored result, the same payment" in out
+    assert "Refunded USD 10.00 of it: refund succeeded, payment partially_refunded" in out
+    assert "with SAVE20: active, charged USD 232.00 instead of USD 290.00" in out
 
 
 def test_demo_json_prints_one_parsable_object_per_step(
@@ -51,6 +55,10 @@ def test_demo_json_prints_one_parsable_object_per_step(
     assert by_name["jobs_ran"] == {"step": "jobs_ran", "trials_ended": 1, "charged": 1, "failed": 0}
     assert by_name["payment"]["amount"] == 2900
     assert by_name["audit"]["rows"] > 0
+    assert by_name["payment_retried"]["same_payment"] is True
+    assert by_name["one_off_payment"]["id"] == by_name["payment_retried"]["id"]
+    assert (by_name["refund"]["amount"], by_name["refund"]["refunded_amount"]) == (1000, 1000)
+    assert by_name["subscription_with_promo_code"]["charged"] == 23200
 
 
 def test_demo_refuses_a_database_that_already_holds_a_story(

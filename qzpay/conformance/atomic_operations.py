@@ -436,9 +436,9 @@ async def test_insert_or_get_returns_the_stored_row_the_second_time(shared: Shar
     first = entities.idempotency_key(TEST, key, request_hash="first")
     second = entities.idempotency_key(TEST, key, request_hash="second")
     async with store.transaction(TEST) as tx:
-        stored, inserted = await tx.insert_or_get(first, on=("key",))
+        stored, inserted = await tx.insert_or_get(first, on=("operation", "key"))
     async with store.transaction(TEST) as tx:
-        again, inserted_again = await tx.insert_or_get(second, on=("key",))
+        again, inserted_again = await tx.insert_or_get(second, on=("operation", "key"))
     expect.that(
         inserted and stored == first,
         f"the first insert_or_get of a key returned inserted={inserted} and "
@@ -703,7 +703,7 @@ async def test_an_idempotency_key_is_stored_once_under_concurrency(
 
     async def store_key(index: int) -> IdempotencyKey:
         async with _pick(stores, index).transaction(TEST) as tx:
-            stored, _ = await tx.insert_or_get(entities.idempotency_key(TEST, key), on=("key",))
+            stored, _ = await tx.insert_or_get(entities.idempotency_key(TEST, key), on=("operation", "key"))
             return stored
 
     outcomes = await run_concurrently(50, store_key)

@@ -372,7 +372,7 @@ async def _insert_or_get(
 ) -> None:
     async with reader.store.transaction(reader.scope) as tx:
         stored, inserted = await tx.insert_or_get(
-            entities.idempotency_key(reader.scope, pair.key), on=("key",)
+            entities.idempotency_key(reader.scope, pair.key), on=("operation", "key")
         )
     pair.expect.that(
         stored.id == mine.idempotency_key.id and not inserted,
@@ -525,7 +525,7 @@ async def _insert_or_get_forged(
     what = f"insert_or_get of a row of {owner.label} in a transaction of {reader.label}"
     with pair.expect.refusal(QZPayError, what, _refuse_scope_fix()):
         async with reader.store.transaction(reader.scope) as tx:
-            await tx.insert_or_get(forged, on=("key",))
+            await tx.insert_or_get(forged, on=("operation", "key"))
     await _absent(pair, IdempotencyKey, forged.id, what)
 
 

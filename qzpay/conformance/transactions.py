@@ -178,7 +178,7 @@ async def _next_number(tx: StorageTransaction, before: _Before, inserted: list[o
 async def _insert_or_get(tx: StorageTransaction, before: _Before, inserted: list[object]) -> object:
     record = entities.idempotency_key(TEST, before.tag)
     inserted.append(record)
-    return await tx.insert_or_get(record, on=("key",))
+    return await tx.insert_or_get(record, on=("operation", "key"))
 
 
 async def _everything(tx: StorageTransaction, before: _Before, inserted: list[object]) -> object:
@@ -374,7 +374,7 @@ READONLY: dict[str, _Write] = {
     "increment": lambda tx, before: tx.increment(PromoCode, before.code.id, "times_redeemed", 1),
     "next_number": lambda tx, before: tx.next_number(before.sequence),
     "insert_or_get": lambda tx, before: tx.insert_or_get(
-        entities.idempotency_key(TEST, before.tag), on=("key",)
+        entities.idempotency_key(TEST, before.tag), on=("operation", "key")
     ),
 }
 

@@ -125,8 +125,8 @@ async def open_attempt(uow: UnitOfWork, payment: Payment) -> None:
     An invoice has at most one pending attempt (a partial unique key): a second one while
     the first's outcome is unknown is refused, so it cannot charge twice.
     """
-    await uow.tx.insert(payment)
     try:
+        await uow.tx.insert(payment)
         await uow.tx.flush()
     except ConflictError:
         if payment.invoice_id is None:
@@ -177,6 +177,51 @@ async def call_provider(
             if attempt + 1 < PROVIDER_ATTEMPTS:
                 await anyio.sleep(BACKOFF_SECONDS[min(attempt, len(BACKOFF_SECONDS) - 1)])
     return None
+
+
+async def retrieve(context: ServiceContext, payment: Payment) -> ChargeResult | None:
+    """The payment's charge as the provider has it now, by its key or provider id; ``None``
+    when the provider never saw it (or it is not a charge this provider made)."""
+    if payment.provider != context.provider.name:
+        return None
+    if payment.idempotency_key is None and payment.provider_id is None:
+        return None
+    return await context.provider.retrieve_charge(
+        idempotency_key=payment.idempotency_key or "", provider_id=payment.provider_id
+    )
+
+
+async def resume(
+    context: ServiceContext, payment_id: UUID, *, then: AfterSettle | None = None
+) -> Payment:
+    """Finish an attempt whose first call never did (a keyed retry of the same call).
+
+    The provider is asked about it first; where it never heard of it, the same request is
+    sent again with the same key (the provider answers one key once), so the attempt is
+    finished, never doubled. A settled attempt is returned as it is.
+    """
+    async with context.unit_of_work(readonly=True) as uow:
+        payment: Payment = await require(uow.tx, Payment, payment_id, field="payment_id")
+        payable = await _method_of(uow.tx, payment)
+    result = None
+    if payment.status in OPEN:
+        result = await retrieve(context, payment)
+        if result is None and payment.status == PaymentStatus.PENDING and payable is not None:
+            result = await call_provider(context, payment, *payable)
+    return await settle(context, payment.id, result, then=then)
+
+
+async def _method_of(tx: StorageTransaction, payment: Payment) -> tuple[PaymentMethod, str] | None:
+    """The method and provider customer an attempt was made with, to send it again."""
+    if payment.payment_method_id is None:
+        return None
+    method = await tx.get(PaymentMethod, payment.payment_method_id, include_deleted=True)
+    if method is None:
+        return None
+    ref = await tx.find(
+        CustomerProviderRef, customer_id=payment.customer_id, provider=method.provider
+    )
+    return None if ref is None else (method, ref.provider_customer_id)
 
 
 def _next_action(result: ChargeResult) -> dict[str, str] | None:

@@ -32,6 +32,7 @@ from qzpay import periods
 from qzpay import validation as check
 from qzpay.domain.enums import JobStatus, PaymentStatus, SubscriptionStatus
 from qzpay.domain.payments import Payment
+from qzpay.domain.promotions import PromoCodeUsage
 from qzpay.domain.records import JobExecution
 from qzpay.domain.subscriptions import Subscription
 from qzpay.errors import ConflictError, InvalidStateError
@@ -221,7 +222,15 @@ class JobsService:
             earlier = await uow.tx.find(
                 Payment, subscription_id=subscription.id, status=PaymentStatus.PENDING
             )
-        amount = subscription.unit_amount * subscription.quantity
+            # A promo code redeemed at sign-up comes off the first charge (later periods:
+            # the invoices of the lifecycle issue apply its duration).
+            usage = (
+                None
+                if subscription.promo_code_id is None
+                else await uow.tx.find(PromoCodeUsage, subscription_id=subscription.id)
+            )
+        full = subscription.unit_amount * subscription.quantity
+        amount = full - min(full, usage.discount_amount) if usage is not None else full
         if earlier is not None:
             settled = await reconcile(context, earlier.id)
         elif amount == 0 or payable is None:

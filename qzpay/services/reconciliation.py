@@ -40,10 +40,7 @@ async def reconcile(context: ServiceContext, payment_id: UUID) -> Payment:
         await refunds.settle(context, refund.id, found)
     result: ChargeResult | None = None
     if payment.status in charging.OPEN and payment.provider == provider.name:
-        if payment.idempotency_key is not None or payment.provider_id is not None:
-            result = await provider.retrieve_charge(
-                idempotency_key=payment.idempotency_key or "", provider_id=payment.provider_id
-            )
+        result = await charging.retrieve(context, payment)
         if (
             result is None
             and payment.status == PaymentStatus.PENDING

@@ -161,8 +161,9 @@ async def _follow(uow: UnitOfWork, context: ServiceContext, payment: Payment) ->
             else PaymentStatus.SUCCEEDED
         )
     due_at = payment.due_at if pending else None
-    if status == payment.status and due_at == payment.due_at:
-        return
+    # Written even when nothing changed: the version check makes two refunds settling at
+    # once serialize (the later one is retried and sees the other's refund), where each
+    # would otherwise compute the status from a total missing the other.
     updated = await uow.tx.update(
         attrs.evolve(payment, status=status, due_at=due_at, updated_at=uow.now)
     )
