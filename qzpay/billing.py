@@ -18,6 +18,7 @@ from qzpay.services.context import ServiceContext
 from qzpay.services.customers import CustomersService
 from qzpay.services.jobs import JobsService
 from qzpay.services.payment_methods import PaymentMethodsService
+from qzpay.services.payments import PaymentsService
 from qzpay.services.promo_codes import PromoCodesService
 from qzpay.services.subscriptions import SubscriptionsService
 
@@ -39,6 +40,7 @@ class Billing:
         self.prices = PricesService(context)
         self.payment_methods = PaymentMethodsService(context)
         self.subscriptions = SubscriptionsService(context)
+        self.payments = PaymentsService(context)
         self.promo_codes = PromoCodesService(context)
         self.jobs = JobsService(context)
         self.audit = AuditService(context)
