@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from qzpay import (
     Billing,
+    ConflictError,
     Event,
     InvalidStateError,
     NotFoundError,
@@ -36,6 +37,7 @@ from qzpay.domain.customers import Customer
 from qzpay.domain.enums import PaymentStatus
 from qzpay.domain.payments import Payment, Refund
 from qzpay.domain.records import AuditLog
+from qzpay.ids import new_id
 from qzpay.services import charging
 
 pytestmark = pytest.mark.anyio
@@ -655,3 +657,18 @@ async def test_settling_twice_keeps_the_first_outcome(billing: Billing) -> None:
         ChargeResult(provider_id="x", status="failed", failure_code="card_declined"),
     )
     assert again == payment
+
+
+async def test_a_refund_is_stored_once_per_provider_refund_id(billing: Billing) -> None:
+    """What a webhook carrying an already-known refund will rely on (issue 16)."""
+    ann = await _customer(billing)
+    payment = await _process(billing, ann)
+    refund = await billing.payments.refund(payment.id, amount=100)
+    assert refund.provider_id is not None
+    copy = attrs.evolve(refund, id=new_id())
+
+    with pytest.raises(ConflictError) as refused:
+        async with billing.storage.transaction(TEST) as tx:
+            await tx.insert(copy)
+    assert "provider" in str(refused.value)
+    assert len((await billing.payments.refunds(payment.id)).items) == 1
