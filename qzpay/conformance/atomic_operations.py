@@ -703,7 +703,9 @@ async def test_an_idempotency_key_is_stored_once_under_concurrency(
 
     async def store_key(index: int) -> IdempotencyKey:
         async with _pick(stores, index).transaction(TEST) as tx:
-            stored, _ = await tx.insert_or_get(entities.idempotency_key(TEST, key), on=("operation", "key"))
+            stored, _ = await tx.insert_or_get(
+                entities.idempotency_key(TEST, key), on=("operation", "key")
+            )
             return stored
 
     outcomes = await run_concurrently(50, store_key)

@@ -106,9 +106,10 @@ class PaymentsService:
             claim = await idempotency.claim(uow, keyed, Payment)
             if claim.replay is not None:
                 return claim.replay
-            if claim.in_progress:
-                resumed = claim.resource_id
+            if claim.in_progress and claim.resource_id is not None:
+                resumed: UUID | None = claim.resource_id
             else:
+                claim.raise_if_in_progress()
                 resumed = None
                 method, provider_customer_id = await _payable(
                     uow, self._context.provider.name, customer_key, method_key

@@ -120,6 +120,18 @@ async def _write_outcome(
     uow: UnitOfWork, context: ServiceContext, refund: Refund, result: RefundResult
 ) -> Refund:
     succeeded = result.status == "succeeded"
+    # Hold the payment first (a bounded increment holds its row until the transaction
+    # ends): refunds of one payment settling at once then go one after the other, and
+    # each reads the totals with the others' outcomes in them. A rejected refund's
+    # increment gives its reservation back; an accepted one's adds nothing.
+    payment = await uow.tx.increment(
+        Payment,
+        refund.payment_id,
+        "refunded_amount",
+        0 if succeeded else -refund.amount,
+        at=uow.now,
+    )
+    assert payment is not None  # no upper bound: never refused
     settled = attrs.evolve(
         refund,
         status=RefundStatus.SUCCEEDED if succeeded else RefundStatus.FAILED,
@@ -129,14 +141,6 @@ async def _write_outcome(
     )
     await uow.tx.update(settled)
     await uow.record(f"refund.{settled.status.value}", settled, changes={"amount": settled.amount})
-    payment: Payment = await require(uow.tx, Payment, refund.payment_id, field="payment_id")
-    if not succeeded:
-        # Give the reservation back: the provider refunded nothing.
-        returned = await uow.tx.increment(
-            Payment, payment.id, "refunded_amount", -refund.amount, at=uow.now
-        )
-        assert returned is not None
-        payment = returned
     await _follow(uow, context, payment)
     return settled
 
@@ -161,9 +165,8 @@ async def _follow(uow: UnitOfWork, context: ServiceContext, payment: Payment) ->
             else PaymentStatus.SUCCEEDED
         )
     due_at = payment.due_at if pending else None
-    # Written even when nothing changed: the version check makes two refunds settling at
-    # once serialize (the later one is retried and sees the other's refund), where each
-    # would otherwise compute the status from a total missing the other.
+    if status == payment.status and due_at == payment.due_at:
+        return
     updated = await uow.tx.update(
         attrs.evolve(payment, status=status, due_at=due_at, updated_at=uow.now)
     )

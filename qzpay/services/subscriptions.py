@@ -161,9 +161,10 @@ class SubscriptionsService:
             claim = await idempotency.claim(uow, keyed, Subscription)
             if claim.replay is not None:
                 return claim.replay
-            if claim.in_progress:
-                resumed = claim.resource_id
+            if claim.in_progress and claim.resource_id is not None:
+                resumed: UUID | None = claim.resource_id
             else:
+                claim.raise_if_in_progress()
                 resumed = None
                 subscription = self._new(
                     uow,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import attrs
 import pytest
 
-from qzpay import Billing, Event, InvalidStateError, Scope, ValidationError
+from qzpay import Billing, Event, InvalidStateError, Scope, SubscriptionStatus, ValidationError
 from qzpay.adapters.fake import FakeProvider
 from qzpay.domain.catalog import Price
 from qzpay.domain.customers import Customer
@@ -189,7 +189,9 @@ async def test_creation_is_audited_and_announced_after_commit(billing: Billing) 
         "payment.succeeded",
         "subscription.activated",
     ]
-    assert events[0].data == attrs.evolve(sub, status="incomplete", version=1, updated_at=sub.created_at)
+    assert events[0].data == attrs.evolve(
+        sub, status=SubscriptionStatus.INCOMPLETE, version=1, updated_at=sub.created_at
+    )
     assert events[-1].data == sub
     audits = (await billing.audit.list(entity_id=sub.id)).items
     assert sorted((a.action, str(a.changes["status"])) for a in audits) == [
