@@ -27,7 +27,6 @@ from qzpay.event_names import EVENTS
 from qzpay.ids import new_id
 from qzpay.settings import DEFAULTS, Settings
 from qzpay.timestamps import aware_utc
-from qzpay.validation import changed
 
 E = TypeVar("E")
 
@@ -120,29 +119,6 @@ class ServiceContext:
             yield uow
         for event in uow.events:
             await self.events.publish(event)
-
-    async def change(
-        self,
-        kind: type[E],
-        entity_id: UUID,
-        changes: Mapping[str, Any],
-        *,
-        field: str,
-        event: str,
-    ) -> E:
-        """Apply ``changes`` to one entity, audit what really changed, emit ``event``.
-
-        A call that changes nothing writes nothing (no version bump, no audit row, no event).
-        """
-        async with self.unit_of_work() as uow:
-            current = await require(uow.tx, kind, entity_id, field=field)
-            wanted = attrs.evolve(current, **changes, updated_at=uow.now)
-            diff = changed(current, wanted, changes)
-            if not diff:
-                return current  # type: ignore[no-any-return]
-            updated = await uow.tx.update(wanted)
-            await uow.record(event, updated, changes=diff)
-        return updated  # type: ignore[no-any-return]
 
     async def read(self, kind: type[Any], entity_id: UUID, *, field: str = "id") -> Any:
         """One entity by id in its own short read transaction, or ``NotFoundError``."""

@@ -246,13 +246,13 @@ async def change(
     event: str,
     keyed: Keyed | None,
 ) -> E:
-    """``ServiceContext.change`` with the key claimed and completed in its transaction.
+    """Apply ``changes`` to one entity, audit what really changed, emit ``event``; keyed
+    calls claim and complete their key in the same transaction.
 
-    A keyed update that changes nothing still stores its key, so its retry replays the
-    entity as it was then, not as a later call left it.
+    A call that changes nothing writes nothing (no version bump, no audit row, no event),
+    except that a keyed one still stores its key, so its retry replays the entity as it was
+    then, not as a later call left it.
     """
-    if keyed is None:
-        return await context.change(kind, entity_id, changes, field=field, event=event)
     async with context.unit_of_work() as uow:
         found = await claim(uow, keyed, kind)
         if found.replay is not None:
