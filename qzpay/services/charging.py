@@ -60,7 +60,7 @@ _STATUS: Mapping[str, PaymentStatus] = {
     "failed": PaymentStatus.FAILED,
 }
 
-AfterSettle = Callable[[UnitOfWork, Payment], Awaitable[None]]
+AfterSettle = Callable[[UnitOfWork, "Settled"], Awaitable[None]]
 """More work in the settling transaction (an idempotency key completed with the result)."""
 
 
@@ -125,23 +125,29 @@ async def open_attempt(uow: UnitOfWork, payment: Payment) -> None:
     An invoice has at most one pending attempt (a partial unique key): a second one while
     the first's outcome is unknown is refused, so it cannot charge twice.
     """
+    if payment.invoice_id is None:
+        await uow.tx.insert(payment)
+    else:
+        await _open_invoice_attempt(uow, payment)
+    await uow.record(
+        "payment.created",
+        payment,
+        changes={"amount": payment.amount, "currency": payment.currency},
+    )
+
+
+async def _open_invoice_attempt(uow: UnitOfWork, payment: Payment) -> None:
+    # Sent now (not with the commit), so the partial unique key's refusal is this error.
     try:
         await uow.tx.insert(payment)
         await uow.tx.flush()
     except ConflictError:
-        if payment.invoice_id is None:
-            raise
         raise InvalidStateError(
             f"invoice {payment.invoice_id} already has a payment attempt in flight: "
             "wait for its outcome (payments.reconcile) before trying again",
             field="invoice_id",
             rule="one_attempt_in_flight",
         ) from None
-    await uow.record(
-        "payment.created",
-        payment,
-        changes={"amount": payment.amount, "currency": payment.currency},
-    )
 
 
 async def call_provider(
@@ -261,12 +267,23 @@ def outcome(
     )
 
 
+@attrs.frozen
+class Settled:
+    """A settled attempt: the payment, and its subscription as the outcome left it (when
+    the outcome moved one)."""
+
+    payment: Payment
+    subscription: Subscription | None = None
+
+
 async def settle(
     context: ServiceContext,
     payment_id: UUID,
     result: ChargeResult | None,
     *,
     then: AfterSettle | None = None,
+    known: Payment | None = None,
+    subscription: Subscription | None = None,
 ) -> Payment:
     """Write the provider's answer onto the payment, and onto what it paid for.
 
@@ -275,18 +292,42 @@ async def settle(
     as it is: the first settlement wins, and the provider said the same to both. Retried on
     a concurrent edit of the rows. ``then`` runs in the same transaction.
     """
+    settled = await settle_attempt(
+        context, payment_id, result, then=then, known=known, subscription=subscription
+    )
+    return settled.payment
+
+
+async def settle_attempt(
+    context: ServiceContext,
+    payment_id: UUID,
+    result: ChargeResult | None,
+    *,
+    then: AfterSettle | None = None,
+    known: Payment | None = None,
+    subscription: Subscription | None = None,
+) -> Settled:
+    """``settle``, also saying what became of the subscription.
+
+    ``known`` and ``subscription`` are the rows as the caller last wrote them (a call that
+    just committed the pending attempt): the first try writes against their versions
+    without reading them again, and a try that finds them stale reads them afresh.
+    """
     for _ in range(SETTLE_ATTEMPTS):
         try:
             async with context.unit_of_work() as uow:
-                current: Payment = await require(uow.tx, Payment, payment_id, field="payment_id")
+                current: Payment = known or await require(
+                    uow.tx, Payment, payment_id, field="payment_id"
+                )
                 if result is None or current.status not in OPEN:
-                    settled = current
+                    settled = Settled(current)
                 else:
-                    settled = await _write_outcome(uow, context, current, result)
+                    settled = await _write_outcome(uow, context, current, result, subscription)
                 if then is not None:
                     await then(uow, settled)
             return settled
         except ConflictError:
+            known = subscription = None  # stale: read both again
             continue
     raise ConflictError(
         f"payment {payment_id} kept changing while its outcome was written; "
@@ -297,24 +338,31 @@ async def settle(
 
 
 async def _write_outcome(
-    uow: UnitOfWork, context: ServiceContext, current: Payment, result: ChargeResult
-) -> Payment:
+    uow: UnitOfWork,
+    context: ServiceContext,
+    current: Payment,
+    result: ChargeResult,
+    subscription: Subscription | None,
+) -> Settled:
     wanted = outcome(current, result, uow.now, context)
     if wanted.status == current.status and wanted.next_action == current.next_action:
         if wanted.due_at == current.due_at:
-            return current
-        return await uow.tx.update(attrs.evolve(current, due_at=wanted.due_at, updated_at=uow.now))
+            return Settled(current)
+        moved = await uow.tx.update(attrs.evolve(current, due_at=wanted.due_at, updated_at=uow.now))
+        return Settled(moved)
     settled = await uow.tx.update(wanted)
     changes: dict[str, Any] = {"status": [current.status.value, settled.status.value]}
     if settled.failure_code is not None:
         changes["failure_code"] = settled.failure_code
     await uow.record(f"payment.{settled.status.value}", settled, changes=changes)
-    if settled.subscription_id is not None:
-        await _apply_to_subscription(uow, settled)
-    return settled
+    if settled.subscription_id is None:
+        return Settled(settled)
+    return Settled(settled, await _apply_to_subscription(uow, settled, subscription))
 
 
-async def _apply_to_subscription(uow: UnitOfWork, payment: Payment) -> None:
+async def _apply_to_subscription(
+    uow: UnitOfWork, payment: Payment, known: Subscription | None
+) -> Subscription | None:
     """What a settled first payment means for its subscription (Stripe's rules).
 
     ``incomplete`` becomes ``active`` when its first payment succeeds (a failed one leaves
@@ -323,13 +371,17 @@ async def _apply_to_subscription(uow: UnitOfWork, payment: Payment) -> None:
     ``past_due``.
     """
     assert payment.subscription_id is not None
-    subscription: Subscription | None = await uow.tx.get(Subscription, payment.subscription_id)
+    subscription = (
+        known
+        if known is not None and known.id == payment.subscription_id
+        else await uow.tx.get(Subscription, payment.subscription_id)
+    )
     if subscription is None:
-        return
+        return None
     paid = payment.status == PaymentStatus.SUCCEEDED
     if subscription.status == SubscriptionStatus.INCOMPLETE:
         if not paid:
-            return
+            return subscription
         target = SubscriptionStatus.ACTIVE
         updated = await uow.tx.update(
             attrs.evolve(
@@ -341,7 +393,7 @@ async def _apply_to_subscription(uow: UnitOfWork, payment: Payment) -> None:
             updated,
             changes={"status": [subscription.status.value, target.value]},
         )
-        return
+        return updated
     if subscription.status == SubscriptionStatus.TRIALING and (
         subscription.trial_end is not None and payment.created_at >= subscription.trial_end
     ):
@@ -364,3 +416,5 @@ async def _apply_to_subscription(uow: UnitOfWork, payment: Payment) -> None:
             updated,
             changes={"status": [subscription.status.value, target.value]},
         )
+        return updated
+    return subscription

@@ -249,7 +249,9 @@ class JobsService:
                 )
                 await charging.open_attempt(uow, payment)
             result = await charging.call_provider(context, payment, *payable)
-            settled = await charging.settle(context, payment.id, result)
+            settled = await charging.settle(
+                context, payment.id, result, known=payment, subscription=subscription
+            )
         if settled.status in (PaymentStatus.PENDING, PaymentStatus.PROCESSING):
             return "skipped"  # left claimed: reconciled and moved on once its outcome is known
         return "charged" if settled.status == PaymentStatus.SUCCEEDED else "failed"

@@ -12,7 +12,6 @@ finishes the same attempt with the same provider key: never a second charge.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 from uuid import UUID
 
 import attrs
@@ -129,7 +128,9 @@ class PaymentsService:
         if resumed is not None:
             return await charging.resume(self._context, resumed, then=_completing(keyed))
         result = await charging.call_provider(self._context, payment, method, provider_customer_id)
-        return await charging.settle(self._context, payment.id, result, then=_completing(keyed))
+        return await charging.settle(
+            self._context, payment.id, result, then=_completing(keyed), known=payment
+        )
 
     async def confirm(
         self, payment_id: UUID | str, *, idempotency_key: str | None = None
@@ -291,7 +292,7 @@ class PaymentsService:
                 resumed = None
                 payment: Payment = await require(uow.tx, Payment, key, field="payment_id")
                 refund = _new_refund(uow, payment, value, why, meta, provider.name)
-                reserved = await refunds.add_refund(uow.tx, refund)
+                reserved = await refunds.add_refund(uow.tx, refund, payment)
                 await uow.tx.update(
                     attrs.evolve(
                         reserved,
@@ -306,7 +307,9 @@ class PaymentsService:
         if resumed is not None:
             return await self._resume_refund(resumed, keyed)
         result = await refunds.call_provider(self._context, payment, refund)
-        return await refunds.settle(self._context, refund.id, result, then=_completing(keyed))
+        return await refunds.settle(
+            self._context, refund.id, result, then=_completing_refund(keyed)
+        )
 
     async def _resume_refund(self, refund_id: UUID, keyed: idempotency.Keyed | None) -> Refund:
         async with self._context.unit_of_work(readonly=True) as uow:
@@ -317,7 +320,9 @@ class PaymentsService:
             result = await self._retrieve_refund(refund)
             if result is None:
                 result = await refunds.call_provider(self._context, payment, refund)
-        return await refunds.settle(self._context, refund.id, result, then=_completing(keyed))
+        return await refunds.settle(
+            self._context, refund.id, result, then=_completing_refund(keyed)
+        )
 
     # -- reading -------------------------------------------------------------------------
 
@@ -456,12 +461,22 @@ def _new_refund(
     )
 
 
-def _completing(keyed: idempotency.Keyed | None) -> Any:
-    """Complete the call's idempotency key with its result, once the result is settled
-    (a still-pending one stays in progress: the same call again finishes it)."""
+def _completing(keyed: idempotency.Keyed | None) -> charging.AfterSettle:
+    """Complete the call's idempotency key with its payment, once it is settled (a
+    still-pending one stays in progress: the same call again finishes it)."""
 
-    async def complete(uow: UnitOfWork, result: Payment | Refund) -> None:
-        if keyed is not None and str(result.status) != "pending":
-            await idempotency.complete(uow, keyed, result)
+    async def complete(uow: UnitOfWork, settled: charging.Settled) -> None:
+        if keyed is not None and settled.payment.status != PaymentStatus.PENDING:
+            await idempotency.complete(uow, keyed, settled.payment)
+
+    return complete
+
+
+def _completing_refund(keyed: idempotency.Keyed | None) -> refunds.AfterRefund:
+    """The same for a refund: its key is completed once the refund is settled."""
+
+    async def complete(uow: UnitOfWork, refund: Refund) -> None:
+        if keyed is not None and refund.status != RefundStatus.PENDING:
+            await idempotency.complete(uow, keyed, refund)
 
     return complete

@@ -26,15 +26,24 @@ from qzpay.errors import ConflictError, ProviderError
 from qzpay.services import charging
 from qzpay.services.context import ServiceContext, UnitOfWork, require
 
+AfterRefund = Callable[[UnitOfWork, Refund], Awaitable[None]]
+"""More work in a refund's settling transaction (its idempotency key completed)."""
+
 
 def refund_key(refund_id: UUID) -> str:
     """The provider idempotency key of one refund: derived from the row's id."""
     return f"qzpay-refund-{refund_id}"
 
 
-async def add_refund(tx: StorageTransaction, refund: Refund) -> Payment:
-    """Store ``refund`` and reserve its amount on its payment; the payment as now."""
-    payment: Payment = await require(tx, Payment, refund.payment_id, field="payment_id")
+async def add_refund(
+    tx: StorageTransaction, refund: Refund, payment: Payment | None = None
+) -> Payment:
+    """Store ``refund`` and reserve its amount on its payment; the payment as now.
+
+    ``payment`` is the payment as the caller read it in this transaction, if it did.
+    """
+    if payment is None:
+        payment = await require(tx, Payment, refund.payment_id, field="payment_id")
     check_refund(payment, refund)  # the clear error for the sequential case
     updated = await tx.increment(
         Payment,
@@ -87,7 +96,7 @@ async def settle(
     refund_id: UUID,
     result: RefundResult | None,
     *,
-    then: Callable[[UnitOfWork, Refund], Awaitable[None]] | None = None,
+    then: AfterRefund | None = None,
 ) -> Refund:
     """Write the provider's answer onto the refund and its payment.
 

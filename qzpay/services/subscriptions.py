@@ -220,15 +220,16 @@ class SubscriptionsService:
         if payment is None or payable is None:
             return subscription
         result = await charging.call_provider(self._context, payment, *payable)
-        settled = await charging.settle(
-            self._context, payment.id, result, then=_completing(keyed, subscription_id)
+        settled = await charging.settle_attempt(
+            self._context,
+            payment.id,
+            result,
+            then=_completing(keyed, subscription_id),
+            known=payment,
+            subscription=subscription,
         )
-        if settled.status != PaymentStatus.SUCCEEDED:
-            return subscription  # still incomplete, with its failed or open payment
-        current: Subscription = await self._context.read(
-            Subscription, subscription_id, field="subscription_id"
-        )
-        return current
+        # Still incomplete when the charge failed or is open; active when it succeeded.
+        return settled.subscription or subscription
 
     def _new(
         self,
@@ -342,10 +343,10 @@ def _expected_discount(promo: PromoCode, amount: int, price: Price) -> int:
 def _completing(keyed: idempotency.Keyed | None, subscription_id: UUID) -> charging.AfterSettle:
     """Complete the create's idempotency key with the subscription as its charge left it."""
 
-    async def complete(uow: UnitOfWork, payment: Payment) -> None:
-        if keyed is None or payment.status == PaymentStatus.PENDING:
+    async def complete(uow: UnitOfWork, settled: charging.Settled) -> None:
+        if keyed is None or settled.payment.status == PaymentStatus.PENDING:
             return  # still in flight: the same call again finishes it
-        current: Subscription = await require(
+        current: Subscription = settled.subscription or await require(
             uow.tx, Subscription, subscription_id, field="subscription_id"
         )
         await idempotency.complete(uow, keyed, current)
