@@ -101,6 +101,18 @@ class PaymentsService:
             description=text,
             metadata=meta,
         )
+        provider = self._context.provider.name
+        # Read first, in a read-only transaction (no BEGIN on a server database), so the
+        # pending row then goes alone: one statement, committed on its own.
+        async with self._context.unit_of_work(readonly=True) as uow:
+            early = await idempotency.peek(uow, keyed, Payment)
+            if early.replay is not None:
+                return early.replay
+            payable = (
+                None
+                if early.in_progress
+                else await _payable(uow, provider, customer_key, method_key)
+            )
         async with self._context.unit_of_work() as uow:
             claim = await idempotency.claim(uow, keyed, Payment)
             if claim.replay is not None:
@@ -110,9 +122,9 @@ class PaymentsService:
             else:
                 claim.raise_if_in_progress()
                 resumed = None
-                method, provider_customer_id = await _payable(
-                    uow, self._context.provider.name, customer_key, method_key
-                )
+                if payable is None:
+                    payable = await _payable(uow, provider, customer_key, method_key)
+                method, provider_customer_id = payable
                 payment = charging.pending_payment(
                     uow,
                     self._context,
