@@ -43,6 +43,7 @@ from qzpay.errors import (
     StorageError,
     ValidationError,
 )
+from qzpay.settings import DunningPolicy
 
 __all__ = [
     "Billing",
@@ -50,6 +51,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "DiscountType",
+    "DunningPolicy",
     "Event",
     "IdempotencyError",
     "Interval",

@@ -18,7 +18,7 @@ from qzpay.contracts.provider import PaymentProvider
 from qzpay.contracts.storage import StoragePort
 from qzpay.errors import ConfigurationError
 from qzpay.services.context import ServiceContext
-from qzpay.settings import DEFAULTS, Settings
+from qzpay.settings import DEFAULTS, DunningPolicy, Settings
 
 
 def create_billing(
@@ -32,12 +32,16 @@ def create_billing(
     idempotency_ttl: timedelta = DEFAULTS.idempotency_ttl,
     reconcile_after: timedelta = DEFAULTS.reconcile_after,
     abandon_after: timedelta = DEFAULTS.abandon_after,
+    dunning: DunningPolicy = DEFAULTS.dunning,
+    invoice_number_prefix: str = DEFAULTS.invoice_number_prefix,
+    trial_will_end_days: int = DEFAULTS.trial_will_end_days,
 ) -> Billing:
     """Wire qzpay to your storage, payment provider, clock and event bus.
 
     Tenancy is declared once, on the storage (``multi_tenant=``): ``tenancy=`` may be left
     out, and where it is given it must agree, so a mismatch is caught here rather than at
-    the first call. ``idempotency_ttl``, ``reconcile_after`` and ``abandon_after`` are
+    the first call. The money paths' settings (``idempotency_ttl``, ``reconcile_after``,
+    ``abandon_after``, ``dunning``, ``invoice_number_prefix``, ``trial_will_end_days``) are
     described on ``qzpay.settings.Settings``.
 
     >>> from qzpay.adapters.memory import MemoryStorage
@@ -70,6 +74,9 @@ def create_billing(
             idempotency_ttl=idempotency_ttl,
             reconcile_after=reconcile_after,
             abandon_after=abandon_after,
+            dunning=dunning,
+            invoice_number_prefix=invoice_number_prefix,
+            trial_will_end_days=trial_will_end_days,
         ),
     )
     return Billing(context)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from decimal import Decimal
 from uuid import UUID
 
 import attrs
@@ -30,6 +31,11 @@ class Invoice:
     total: int = 0
     amount_paid: int = 0
     amount_due: int = 0
+    tax_rate: Decimal | None = None
+    """The rate ``tax`` was computed with (``Decimal("0.21")``), rounded once."""
+    attempt_count: int = 0
+    """Payment attempts made on it (a dunning retry is one more)."""
+    finalized_at: datetime | None = None
     period_start: datetime | None = None
     period_end: datetime | None = None
     due_date: datetime | None = None

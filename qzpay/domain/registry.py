@@ -82,7 +82,7 @@ class EntitySpec(Generic[E]):
     unique: tuple[UniqueKey, ...] = attrs.field(default=(), converter=_unique_keys)
     references: Mapping[str, str] = attrs.field(factory=dict)
     append_only: bool = False
-    defaults: Mapping[str, str | bool] = attrs.field(factory=dict)
+    defaults: Mapping[str, str | bool | int] = attrs.field(factory=dict)
     """Database defaults of NOT NULL columns added to an existing table by a migration
     (a database cannot add such a column without one): the same on new schemas."""
     fields: tuple[str, ...] = attrs.field(init=False)
@@ -156,6 +156,7 @@ SPECS: tuple[EntitySpec[Any], ...] = (
         Subscription,
         "subscriptions",
         "subscription",
+        defaults={"dunning_attempts": 0},
         references={
             "customer_id": "customers",
             "plan_id": "plans",
@@ -175,6 +176,7 @@ SPECS: tuple[EntitySpec[Any], ...] = (
         "invoices",
         "invoice",
         unique=(("number",),),
+        defaults={"attempt_count": 0},
         references={"customer_id": "customers", "subscription_id": "subscriptions"},
     ),
     _spec(InvoiceLine, "invoice_lines", "invoice_line", references={"invoice_id": "invoices"}),

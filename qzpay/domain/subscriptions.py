@@ -46,6 +46,14 @@ class Subscription:
     canceled_at: datetime | None = None
     ended_at: datetime | None = None
     paused_at: datetime | None = None
+    resumes_at: datetime | None = None
+    """When a paused subscription resumes by itself (``None``: only by ``resume``)."""
+    past_due_at: datetime | None = None
+    """When the renewal that made it past due failed: dunning retries count from here."""
+    dunning_attempts: int = 0
+    """Retries made since ``past_due_at`` (0 while not past due)."""
+    trial_reminded_at: datetime | None = None
+    """When ``subscription.trial_will_end`` was sent for the current trial."""
     default_payment_method_id: UUID | None = None
     promo_code_id: UUID | None = None
     due_at: datetime | None = None

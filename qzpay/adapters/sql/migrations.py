@@ -209,6 +209,24 @@ def _v5_payments_intent_first(layout: Layout) -> list[str]:
     )
 
 
+def _v6_lifecycle(layout: Layout) -> list[str]:
+    """What the lifecycle needs: pauses that resume by themselves, dunning counted from the
+    failed renewal, the trial-will-end reminder sent once; invoices' tax rate, payment
+    attempts and finalization time."""
+    sqlite = layout.dialect == "sqlite"
+    moment = "DATETIME" if sqlite else "TIMESTAMP WITH TIME ZONE"
+    rate = "TEXT" if sqlite else "NUMERIC"
+    return layout.render(
+        f"ALTER TABLE {{prefix}}subscriptions ADD COLUMN resumes_at {moment}",
+        f"ALTER TABLE {{prefix}}subscriptions ADD COLUMN past_due_at {moment}",
+        "ALTER TABLE {prefix}subscriptions ADD COLUMN dunning_attempts BIGINT DEFAULT 0 NOT NULL",
+        f"ALTER TABLE {{prefix}}subscriptions ADD COLUMN trial_reminded_at {moment}",
+        f"ALTER TABLE {{prefix}}invoices ADD COLUMN tax_rate {rate}",
+        "ALTER TABLE {prefix}invoices ADD COLUMN attempt_count BIGINT DEFAULT 0 NOT NULL",
+        f"ALTER TABLE {{prefix}}invoices ADD COLUMN finalized_at {moment}",
+    )
+
+
 def _identity_row(layout: Layout) -> str:
     # The prefix was validated as [a-z_][a-z0-9_]* before any SQL: safe as a literal.
     table = identifier(layout.prefix, "schema_info")
@@ -226,6 +244,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         5,
         "intent-first payments, refunds, promo code rules, idempotency keys per operation",
         _v5_payments_intent_first,
+    ),
+    Migration(
+        6, "subscription lifecycle and dunning; invoice tax rate and attempts", _v6_lifecycle
     ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

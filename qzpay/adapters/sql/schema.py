@@ -46,6 +46,7 @@ from sqlalchemy import (
     and_,
     false,
     literal,
+    literal_column,
     true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -148,9 +149,11 @@ def _columns(spec: EntitySpec[Any], multi_tenant: bool) -> list[Column[Any]]:
     return columns
 
 
-def _default_sql(value: str | bool) -> ColumnElement[Any]:
+def _default_sql(value: str | bool | int) -> ColumnElement[Any]:
     if isinstance(value, bool):
         return true() if value else false()
+    if isinstance(value, int):
+        return literal_column(str(value))
     return literal(value, Text())
 
 
