@@ -111,16 +111,33 @@ def _columns(kind: type[Any]) -> _Columns:
     return found
 
 
+def _plain(text: str) -> bool:
+    """Storable without looking closer: ASCII and no NUL (nearly all text)."""
+    return text.isascii() and "\x00" not in text
+
+
+def _inner(field: str, key: object) -> str:
+    return f"{field}.{key!s}"[:200]
+
+
 def _check_storable(value: Any, field: str) -> None:
-    # Exact types first: this runs on every written row, and abc isinstance checks are slow.
+    # Exact types first, and the common cases inline: this runs on every written row, and
+    # abc isinstance checks, calls and field names built per item are what it costs.
     kind = type(value)
     if kind is str:
-        storable_text(value, field=field)
+        if not _plain(value):
+            storable_text(value, field=field)
     elif kind is MappingProxyType or kind is dict or isinstance(value, Mapping):
         for key, item in value.items():
-            inner = f"{field}.{key!s}"[:200]
-            storable_text(str(key), field=inner)
-            _check_storable(item, inner)
+            text = key if type(key) is str else str(key)
+            if not _plain(text):
+                storable_text(text, field=_inner(field, key))
+            kind = type(item)
+            if kind is str:
+                if not _plain(item):
+                    storable_text(item, field=_inner(field, key))
+            elif item is not None and kind is not int and kind is not bool:
+                _check_storable(item, _inner(field, key))
     elif kind is tuple or kind is list:
         for item in value:
             _check_storable(item, field)
@@ -137,7 +154,8 @@ def check_values(entity: Any) -> None:
     for name in columns.texts:
         value = getattr(entity, name)
         if type(value) is str:
-            storable_text(value, field=name)
+            if not _plain(value):
+                storable_text(value, field=name)
         elif value is not None:
             _check_storable(value, name)
     for name in columns.mappings:
