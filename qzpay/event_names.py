@@ -51,6 +51,23 @@ EVENTS: Final[Mapping[str, str]] = MappingProxyType(
         "subscription.trial_ended": (
             "the Subscription whose trial ended: active, or past_due when it was not paid"
         ),
+        "subscription.canceled": (
+            "the Subscription canceled: status canceled, canceled_at and ended_at set"
+        ),
+        "subscription.cancel_scheduled": (
+            "the Subscription set to end at its period end (cancel_at_period_end True)"
+        ),
+        "subscription.uncanceled": (
+            "the Subscription whose scheduled cancel was undone (cancel_at_period_end False)"
+        ),
+        "subscription.paused": "the Subscription paused: paused_at and resumes_at set",
+        "subscription.resumed": "the Subscription active again, its new period starting now",
+        "subscription.price_changed": (
+            "the Subscription on its new price (and quantity), prorations on its invoice"
+        ),
+        "subscription.quantity_changed": (
+            "the Subscription with its new quantity, prorations on its invoice"
+        ),
         "payment.created": (
             "the Payment committed pending, before the provider is asked to charge"
         ),
