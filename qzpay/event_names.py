@@ -88,6 +88,18 @@ EVENTS: Final[Mapping[str, str]] = MappingProxyType(
         "refund.failed": (
             "the Refund the provider refused, with failure_code; its amount is refundable again"
         ),
+        "invoice.created": "the Invoice as created: a draft, no number yet, its totals",
+        "invoice.updated": "the draft Invoice with lines added and its totals recomputed",
+        "invoice.finalized": "the Invoice finalized: open (or paid when nothing is due), numbered",
+        "invoice.paid": "the Invoice paid: amount_paid, amount_due 0, paid_at set",
+        "invoice.payment_failed": (
+            "the open Invoice whose payment attempt failed, attempt_count counting it"
+        ),
+        "invoice.voided": "the Invoice voided: it keeps its number, nothing is due",
+        "invoice.marked_uncollectible": (
+            "the Invoice written off as uncollectible: it may still be paid or voided"
+        ),
+        "invoice.deleted": "the draft Invoice deleted (deleted_at set); it never had a number",
         "promo_code.created": "the PromoCode as created",
         "promo_code.deactivated": "the PromoCode no longer redeemable (active False)",
         "promo_code.redeemed": "the PromoCode with the redemption counted",

@@ -35,6 +35,7 @@ from qzpay.domain.payments import Payment, PaymentMethod
 from qzpay.domain.subscriptions import Subscription
 from qzpay.errors import ConflictError, InvalidStateError, ProviderError
 from qzpay.ids import new_id
+from qzpay.services import invoicing
 from qzpay.services.context import ServiceContext, UnitOfWork, require
 from qzpay.services.payment_methods import default_method
 from qzpay.transitions import transition
@@ -355,6 +356,8 @@ async def _write_outcome(
     if settled.failure_code is not None:
         changes["failure_code"] = settled.failure_code
     await uow.record(f"payment.{settled.status.value}", settled, changes=changes)
+    if settled.invoice_id is not None:
+        await invoicing.apply_payment(uow, settled)
     if settled.subscription_id is None:
         return Settled(settled)
     return Settled(settled, await _apply_to_subscription(uow, settled, subscription))

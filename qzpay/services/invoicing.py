@@ -1,0 +1,508 @@
+"""Invoices inside another call's unit of work: drafts, lines, finalizing, charging, paying.
+
+The building blocks ``billing.invoices`` and the lifecycle (proration, renewals) share:
+
+- ``upcoming_draft``: a subscription's one draft for its next period (Stripe's pending
+  invoice items): proration lines wait there until the renewal adds the period's line and
+  finalizes it;
+- ``add_lines``: lines appended to a draft, its totals recomputed
+  (``qzpay.domain.invoice_totals``: the subscription's promo code by its duration, the
+  invoice's tax rate, each rounded once);
+- ``finalize_in``: draft → open, numbered from the gapless per-(tenant, livemode) sequence
+  ``"invoice"`` at that moment (so a draft never holds a number, and a rolled-back finalize
+  gives its number to the next one); an invoice with nothing due is paid at once;
+- ``charge_invoice``: an intent-first charge (``qzpay.services.charging``) of the amount
+  due; one attempt at a time per invoice (the storage refuses a second pending one);
+- ``apply_payment``: what a settled charge means for its invoice, called by
+  ``charging``'s settle in the settling transaction (so a payment and the invoice it paid
+  commit together, however it was settled: at once, by ``reconcile``, by a webhook).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import attrs
+
+from qzpay import money, periods
+from qzpay.domain.enums import Interval, InvoiceStatus, PaymentStatus
+from qzpay.domain.invoice_states import PAYABLE, invoice_transition
+from qzpay.domain.invoice_totals import InvoiceTotals, from_subtotal
+from qzpay.domain.invoices import Invoice, InvoiceLine, InvoicePayment
+from qzpay.domain.payments import Payment
+from qzpay.domain.promotions import PromoCode
+from qzpay.domain.subscriptions import Subscription
+from qzpay.errors import InvalidStateError
+from qzpay.ids import new_id
+from qzpay.services import charging, idempotency
+from qzpay.services.context import ServiceContext, UnitOfWork, require
+
+NUMBER_SEQUENCE = "invoice"
+"""The storage sequence invoice numbers come from (``StorageTransaction.next_number``)."""
+
+
+@attrs.frozen(kw_only=True)
+class LineDraft:
+    """A line to add to a draft; ``unit_amount`` may be negative (a credit)."""
+
+    description: str
+    unit_amount: int
+    quantity: int = 1
+    price_id: UUID | None = None
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    proration: bool = False
+
+
+def invoice_number(prefix: str, number: int) -> str:
+    """The invoice's number as people read it: ``INV-000001``.
+
+    >>> invoice_number("INV-", 42)
+    'INV-000042'
+    """
+    return f"{prefix}{number:06d}"
+
+
+# -- periods ---------------------------------------------------------------------------------
+
+_APPROX_DAYS: Mapping[Interval, int] = {
+    Interval.DAY: 1,
+    Interval.WEEK: 7,
+    Interval.MONTH: 28,
+    Interval.YEAR: 365,
+}
+"""The shortest length of each interval, to guess a period's index before checking it."""
+
+
+def period_index(subscription: Subscription, start: datetime) -> int:
+    """Which of the subscription's billed periods (0-based from ``billing_anchor``) holds
+    ``start``: what a promo code's duration counts (``once`` is period 0, the first paid
+    one, whether or not it was invoiced)."""
+    anchor = subscription.billing_anchor
+    if start <= anchor:
+        return 0
+    every = subscription.interval_count
+
+    def begins(index: int) -> datetime:
+        return periods.period_bounds(anchor, subscription.interval, every, index)[0]
+
+    shortest = timedelta(days=_APPROX_DAYS[subscription.interval] * every)
+    index = (start - anchor) // shortest  # never fewer periods than this guess
+    while index > 0 and begins(index) > start:
+        index -= 1
+    while begins(index + 1) <= start:
+        index += 1
+    return index
+
+
+def renewal_period(subscription: Subscription) -> tuple[datetime, datetime]:
+    """The period the subscription's next invoice bills: the one starting at the end of the
+    current period (for a trial, its first paid period)."""
+    start = subscription.current_period_end
+    index = period_index(subscription, start)
+    begin, end = periods.period_bounds(
+        subscription.billing_anchor, subscription.interval, subscription.interval_count, index
+    )
+    if begin == start:
+        return begin, end
+    return start, periods.shift(start, subscription.interval, subscription.interval_count)
+
+
+# -- drafts ----------------------------------------------------------------------------------
+
+
+def line_rows(uow: UnitOfWork, invoice: Invoice, lines: Sequence[LineDraft]) -> list[InvoiceLine]:
+    """The rows of ``lines`` on ``invoice`` (not stored), each amount checked to fit."""
+    return [
+        InvoiceLine(
+            id=new_id(),
+            livemode=uow.scope.livemode,
+            tenant_id=uow.scope.tenant_id,
+            invoice_id=invoice.id,
+            description=line.description,
+            quantity=line.quantity,
+            unit_amount=line.unit_amount,
+            amount=money.amount(
+                line.unit_amount * line.quantity,
+                field=f"lines[{position}].unit_amount",
+                minimum=-money.MAX_AMOUNT,
+            ),
+            currency=invoice.currency,
+            price_id=line.price_id,
+            period_start=line.period_start,
+            period_end=line.period_end,
+            proration=line.proration,
+            created_at=uow.now,
+        )
+        for position, line in enumerate(lines)
+    ]
+
+
+async def invoice_promo(
+    uow: UnitOfWork, invoice: Invoice
+) -> tuple[PromoCode | None, Subscription | None]:
+    """The promo code whose discount an invoice gets, and its subscription.
+
+    Only a subscription's period invoices (those with ``period_start``) are discounted; a
+    code deactivated since it was redeemed still applies (Stripe's rule: deactivating stops
+    new redemptions only).
+    """
+    if invoice.subscription_id is None:
+        return None, None
+    subscription: Subscription | None = await uow.tx.get(
+        Subscription, invoice.subscription_id, include_deleted=True
+    )
+    if subscription is None or subscription.promo_code_id is None:
+        return None, subscription
+    if invoice.period_start is None:
+        return None, subscription
+    promo: PromoCode | None = await uow.tx.get(
+        PromoCode, subscription.promo_code_id, include_deleted=True
+    )
+    return promo, subscription
+
+
+def totals_with(
+    invoice: Invoice,
+    subtotal: int,
+    promo: PromoCode | None,
+    subscription: Subscription | None,
+) -> InvoiceTotals:
+    """The invoice's amounts for ``subtotal`` with ``promo`` by the period it bills."""
+    index = 0
+    if promo is not None and subscription is not None and invoice.period_start is not None:
+        index = period_index(subscription, invoice.period_start)
+    return from_subtotal(
+        subtotal,
+        currency=invoice.currency,
+        promo=promo,
+        period_index=index,
+        tax_rate=invoice.tax_rate,
+        amount_paid=invoice.amount_paid,
+    )
+
+
+def with_totals(invoice: Invoice, totals: InvoiceTotals) -> Invoice:
+    return attrs.evolve(
+        invoice,
+        subtotal=money.amount(totals.subtotal, field="subtotal", minimum=-money.MAX_AMOUNT),
+        discount=totals.discount,
+        tax=totals.tax,
+        total=money.amount(totals.total, field="total", minimum=-money.MAX_AMOUNT),
+        amount_due=totals.amount_due,
+    )
+
+
+def draft_invoice(
+    uow: UnitOfWork,
+    *,
+    customer_id: UUID,
+    currency: str,
+    subscription_id: UUID | None = None,
+    tax_rate: Decimal | None = None,
+    period_start: datetime | None = None,
+    period_end: datetime | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Invoice:
+    """A new empty draft (not stored)."""
+    return Invoice(
+        id=new_id(),
+        livemode=uow.scope.livemode,
+        tenant_id=uow.scope.tenant_id,
+        customer_id=customer_id,
+        subscription_id=subscription_id,
+        status=InvoiceStatus.DRAFT,
+        currency=currency,
+        tax_rate=tax_rate,
+        period_start=period_start,
+        period_end=period_end,
+        metadata=metadata or {},
+        created_at=uow.now,
+        updated_at=uow.now,
+    )
+
+
+async def new_draft(
+    uow: UnitOfWork,
+    *,
+    customer_id: UUID,
+    currency: str,
+    lines: Sequence[LineDraft] = (),
+    subscription_id: UUID | None = None,
+    tax_rate: Decimal | None = None,
+    period_start: datetime | None = None,
+    period_end: datetime | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Invoice:
+    """Store a new draft with ``lines`` and its totals; records ``invoice.created``.
+
+    For an invoice of its own (``billing.invoices.create``, an ``always_invoice``
+    proration charged now): a subscription's next-period draft is ``upcoming_draft``.
+    """
+    invoice = draft_invoice(
+        uow,
+        customer_id=customer_id,
+        currency=currency,
+        subscription_id=subscription_id,
+        tax_rate=tax_rate,
+        period_start=period_start,
+        period_end=period_end,
+        metadata=metadata,
+    )
+    rows = line_rows(uow, invoice, lines)
+    promo, subscription = await invoice_promo(uow, invoice) if rows else (None, None)
+    invoice = with_totals(
+        invoice, totals_with(invoice, sum(row.amount for row in rows), promo, subscription)
+    )
+    await uow.tx.insert(invoice)
+    for row in rows:
+        await uow.tx.insert(row)
+    await uow.record(
+        "invoice.created",
+        invoice,
+        changes={"status": invoice.status.value, "lines": len(rows), "total": invoice.total},
+    )
+    return invoice
+
+
+async def upcoming_draft(uow: UnitOfWork, subscription: Subscription) -> Invoice:
+    """The subscription's draft invoice (status draft), created empty if it has none.
+
+    The draft bills the subscription's next period (``renewal_period``); at most one per
+    subscription, so proration lines gather there until the renewal finalizes it.
+    """
+    found: Invoice | None = await uow.tx.find(
+        Invoice, subscription_id=subscription.id, status=InvoiceStatus.DRAFT
+    )
+    if found is not None:
+        return found
+    start, end = renewal_period(subscription)
+    return await new_draft(
+        uow,
+        customer_id=subscription.customer_id,
+        currency=subscription.currency,
+        subscription_id=subscription.id,
+        period_start=start,
+        period_end=end,
+    )
+
+
+async def add_lines(uow: UnitOfWork, invoice: Invoice, lines: Sequence[LineDraft]) -> Invoice:
+    """Append ``lines`` to a draft and recompute its totals; returns the invoice as now.
+
+    Only a draft takes lines (``InvalidStateError``, rule ``draft_only``): a finalized
+    invoice is what the customer was billed, never edited. ``invoice`` must be the row as
+    last read (its version is checked); records ``invoice.updated``.
+    """
+    if invoice.status != InvoiceStatus.DRAFT:
+        raise InvalidStateError(
+            f"invoice {invoice.id} is {invoice.status.value}: only a draft takes lines",
+            field="invoice_id",
+            rule="draft_only",
+        )
+    if not lines:
+        return invoice
+    rows = line_rows(uow, invoice, lines)
+    promo, subscription = await invoice_promo(uow, invoice)
+    totals = totals_with(
+        invoice, invoice.subtotal + sum(row.amount for row in rows), promo, subscription
+    )
+    updated = await uow.tx.update(attrs.evolve(with_totals(invoice, totals), updated_at=uow.now))
+    for row in rows:
+        await uow.tx.insert(row)
+    await uow.record(
+        "invoice.updated",
+        updated,
+        changes={"lines_added": len(rows), "total": [invoice.total, updated.total]},
+    )
+    return updated
+
+
+async def finalize_in(uow: UnitOfWork, context: ServiceContext, invoice: Invoice) -> Invoice:
+    """Draft → open, numbered now (gapless per tenant and livemode); an invoice with nothing
+    due (a zero or credit total) becomes paid at once. Records ``invoice.finalized`` (and
+    ``invoice.paid``)."""
+    status = invoice_transition(invoice.status, InvoiceStatus.OPEN)
+    number = await uow.tx.next_number(NUMBER_SEQUENCE)
+    opened = attrs.evolve(
+        invoice,
+        status=status,
+        number=invoice_number(context.settings.invoice_number_prefix, number),
+        finalized_at=uow.now,
+        due_date=invoice.due_date or uow.now,
+        updated_at=uow.now,
+    )
+    paid_now = opened.amount_due == 0
+    if paid_now:
+        opened = attrs.evolve(
+            opened, status=invoice_transition(status, InvoiceStatus.PAID), paid_at=uow.now
+        )
+    updated = await uow.tx.update(opened)
+    await uow.record(
+        "invoice.finalized",
+        updated,
+        changes={"status": [invoice.status.value, status.value], "number": updated.number},
+    )
+    if paid_now:
+        await uow.record(
+            "invoice.paid",
+            updated,
+            changes={"status": [status.value, updated.status.value], "amount_paid": 0},
+        )
+    return updated
+
+
+# -- charging --------------------------------------------------------------------------------
+
+
+def check_payable(invoice: Invoice) -> None:
+    """Refuse a charge of an invoice that is not open (or uncollectible) with money due."""
+    if invoice.status not in PAYABLE:
+        hint = "finalize it first" if invoice.status == InvoiceStatus.DRAFT else "nothing to pay"
+        raise InvalidStateError(
+            f"invoice {invoice.id} is {invoice.status.value}: {hint}",
+            field="invoice_id",
+            rule="payable",
+        )
+    if invoice.amount_due <= 0:
+        raise InvalidStateError(
+            f"invoice {invoice.id} has nothing due", field="invoice_id", rule="payable"
+        )
+
+
+async def charge_invoice(
+    context: ServiceContext, invoice_id: UUID, *, keyed: idempotency.Keyed | None = None
+) -> Invoice:
+    """Charge the invoice's amount due to the customer's default payment method, intent
+    first; returns the invoice as the outcome left it.
+
+    Succeeded: ``paid`` (``amount_paid``, an ``invoice_payments`` link, ``invoice.paid``).
+    Declined: still open, ``attempt_count`` one more, ``invoice.payment_failed``. Outcome
+    unknown: still open with its attempt pending (``payments.reconcile`` settles it); until
+    then another charge is refused (``InvalidStateError``, rule ``one_attempt_in_flight``).
+    The subscription's default payment method is preferred for its invoices. No method the
+    provider can charge: ``InvalidStateError`` (rule ``payment_method``), nothing written.
+    ``keyed``: the caller's idempotency key (``billing.invoices.pay``), claimed with the
+    attempt and completed with the invoice once it settles.
+    """
+    provider = context.provider.name
+    async with context.unit_of_work() as uow:
+        claim = await idempotency.claim(uow, keyed, Invoice)
+        if claim.replay is not None:
+            return claim.replay
+        resumed: UUID | None = None
+        if claim.in_progress and claim.resource_id is not None:
+            resumed = claim.resource_id
+        else:
+            claim.raise_if_in_progress()
+            invoice: Invoice = await require(uow.tx, Invoice, invoice_id, field="invoice_id")
+            check_payable(invoice)
+            preferred = None
+            if invoice.subscription_id is not None:
+                subscription = await uow.tx.get(Subscription, invoice.subscription_id)
+                preferred = None if subscription is None else subscription.default_payment_method_id
+            payable = await charging.chargeable_method(
+                uow.tx, invoice.customer_id, preferred, provider
+            )
+            if payable is None:
+                raise InvalidStateError(
+                    f"customer {invoice.customer_id} has no default payment method that "
+                    f"{provider} can charge: attach one first",
+                    field="payment_method",
+                    rule="payment_method",
+                )
+            payment = charging.pending_payment(
+                uow,
+                context,
+                customer_id=invoice.customer_id,
+                method=payable[0],
+                amount=invoice.amount_due,
+                currency=invoice.currency,
+                subscription_id=invoice.subscription_id,
+                invoice_id=invoice.id,
+                description=f"Invoice {invoice.number}",
+            )
+            await charging.open_attempt(uow, payment)
+            await uow.tx.increment(Invoice, invoice.id, "attempt_count", 1, at=uow.now)
+            await idempotency.bind(uow, keyed, payment.id)
+    seen: list[Invoice] = []
+
+    async def after(uow: UnitOfWork, settled: charging.Settled) -> None:
+        current: Invoice = await require(uow.tx, Invoice, invoice_id, field="invoice_id")
+        seen[:] = [current]
+        if settled.payment.status != PaymentStatus.PENDING:
+            await idempotency.complete(uow, keyed, current)
+
+    if resumed is not None:
+        await charging.resume(context, resumed, then=after)
+    else:
+        assert payable is not None  # refused above when there is none
+        result = await charging.call_provider(context, payment, *payable)
+        await charging.settle_attempt(context, payment.id, result, then=after, known=payment)
+    return seen[0]
+
+
+async def apply_payment(uow: UnitOfWork, payment: Payment) -> Invoice | None:
+    """What a settled payment means for the invoice it was for (``payment.invoice_id``).
+
+    Succeeded: its amount is applied (an ``InvoicePayment`` row), and the invoice is
+    ``paid`` once nothing is due (``paid_at``, ``invoice.paid``). Failed:
+    ``invoice.payment_failed`` (its attempt was counted when it opened). Still open at the
+    provider: nothing yet. Money taken for an invoice that is no longer payable (voided
+    meanwhile) is still linked to it, so the books show what to refund.
+    """
+    if payment.invoice_id is None:
+        return None
+    invoice: Invoice | None = await uow.tx.get(Invoice, payment.invoice_id, include_deleted=True)
+    if invoice is None:
+        return None
+    if payment.status == PaymentStatus.FAILED:
+        await uow.record(
+            "invoice.payment_failed",
+            invoice,
+            changes={
+                "payment_id": str(payment.id),
+                "failure_code": payment.failure_code,
+                "attempt_count": invoice.attempt_count,
+            },
+        )
+        return invoice
+    if payment.status != PaymentStatus.SUCCEEDED:
+        return invoice
+    await uow.tx.insert(
+        InvoicePayment(
+            id=new_id(),
+            livemode=uow.scope.livemode,
+            tenant_id=uow.scope.tenant_id,
+            invoice_id=invoice.id,
+            payment_id=payment.id,
+            amount_applied=payment.amount,
+            currency=payment.currency,
+            applied_at=uow.now,
+            created_at=uow.now,
+        )
+    )
+    paid = invoice.amount_paid + payment.amount
+    due = max(invoice.total - paid, 0)
+    changes: dict[str, Any] = {"amount_paid": paid, "payment_id": str(payment.id)}
+    status = invoice.status
+    if due == 0 and status in PAYABLE:
+        status = invoice_transition(status, InvoiceStatus.PAID)
+        changes["status"] = [invoice.status.value, status.value]
+    updated = await uow.tx.update(
+        attrs.evolve(
+            invoice,
+            status=status,
+            amount_paid=paid,
+            amount_due=due,
+            paid_at=uow.now if status != invoice.status else invoice.paid_at,
+            updated_at=uow.now,
+        )
+    )
+    if status != invoice.status:
+        await uow.record("invoice.paid", updated, changes=changes)
+    return updated
