@@ -16,6 +16,7 @@ from qzpay.services.audit import AuditService
 from qzpay.services.catalog import PlansService, PricesService
 from qzpay.services.context import ServiceContext
 from qzpay.services.customers import CustomersService
+from qzpay.services.invoices import InvoicesService
 from qzpay.services.jobs import JobsService
 from qzpay.services.payment_methods import PaymentMethodsService
 from qzpay.services.payments import PaymentsService
@@ -41,6 +42,7 @@ class Billing:
         self.payment_methods = PaymentMethodsService(context)
         self.subscriptions = SubscriptionsService(context)
         self.payments = PaymentsService(context)
+        self.invoices = InvoicesService(context)
         self.promo_codes = PromoCodesService(context)
         self.jobs = JobsService(context)
         self.audit = AuditService(context)
