@@ -35,13 +35,15 @@ def create_billing(
     dunning: DunningPolicy = DEFAULTS.dunning,
     invoice_number_prefix: str = DEFAULTS.invoice_number_prefix,
     trial_will_end_days: int = DEFAULTS.trial_will_end_days,
+    job_lease: timedelta = DEFAULTS.job_lease,
 ) -> Billing:
     """Wire qzpay to your storage, payment provider, clock and event bus.
 
     Tenancy is declared once, on the storage (``multi_tenant=``): ``tenancy=`` may be left
     out, and where it is given it must agree, so a mismatch is caught here rather than at
     the first call. The money paths' settings (``idempotency_ttl``, ``reconcile_after``,
-    ``abandon_after``, ``dunning``, ``invoice_number_prefix``, ``trial_will_end_days``) are
+    ``abandon_after``, ``dunning``, ``invoice_number_prefix``, ``trial_will_end_days``,
+    ``job_lease``) are
     described on ``qzpay.settings.Settings``.
 
     >>> from qzpay.adapters.memory import MemoryStorage
@@ -77,6 +79,7 @@ def create_billing(
             dunning=dunning,
             invoice_number_prefix=invoice_number_prefix,
             trial_will_end_days=trial_will_end_days,
+            job_lease=job_lease,
         ),
     )
     return Billing(context)

@@ -95,6 +95,11 @@ class Settings:
     """What invoice numbers start with: ``INV-000001``."""
     trial_will_end_days: int = attrs.field(default=3, validator=_reminder_days)
     """How many days before a trial ends ``subscription.trial_will_end`` is sent."""
+    job_lease: timedelta = attrs.field(default=timedelta(minutes=5), validator=_positive)
+    """How long a job runner holds what it claimed before another runner may take it over
+    (a runner that died). PostgreSQL measures it on the server's clock, not the Clock
+    port: a test that moves a FrozenClock by days between runs needs a lease shorter than
+    the real time between them."""
 
 
 DEFAULTS: Final = Settings()

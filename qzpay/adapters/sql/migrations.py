@@ -212,10 +212,61 @@ def _v5_payments_intent_first(layout: Layout) -> list[str]:
 def _v6_lifecycle(layout: Layout) -> list[str]:
     """What the lifecycle needs: pauses that resume by themselves, dunning counted from the
     failed renewal, the trial-will-end reminder sent once; invoices' tax rate, payment
-    attempts and finalization time."""
+    attempts and finalization time; invoice lines that may be credits (a negative unit
+    amount and amount: a proration's unused time), so their two checks go (SQLite cannot
+    drop a check: the table is rebuilt with the same columns, keys and index)."""
     sqlite = layout.dialect == "sqlite"
     moment = "DATETIME" if sqlite else "TIMESTAMP WITH TIME ZONE"
     rate = "TEXT" if sqlite else "NUMERIC"
+    return [*_v6_columns(layout, moment, rate), *_v6_signed_lines(layout)]
+
+
+def _v6_signed_lines(layout: Layout) -> list[str]:
+    if layout.dialect != "sqlite":
+        return layout.render(
+            "ALTER TABLE {prefix}invoice_lines DROP CONSTRAINT {prefix}invoice_lines_unit_amount_ck",
+            "ALTER TABLE {prefix}invoice_lines DROP CONSTRAINT {prefix}invoice_lines_amount_ck",
+        )
+    tenant = "\ttenant_id TEXT NOT NULL, \n" if layout.multi_tenant else ""
+    columns = (
+        "id, livemode, tenant_id, invoice_id, description, quantity, unit_amount, amount, "
+        "currency, price_id, period_start, period_end, proration, metadata, created_at"
+        if layout.multi_tenant
+        else "id, livemode, invoice_id, description, quantity, unit_amount, amount, "
+        "currency, price_id, period_start, period_end, proration, metadata, created_at"
+    )
+    return layout.render(
+        "CREATE TABLE {prefix}invoice_lines_v6 (\n"
+        "\tid CHAR(32) NOT NULL, \n"
+        "\tlivemode BOOLEAN NOT NULL, \n"
+        f"{tenant}"
+        "\tinvoice_id CHAR(32) NOT NULL, \n"
+        "\tdescription TEXT NOT NULL, \n"
+        "\tquantity BIGINT NOT NULL, \n"
+        "\tunit_amount BIGINT NOT NULL, \n"
+        "\tamount BIGINT NOT NULL, \n"
+        "\tcurrency TEXT NOT NULL, \n"
+        "\tprice_id CHAR(32), \n"
+        "\tperiod_start DATETIME, \n"
+        "\tperiod_end DATETIME, \n"
+        "\tproration BOOLEAN NOT NULL, \n"
+        "\tmetadata JSON NOT NULL, \n"
+        "\tcreated_at DATETIME NOT NULL, \n"
+        "\tPRIMARY KEY (id), \n"
+        "\tCONSTRAINT {prefix}invoice_lines_quantity_ck CHECK (quantity >= 0), \n"
+        "\tCONSTRAINT {prefix}invoice_lines_invoice_id_fk FOREIGN KEY(invoice_id, "
+        f"{layout.scope}) REFERENCES {{prefix}}invoices (id, {layout.scope})\n"
+        ")",
+        f"INSERT INTO {{prefix}}invoice_lines_v6 ({columns}) "
+        f"SELECT {columns} FROM {{prefix}}invoice_lines",
+        "DROP TABLE {prefix}invoice_lines",
+        "ALTER TABLE {prefix}invoice_lines_v6 RENAME TO {prefix}invoice_lines",
+        "CREATE INDEX IF NOT EXISTS {prefix}invoice_lines_invoice_id_idx "
+        f"ON {{prefix}}invoice_lines ({layout.scope}, invoice_id)",
+    )
+
+
+def _v6_columns(layout: Layout, moment: str, rate: str) -> list[str]:
     return layout.render(
         f"ALTER TABLE {{prefix}}subscriptions ADD COLUMN resumes_at {moment}",
         f"ALTER TABLE {{prefix}}subscriptions ADD COLUMN past_due_at {moment}",

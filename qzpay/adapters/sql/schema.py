@@ -59,6 +59,9 @@ from qzpay.domain.registry import SPECS, EntitySpec
 _MAX_IDENTIFIER = 63  # PostgreSQL's limit; SQLite has none
 
 # Columns that hold money or counts and must never be negative, wherever they appear.
+_SIGNED: dict[str, frozenset[str]] = {"invoice_lines": frozenset({"unit_amount", "amount"})}
+"""Money columns that may be negative in one table: a credit line (a proration's unused
+time, Stripe's negative invoice items)."""
 _NON_NEGATIVE = frozenset(
     {
         "amount",
@@ -171,8 +174,9 @@ def _table(
     scope = _scope_columns(multi_tenant)
     name = spec.table
     table = Table(prefix + name, metadata, *_columns(spec, multi_tenant))
+    signed = _SIGNED.get(name, frozenset())
     for column in table.columns:
-        if column.name in _NON_NEGATIVE:
+        if column.name in _NON_NEGATIVE and column.name not in signed:
             table.append_constraint(
                 CheckConstraint(
                     f"{column.name} >= 0",
