@@ -68,6 +68,27 @@ EVENTS: Final[Mapping[str, str]] = MappingProxyType(
         "subscription.quantity_changed": (
             "the Subscription with its new quantity, prorations on its invoice"
         ),
+        "subscription.trial_will_end": (
+            "the trialing Subscription whose trial ends in trial_will_end_days (sent once)"
+        ),
+        "subscription.renewed": (
+            "the Subscription in its new period; its invoice for the period is finalized"
+        ),
+        "subscription.past_due": (
+            "the Subscription whose period charge failed: past_due_at set, dunning begins"
+        ),
+        "subscription.recovered": (
+            "the past-due or unpaid Subscription active again: a retry or a new card paid"
+        ),
+        "subscription.dunning_exhausted": (
+            "the Subscription whose last dunning retry failed: canceled or unpaid"
+        ),
+        "subscription.incomplete_expired": (
+            "the incomplete Subscription whose first payment never succeeded within 23 hours"
+        ),
+        "subscription.job_failed": (
+            "the Subscription whose due work raised: the error recorded, due_at backed off"
+        ),
         "payment.created": (
             "the Payment committed pending, before the provider is asked to charge"
         ),

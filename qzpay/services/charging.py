@@ -29,6 +29,7 @@ import attrs
 from qzpay import periods
 from qzpay.contracts.provider import ChargeRequest, ChargeResult
 from qzpay.contracts.storage import StorageTransaction
+from qzpay.domain import schedule
 from qzpay.domain.customers import CustomerProviderRef
 from qzpay.domain.enums import PaymentStatus, SubscriptionStatus
 from qzpay.domain.payments import Payment, PaymentMethod
@@ -360,18 +361,24 @@ async def _write_outcome(
         await invoicing.apply_payment(uow, settled)
     if settled.subscription_id is None:
         return Settled(settled)
-    return Settled(settled, await _apply_to_subscription(uow, settled, subscription))
+    return Settled(settled, await _apply_to_subscription(uow, context, settled, subscription))
 
 
 async def _apply_to_subscription(
-    uow: UnitOfWork, payment: Payment, known: Subscription | None
+    uow: UnitOfWork, context: ServiceContext, payment: Payment, known: Subscription | None
 ) -> Subscription | None:
-    """What a settled first payment means for its subscription (Stripe's rules).
+    """What a settled payment means for its subscription (Stripe's rules).
 
-    ``incomplete`` becomes ``active`` when its first payment succeeds (a failed one leaves
-    it incomplete: the app may retry with another card). A ``trialing`` subscription whose
-    end-of-trial charge settles starts its first paid period: ``active`` if paid, else
-    ``past_due``.
+    - ``incomplete`` becomes ``active`` when its first payment succeeds (a failed one leaves
+      it incomplete: the app may retry with another card, until it expires);
+    - a ``trialing`` subscription whose end-of-trial charge settles starts its first paid
+      period: ``active`` if paid, else ``past_due``;
+    - an invoice's payment (a renewal, a dunning retry): failing moves an active
+      subscription to ``past_due`` and starts dunning, or counts one more retry, and the
+      last retry's failure ends it as the dunning policy says (``canceled`` or ``unpaid``);
+      succeeding brings a past-due or unpaid one back to ``active``.
+    Whatever the path that settled it (the call itself, reconciliation, a webhook), the
+    outcome is applied here, once, and ``due_at`` follows ``qzpay.domain.schedule``.
     """
     assert payment.subscription_id is not None
     subscription = (
@@ -382,42 +389,103 @@ async def _apply_to_subscription(
     if subscription is None:
         return None
     paid = payment.status == PaymentStatus.SUCCEEDED
-    if subscription.status == SubscriptionStatus.INCOMPLETE:
+    status = subscription.status
+    if status == SubscriptionStatus.INCOMPLETE:
         if not paid:
             return subscription
-        target = SubscriptionStatus.ACTIVE
-        updated = await uow.tx.update(
-            attrs.evolve(
-                subscription, status=transition(subscription.status, target), updated_at=uow.now
-            )
-        )
-        await uow.record(
-            "subscription.activated",
-            updated,
-            changes={"status": [subscription.status.value, target.value]},
-        )
-        return updated
-    if subscription.status == SubscriptionStatus.TRIALING and (
+        return await _move(uow, context, subscription, SubscriptionStatus.ACTIVE, "activated")
+    if status == SubscriptionStatus.TRIALING and (
         subscription.trial_end is not None and payment.created_at >= subscription.trial_end
     ):
         target = SubscriptionStatus.ACTIVE if paid else SubscriptionStatus.PAST_DUE
         start, end = periods.period_bounds(
             subscription.billing_anchor, subscription.interval, subscription.interval_count, 0
         )
-        updated = await uow.tx.update(
-            attrs.evolve(
-                subscription,
-                status=transition(subscription.status, target),
-                current_period_start=start,
-                current_period_end=end,
-                due_at=None,  # renewals set it from the lifecycle issue on
-                updated_at=uow.now,
-            )
+        return await _move(
+            uow,
+            context,
+            subscription,
+            target,
+            "trial_ended",
+            current_period_start=start,
+            current_period_end=end,
+            **_dunning_start(uow, paid),
         )
-        await uow.record(
-            "subscription.trial_ended",
-            updated,
-            changes={"status": [subscription.status.value, target.value]},
+    if payment.invoice_id is None:
+        return subscription
+    if paid and status in (SubscriptionStatus.PAST_DUE, SubscriptionStatus.UNPAID):
+        return await _move(
+            uow,
+            context,
+            subscription,
+            SubscriptionStatus.ACTIVE,
+            "recovered",
+            past_due_at=None,
+            dunning_attempts=0,
         )
-        return updated
+    if paid:
+        return subscription
+    if status == SubscriptionStatus.ACTIVE:
+        return await _move(
+            uow, context, subscription, SubscriptionStatus.PAST_DUE, "past_due",
+            **_dunning_start(uow, paid=False),
+        )  # fmt: skip
+    if status == SubscriptionStatus.PAST_DUE:
+        return await count_failed_retry(uow, context, subscription)
     return subscription
+
+
+async def count_failed_retry(
+    uow: UnitOfWork, context: ServiceContext, subscription: Subscription
+) -> Subscription:
+    """One more dunning retry failed: due for the next, or ended as the policy says when it
+    was the last (``canceled``, or ``unpaid``)."""
+    retries = context.settings.dunning.retry_after
+    attempts = subscription.dunning_attempts + 1
+    if attempts < len(retries):
+        retried = attrs.evolve(subscription, dunning_attempts=attempts, updated_at=uow.now)
+        return await uow.tx.update(
+            attrs.evolve(retried, due_at=schedule.next_due(retried, context.settings))
+        )
+    final = SubscriptionStatus(context.settings.dunning.then)
+    ended = (
+        {"canceled_at": uow.now, "ended_at": uow.now}
+        if final == SubscriptionStatus.CANCELED
+        else {}
+    )
+    return await _move(
+        uow, context, subscription, final, "dunning_exhausted",
+        dunning_attempts=attempts, **ended,
+    )  # fmt: skip
+
+
+def _dunning_start(uow: UnitOfWork, paid: bool) -> dict[str, Any]:
+    """The fields a failed period charge sets: dunning counts from now."""
+    return {} if paid else {"past_due_at": uow.now, "dunning_attempts": 0}
+
+
+async def _move(
+    uow: UnitOfWork,
+    context: ServiceContext,
+    subscription: Subscription,
+    target: SubscriptionStatus,
+    event: str,
+    **changes: Any,
+) -> Subscription:
+    """One status change of a subscription, through the transition table, audited, with
+    ``due_at`` recomputed for where it now is."""
+    moved = attrs.evolve(
+        subscription,
+        status=transition(subscription.status, target),
+        updated_at=uow.now,
+        **changes,
+    )
+    updated = await uow.tx.update(
+        attrs.evolve(moved, due_at=schedule.next_due(moved, context.settings))
+    )
+    await uow.record(
+        f"subscription.{event}",
+        updated,
+        changes={"status": [subscription.status.value, target.value]},
+    )
+    return updated

@@ -21,55 +21,93 @@ The work done today is the end of trials; renewals and dunning join in the lifec
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-from datetime import timedelta
-from typing import Literal, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Literal, TypeVar
 from uuid import UUID
 
 import attrs
 
 from qzpay import periods
 from qzpay import validation as check
+from qzpay.domain import schedule
 from qzpay.domain.enums import JobStatus, PaymentStatus, SubscriptionStatus
 from qzpay.domain.payments import Payment
 from qzpay.domain.promotions import PromoCodeUsage
 from qzpay.domain.records import JobExecution
 from qzpay.domain.subscriptions import Subscription
-from qzpay.errors import ConflictError, InvalidStateError
+from qzpay.errors import ConflictError, InvalidStateError, QZPayError
 from qzpay.ids import new_id
-from qzpay.services import charging
-from qzpay.services.context import ServiceContext
+from qzpay.services import charging, renewals
+from qzpay.services.context import ServiceContext, UnitOfWork
 from qzpay.services.reconciliation import reconcile
 from qzpay.transitions import transition
 
 BATCH = 100
 Claimed = TypeVar("Claimed", Subscription, Payment)
-Outcome = Literal["charged", "free", "failed", "skipped", "reconciled"]
-"""What one due item came to: a trial paid, free (nothing to charge), unpaid, or left for
-later; or a pending payment reconciled."""
-LEASE = timedelta(minutes=5)
+Outcome = Literal[
+    "trial_charged",
+    "trial_free",
+    "trial_failed",
+    "reminded",
+    "renewed",
+    "renewal_failed",
+    "retried",
+    "retry_failed",
+    "canceled",
+    "resumed",
+    "expired",
+    "skipped",
+    "errored",
+    "reconciled",
+]
+"""What one due item came to (``skipped``: nothing to do yet, or its outcome is not known
+yet; ``errored``: it raised, was recorded and backed off)."""
 OUTCOME_ATTEMPTS = 3
 """How often an outcome is re-applied after a concurrent edit moved the row's version."""
+BACK_OFF = timedelta(hours=1)
+"""How long a subscription whose work raised waits before the runner tries it again."""
 
 
 @attrs.frozen(kw_only=True)
 class JobRunReport:
-    """What one ``run_due`` did."""
+    """What one ``run_due`` did.
+
+    ``charged`` and ``failed`` count the charges of trial ends, renewals and dunning retries
+    that succeeded or failed; ``errors`` the items whose work raised (each recorded in the
+    audit log and on the run's ``job_executions`` row, and backed off by ``BACK_OFF``).
+    """
 
     trials_ended: int = 0
     charged: int = 0
     failed: int = 0
     skipped: int = 0
     payments_reconciled: int = 0
+    trial_reminders: int = 0
+    renewals: int = 0
+    dunning_retries: int = 0
+    canceled: int = 0
+    resumed: int = 0
+    expired: int = 0
+    errors: int = 0
 
     @classmethod
     def of(cls, outcomes: Counter[Outcome]) -> JobRunReport:
         return cls(
-            trials_ended=outcomes["charged"] + outcomes["free"] + outcomes["failed"],
-            charged=outcomes["charged"],
-            failed=outcomes["failed"],
+            trials_ended=outcomes["trial_charged"]
+            + outcomes["trial_free"]
+            + outcomes["trial_failed"],
+            charged=outcomes["trial_charged"] + outcomes["renewed"] + outcomes["retried"],
+            failed=outcomes["trial_failed"] + outcomes["renewal_failed"] + outcomes["retry_failed"],
             skipped=outcomes["skipped"],
             payments_reconciled=outcomes["reconciled"],
+            trial_reminders=outcomes["reminded"],
+            renewals=outcomes["renewed"] + outcomes["renewal_failed"],
+            dunning_retries=outcomes["retried"] + outcomes["retry_failed"],
+            canceled=outcomes["canceled"],
+            resumed=outcomes["resumed"],
+            expired=outcomes["expired"],
+            errors=outcomes["errored"],
         )
 
 
@@ -138,53 +176,265 @@ class JobsService:
         return outcomes
 
     async def _run_scope(self, context: ServiceContext, limit: int | None) -> Counter[Outcome]:
+        """Everything due in one scope, batch by batch; one ``job_executions`` row when
+        there was work (a run that finds nothing writes nothing)."""
         started = context.now()
-        async with context.unit_of_work() as uow:
-            execution = JobExecution(
-                id=new_id(),
-                livemode=uow.scope.livemode,
-                tenant_id=uow.scope.tenant_id,
-                job_name="run_due",
-                status=JobStatus.RUNNING,
-                started_at=started,
-                created_at=uow.now,
-                updated_at=uow.now,
-            )
-            await uow.tx.insert(execution)
+        run_id = new_id()
         outcomes: Counter[Outcome] = Counter()
-        status, error = JobStatus.SUCCEEDED, None
+        failures: list[str] = []
+        status = JobStatus.SUCCEEDED
         try:
             while limit is None or outcomes.total() < limit:
                 size = BATCH if limit is None else min(BATCH, limit - outcomes.total())
-                batch = await self._claim(context, execution.id, size, kind=Subscription)
+                batch = await self._claim(context, run_id, size, kind=Subscription)
                 if not batch:
                     break
                 for subscription in batch:
-                    outcomes[await self._end_trial(context, subscription)] += 1
+                    outcomes[await self._attempt(context, subscription, failures)] += 1
             while limit is None or outcomes.total() < limit:
                 size = BATCH if limit is None else min(BATCH, limit - outcomes.total())
-                payments = await self._claim(context, execution.id, size, kind=Payment)
+                payments = await self._claim(context, run_id, size, kind=Payment)
                 if not payments:
                     break
                 for payment in payments:
                     await reconcile(context, payment.id)
                     outcomes["reconciled"] += 1
         except BaseException as failure:
-            status, error = JobStatus.FAILED, type(failure).__name__
+            status = JobStatus.FAILED
+            failures.append(type(failure).__name__)
             raise
         finally:
-            async with context.unit_of_work() as uow:
-                await uow.tx.update(
-                    attrs.evolve(
-                        execution,
-                        status=status,
-                        finished_at=uow.now,
-                        items_processed=outcomes.total() - outcomes["skipped"],
-                        error=error,
-                        updated_at=uow.now,
-                    )
-                )
+            if outcomes or failures:
+                await self._record_run(context, run_id, started, status, outcomes, failures)
         return outcomes
+
+    async def _record_run(
+        self,
+        context: ServiceContext,
+        run_id: UUID,
+        started: datetime,
+        status: JobStatus,
+        outcomes: Counter[Outcome],
+        failures: list[str],
+    ) -> None:
+        report = JobRunReport.of(outcomes)
+        counts = {name: str(value) for name, value in attrs.asdict(report).items() if value}
+        async with context.unit_of_work() as uow:
+            await uow.tx.insert(
+                JobExecution(
+                    id=run_id,
+                    livemode=uow.scope.livemode,
+                    tenant_id=uow.scope.tenant_id,
+                    job_name="run_due",
+                    status=status,
+                    started_at=started,
+                    finished_at=uow.now,
+                    items_processed=outcomes.total() - outcomes["skipped"],
+                    error="; ".join(failures)[:1000] or None,
+                    metadata=counts,
+                    created_at=uow.now,
+                    updated_at=uow.now,
+                )
+            )
+
+    async def _attempt(
+        self, context: ServiceContext, subscription: Subscription, failures: list[str]
+    ) -> Outcome:
+        """One subscription's due work; a failure is recorded and backed off, never
+        stopping the run for the others."""
+        try:
+            return await self._work(context, subscription)
+        except QZPayError as error:
+            failure = f"{subscription.id}: {type(error).__name__}: {error}"
+        except Exception as error:  # a bug or a broken adapter: still only this item
+            failure = f"{subscription.id}: {type(error).__name__}: {error}"
+        failures.append(failure[:300])
+        await self._back_off(context, subscription, failure[:300])
+        return "errored"
+
+    async def _back_off(
+        self, context: ServiceContext, subscription: Subscription, why: str
+    ) -> None:
+        for _ in range(OUTCOME_ATTEMPTS):
+            try:
+                async with context.unit_of_work() as uow:
+                    current = await uow.tx.get(Subscription, subscription.id)
+                    if current is None:
+                        return
+                    later = await uow.tx.update(
+                        attrs.evolve(current, due_at=uow.now + BACK_OFF, updated_at=uow.now)
+                    )
+                    await uow.record("subscription.job_failed", later, changes={"error": why})
+                return
+            except ConflictError:
+                continue
+
+    async def _work(self, context: ServiceContext, subscription: Subscription) -> Outcome:
+        """What is due on ``subscription`` now, by its status (``qzpay.domain.schedule``)."""
+        now = context.now()
+        status = subscription.status
+        if status == SubscriptionStatus.TRIALING:
+            end = subscription.trial_end
+            if (
+                subscription.trial_reminded_at is None
+                and context.settings.trial_will_end_days
+                and end is not None
+                and now < end
+            ):
+                return await self._remind(context, subscription)
+            return await self._end_trial(context, subscription)
+        ending = subscription.cancel_at_period_end and now >= subscription.current_period_end
+        if ending and status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE):
+            return await self._end_period(context, subscription)
+        if status == SubscriptionStatus.ACTIVE and now >= subscription.current_period_end:
+            charged = await renewals.renew(context, subscription)
+            if charged == "nothing":
+                # Renewed and invoiced, but no card to charge: past due, dunning begins.
+                return await self._change(
+                    context, subscription, SubscriptionStatus.PAST_DUE, "past_due",
+                    outcome="renewal_failed", past_due_at=now, dunning_attempts=0,
+                )  # fmt: skip
+            return {"charged": "renewed", "failed": "renewal_failed"}.get(charged, "skipped")  # type: ignore[return-value]
+        if status == SubscriptionStatus.PAST_DUE:
+            charged = await renewals.retry(context, subscription)
+            if charged == "nothing":
+                # Nothing to charge (no invoice, no card): the retry counts as failed.
+                done = await self._apply(
+                    context,
+                    subscription,
+                    lambda uow, current: charging.count_failed_retry(uow, context, current),
+                    still=lambda current: current.status == SubscriptionStatus.PAST_DUE,
+                )
+                return "retry_failed" if done else "skipped"
+            return {"charged": "retried", "failed": "retry_failed"}.get(charged, "skipped")  # type: ignore[return-value]
+        if status == SubscriptionStatus.INCOMPLETE and now >= (
+            subscription.created_at + schedule.INCOMPLETE_EXPIRES_AFTER
+        ):
+            return await self._change(
+                context, subscription, SubscriptionStatus.INCOMPLETE_EXPIRED, "incomplete_expired",
+                outcome="expired",
+            )  # fmt: skip
+        if status == SubscriptionStatus.PAUSED and (
+            subscription.resumes_at is not None and now >= subscription.resumes_at
+        ):
+            return await self._resume(context, subscription)
+        return await self._reschedule(context, subscription)
+
+    async def _remind(self, context: ServiceContext, subscription: Subscription) -> Outcome:
+        async def remind(uow: UnitOfWork, current: Subscription) -> Subscription:
+            reminded = attrs.evolve(current, trial_reminded_at=uow.now, updated_at=uow.now)
+            updated = await uow.tx.update(
+                attrs.evolve(reminded, due_at=schedule.next_due(reminded, context.settings))
+            )
+            await uow.record(
+                "subscription.trial_will_end",
+                updated,
+                changes={"trial_end": str(current.trial_end)},
+            )
+            return updated
+
+        done = await self._apply(context, subscription, remind, still=_trialing)
+        return "reminded" if done else "skipped"
+
+    async def _end_period(self, context: ServiceContext, subscription: Subscription) -> Outcome:
+        """A cancel scheduled for the period's end: the period ended, so does it."""
+        return await self._change(
+            context,
+            subscription,
+            SubscriptionStatus.CANCELED,
+            "canceled",
+            outcome="canceled",
+            ended_at=subscription.current_period_end,
+            canceled_at=subscription.canceled_at or context.now(),
+        )
+
+    async def _resume(self, context: ServiceContext, subscription: Subscription) -> Outcome:
+        """A pause that ends at ``resumes_at``: active again, a new period starting then."""
+        resumes = subscription.resumes_at
+        assert resumes is not None
+        start, end = periods.period_bounds(
+            resumes, subscription.interval, subscription.interval_count, 0
+        )
+        return await self._change(
+            context,
+            subscription,
+            SubscriptionStatus.ACTIVE,
+            "resumed",
+            outcome="resumed",
+            billing_anchor=resumes,
+            current_period_start=start,
+            current_period_end=end,
+            paused_at=None,
+            resumes_at=None,
+        )
+
+    async def _change(
+        self,
+        context: ServiceContext,
+        subscription: Subscription,
+        target: SubscriptionStatus,
+        event: str,
+        *,
+        outcome: Outcome,
+        **changes: Any,
+    ) -> Outcome:
+        status = subscription.status
+
+        async def move(uow: UnitOfWork, current: Subscription) -> Subscription:
+            moved = attrs.evolve(
+                current,
+                status=transition(current.status, target),
+                updated_at=uow.now,
+                **changes,
+            )
+            updated = await uow.tx.update(
+                attrs.evolve(moved, due_at=schedule.next_due(moved, context.settings))
+            )
+            await uow.record(
+                f"subscription.{event}",
+                updated,
+                changes={"status": [current.status.value, target.value]},
+            )
+            return updated
+
+        done = await self._apply(
+            context, subscription, move, still=lambda current: current.status == status
+        )
+        return outcome if done else "skipped"
+
+    async def _reschedule(self, context: ServiceContext, subscription: Subscription) -> Outcome:
+        """Claimed but nothing due (a user's change moved it): ``due_at`` set right."""
+
+        async def fix(uow: UnitOfWork, current: Subscription) -> Subscription:
+            due = schedule.next_due(current, context.settings)
+            if due == current.due_at:
+                return current
+            return await uow.tx.update(attrs.evolve(current, due_at=due, updated_at=uow.now))
+
+        await self._apply(context, subscription, fix, still=lambda current: True)
+        return "skipped"
+
+    async def _apply(
+        self,
+        context: ServiceContext,
+        subscription: Subscription,
+        change: Callable[[UnitOfWork, Subscription], Awaitable[Subscription]],
+        *,
+        still: Callable[[Subscription], bool],
+    ) -> bool:
+        """Apply ``change`` to the subscription as it is, again after a concurrent edit,
+        while ``still`` holds; whether it was applied."""
+        current: Subscription | None = subscription
+        for _ in range(OUTCOME_ATTEMPTS):
+            if current is None or not still(current):
+                return False
+            try:
+                async with context.unit_of_work() as uow:
+                    await change(uow, current)
+                return True
+            except ConflictError:
+                current = await self._reread(context, subscription.id)
+        return False
 
     async def _claim(
         self,
@@ -196,7 +446,11 @@ class JobsService:
     ) -> Sequence[Claimed]:
         async with context.unit_of_work() as uow:
             return await uow.tx.claim(
-                kind, now=uow.now, limit=size, claimant=str(run_id), lease=LEASE
+                kind,
+                now=uow.now,
+                limit=size,
+                claimant=str(run_id),
+                lease=context.settings.job_lease,
             )
 
     async def _end_trial(self, context: ServiceContext, subscription: Subscription) -> Outcome:
@@ -254,44 +508,32 @@ class JobsService:
             )
         if settled.status in (PaymentStatus.PENDING, PaymentStatus.PROCESSING):
             return "skipped"  # left claimed: reconciled and moved on once its outcome is known
-        return "charged" if settled.status == PaymentStatus.SUCCEEDED else "failed"
+        return "trial_charged" if settled.status == PaymentStatus.SUCCEEDED else "trial_failed"
 
     async def _end_unpaid_trial(
         self, context: ServiceContext, subscription: Subscription, *, paid: bool
     ) -> Outcome:
-        """A trial that ends with nothing to charge (``free``) or nothing to charge it to."""
-        target = SubscriptionStatus.ACTIVE if paid else SubscriptionStatus.PAST_DUE
+        """A trial that ends with nothing to charge (``free``) or nothing to charge it to
+        (``past_due``: dunning counts from now)."""
         start, end = periods.period_bounds(
             subscription.billing_anchor, subscription.interval, subscription.interval_count, 0
         )
-        current: Subscription | None = subscription
-        for _ in range(OUTCOME_ATTEMPTS):
-            if current is None or current.status != SubscriptionStatus.TRIALING:
-                break  # someone else ended or cancelled it meanwhile
-            try:
-                async with context.unit_of_work() as uow:
-                    updated = await uow.tx.update(
-                        attrs.evolve(
-                            current,
-                            status=transition(current.status, target),
-                            current_period_start=start,
-                            current_period_end=end,
-                            due_at=None,  # renewals set it from the lifecycle issue on
-                            updated_at=uow.now,
-                        )
-                    )
-                    await uow.record(
-                        "subscription.trial_ended",
-                        updated,
-                        changes={"status": [current.status.value, target.value]},
-                    )
-            except ConflictError:
-                # A user's edit moved the version after the claim: apply to the row as it is.
-                current = await self._reread(context, subscription.id)
-                continue
-            return "free" if paid else "failed"
-        return "skipped"
+        unpaid = {} if paid else {"past_due_at": context.now(), "dunning_attempts": 0}
+        return await self._change(
+            context,
+            subscription,
+            SubscriptionStatus.ACTIVE if paid else SubscriptionStatus.PAST_DUE,
+            "trial_ended",
+            outcome="trial_free" if paid else "trial_failed",
+            current_period_start=start,
+            current_period_end=end,
+            **unpaid,
+        )
 
     async def _reread(self, context: ServiceContext, subscription_id: UUID) -> Subscription | None:
         async with context.unit_of_work(readonly=True) as uow:
             return await uow.tx.get(Subscription, subscription_id)
+
+
+def _trialing(subscription: Subscription) -> bool:
+    return subscription.status == SubscriptionStatus.TRIALING

@@ -20,9 +20,12 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import attrs
+
 from qzpay import money, periods
 from qzpay import validation as check
 from qzpay.contracts.storage import Page
+from qzpay.domain import schedule
 from qzpay.domain.catalog import Price
 from qzpay.domain.customers import Customer
 from qzpay.domain.discounts import discount
@@ -259,7 +262,7 @@ class SubscriptionsService:
                 anchor, price.interval, price.interval_count, 0
             )
             status = SubscriptionStatus.ACTIVE if free else SubscriptionStatus.INCOMPLETE
-        return Subscription(
+        subscription = Subscription(
             id=subscription_id,
             livemode=uow.scope.livemode,
             tenant_id=uow.scope.tenant_id,
@@ -277,12 +280,14 @@ class SubscriptionsService:
             current_period_end=period_end,
             trial_start=now if trial_end else None,
             trial_end=trial_end,
-            due_at=trial_end,
             default_payment_method_id=method_id,
             promo_code_id=promo_code_id,
             metadata=metadata,
             created_at=now,
             updated_at=now,
+        )
+        return attrs.evolve(
+            subscription, due_at=schedule.next_due(subscription, self._context.settings)
         )
 
     async def _resume(self, subscription_id: UUID, keyed: idempotency.Keyed | None) -> Subscription:

@@ -88,7 +88,7 @@ async def test_a_users_edit_during_a_job_run_succeeds_and_the_job_still_applies(
         assert (report.trials_ended, report.charged, report.skipped) == (1, 1, 0)
         after = await billing.subscriptions.get(sub.id)
         assert (after.status, after.metadata) == ("active", {"note": "edited"})
-        assert after.due_at is None
+        assert after.due_at == after.current_period_end  # renewed when the period ends
         async with billing.storage.transaction(scope, readonly=True) as tx:
             payments = (await tx.list(Payment)).items
         assert [(p.status, p.amount) for p in payments] == [("succeeded", 2900)]

@@ -190,8 +190,13 @@ async def test_creation_is_audited_and_announced_after_commit(billing: Billing) 
         "subscription.activated",
     ]
     assert events[0].data == attrs.evolve(
-        sub, status=SubscriptionStatus.INCOMPLETE, version=1, updated_at=sub.created_at
+        sub,
+        status=SubscriptionStatus.INCOMPLETE,
+        version=1,
+        updated_at=sub.created_at,
+        due_at=sub.created_at + timedelta(hours=23),  # expires unless paid by then
     )
+    assert sub.due_at == sub.current_period_end  # renewed when its period ends
     assert events[-1].data == sub
     audits = (await billing.audit.list(entity_id=sub.id)).items
     assert sorted((a.action, str(a.changes["status"])) for a in audits) == [

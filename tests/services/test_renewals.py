@@ -1,0 +1,222 @@
+"""The job runner's lifecycle work: renewals, dunning, period-end cancels, expiries.
+
+Time travels with the FrozenClock; the fake provider's ledger says what was charged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from qzpay import Billing, Scope, create_billing
+from qzpay.adapters.clock import FrozenClock
+from qzpay.adapters.fake import FakeProvider
+from qzpay.contracts.storage import StoragePort
+from qzpay.domain.catalog import Price
+from qzpay.domain.customers import Customer
+from qzpay.domain.enums import InvoiceStatus
+from qzpay.domain.invoices import Invoice
+from qzpay.domain.records import JobExecution
+
+pytestmark = pytest.mark.anyio
+TEST = Scope(livemode=False)
+RowCounter = Callable[[Billing, type[Any]], Awaitable[int]]
+
+
+@pytest.fixture
+async def runner(
+    store_factory: Callable[..., StoragePort], fake: FakeProvider, clock: FrozenClock
+) -> AsyncIterator[Billing]:
+    """Billing whose job leases end almost at once: PostgreSQL measures leases on its own
+    clock, and these tests run the job runner again days later by the FrozenClock but
+    milliseconds later by the server's."""
+    async with create_billing(
+        storage=store_factory(), provider=fake, clock=clock, job_lease=timedelta(milliseconds=1)
+    ) as billing:
+        yield billing
+
+
+async def _customer(billing: Billing, token: str = "pm_card_visa") -> Customer:
+    ann = await billing.customers.create(email="ann@example.com")
+    await billing.payment_methods.attach(ann.id, token=token, set_default=True)
+    return ann
+
+
+async def _price(billing: Billing, interval: str = "month") -> Price:
+    plan = await billing.plans.create(name="Pro")
+    return await billing.prices.create(
+        plan_id=plan.id, unit_amount=2900, currency="USD", interval=interval
+    )
+
+
+async def _switch_card(billing: Billing, customer: Customer, token: str) -> None:
+    """The customer's cards detached and ``token`` attached as the only, default one."""
+    for method in (await billing.payment_methods.list(customer.id)).items:
+        await billing.payment_methods.detach(method.id)
+    await billing.payment_methods.attach(customer.id, token=token, set_default=True)
+
+
+async def _invoices(billing: Billing, subscription_id: object) -> list[Invoice]:
+    async with billing.storage.transaction(TEST, readonly=True) as tx:
+        page = await tx.list(Invoice, filters={"subscription_id": subscription_id}, limit=100)
+    return sorted(page.items, key=lambda invoice: invoice.number or "")
+
+
+async def test_an_active_subscription_renews_every_period_that_ended(
+    billing: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    ann = await _customer(billing)
+    price = await _price(billing)
+    sub = await billing.subscriptions.create(customer_id=ann.id, price_id=price.id)
+    assert sub.status == "active"
+
+    clock.advance(timedelta(days=90))
+    report = await billing.jobs.run_due()
+
+    renewed = await billing.subscriptions.get(sub.id)
+    assert renewed.status == "active"
+    assert renewed.current_period_end > clock.now()
+    assert renewed.current_period_start <= clock.now()
+    assert report.charged >= 1
+    assert len(fake.charges) == 4  # the first period, then one per period that ended
+    invoices = await _invoices(billing, sub.id)
+    assert [i.status for i in invoices] == [InvoiceStatus.PAID] * 3
+    assert [i.number for i in invoices] == ["INV-000001", "INV-000002", "INV-000003"]
+    assert all(i.total == 2900 and i.amount_paid == 2900 for i in invoices)
+    assert (await billing.jobs.run_due()).charged == 0  # nothing is due any more
+
+
+async def test_a_declined_renewal_goes_past_due_then_dunning_ends_it(
+    runner: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    ann = await _customer(runner)
+    price = await _price(runner)
+    sub = await runner.subscriptions.create(customer_id=ann.id, price_id=price.id)
+    await _switch_card(runner, ann, "pm_card_chargeDeclined")
+
+    clock.advance(timedelta(days=31))
+    await runner.jobs.run_due()
+    past_due = await runner.subscriptions.get(sub.id)
+    assert (past_due.status, past_due.dunning_attempts) == ("past_due", 0)
+    assert past_due.past_due_at == clock.now()
+    [invoice] = await _invoices(runner, sub.id)
+    assert invoice.status == "open"
+
+    for day in (1, 3, 5, 7):
+        clock.set(past_due.past_due_at + timedelta(days=day))
+        await runner.jobs.run_due()
+    ended = await runner.subscriptions.get(sub.id)
+    assert ended.status == "canceled"
+    assert ended.ended_at is not None
+    keys = [c.request.idempotency_key for c in fake.charges]
+    assert len(keys) == len(set(keys)) == 6  # first period, renewal, four retries: new keys
+
+
+async def test_a_retry_with_a_new_card_recovers_the_subscription(
+    runner: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    ann = await _customer(runner)
+    price = await _price(runner)
+    sub = await runner.subscriptions.create(customer_id=ann.id, price_id=price.id)
+    await _switch_card(runner, ann, "pm_card_chargeDeclined")
+    clock.advance(timedelta(days=31))
+    await runner.jobs.run_due()
+    assert (await runner.subscriptions.get(sub.id)).status == "past_due"
+
+    await _switch_card(runner, ann, "pm_card_visa")
+    clock.advance(timedelta(days=1))
+    report = await runner.jobs.run_due()
+
+    recovered = await runner.subscriptions.get(sub.id)
+    assert (recovered.status, recovered.dunning_attempts, recovered.past_due_at) == (
+        "active",
+        0,
+        None,
+    )
+    assert report.dunning_retries == 1
+    [invoice] = await _invoices(runner, sub.id)
+    assert invoice.status == "paid"
+
+
+async def test_a_trial_reminder_is_sent_once_before_the_trial_ends(
+    billing: Billing, clock: FrozenClock
+) -> None:
+    ann = await _customer(billing)
+    price = await _price(billing)
+    events: list[str] = []
+    billing.on("subscription.trial_will_end", lambda event: events.append(event.type))
+    sub = await billing.subscriptions.create(customer_id=ann.id, price_id=price.id, trial_days=14)
+    assert sub.trial_end is not None
+    assert sub.due_at == sub.trial_end - timedelta(days=3)
+
+    clock.advance(timedelta(days=11))
+    assert (await billing.jobs.run_due()).trial_reminders == 1
+    assert (await billing.jobs.run_due()).trial_reminders == 0
+    assert events == ["subscription.trial_will_end"]
+    reminded = await billing.subscriptions.get(sub.id)
+    assert (reminded.status, reminded.due_at) == ("trialing", sub.trial_end)
+
+
+async def test_an_incomplete_subscription_expires_after_23_hours(
+    billing: Billing, clock: FrozenClock
+) -> None:
+    ann = await _customer(billing, token="pm_card_chargeDeclined")
+    price = await _price(billing)
+    sub = await billing.subscriptions.create(customer_id=ann.id, price_id=price.id)
+    assert sub.status == "incomplete"
+
+    clock.advance(timedelta(hours=22))
+    assert (await billing.jobs.run_due()).expired == 0
+    clock.advance(timedelta(hours=1))
+    assert (await billing.jobs.run_due()).expired == 1
+    assert (await billing.subscriptions.get(sub.id)).status == "incomplete_expired"
+
+
+async def test_one_failing_subscription_never_stops_the_run(
+    billing: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    ann = await _customer(billing)
+    bob = await billing.customers.create(email="bob@example.com")
+    await billing.payment_methods.attach(bob.id, token="pm_card_visa", set_default=True)
+    price = await _price(billing)
+    good = await billing.subscriptions.create(customer_id=ann.id, price_id=price.id)
+    bad = await billing.subscriptions.create(customer_id=bob.id, price_id=price.id)
+    bobs = {c.request.provider_customer_id for c in fake.charges[1:]}
+    charge = fake.charge
+
+    async def broken_for_bob(request: Any) -> Any:
+        if request.provider_customer_id in bobs:
+            raise RuntimeError("a bug in a payment adapter")  # not even a QZPayError
+        return await charge(request)
+
+    fake.charge = broken_for_bob  # type: ignore[method-assign]
+    clock.advance(timedelta(days=31))
+    report = await billing.jobs.run_due()
+
+    assert report.errors == 1
+    assert (await billing.subscriptions.get(good.id)).current_period_end > clock.now()
+    later = await billing.subscriptions.get(bad.id)
+    assert later.due_at is not None
+    assert later.due_at > clock.now()  # backed off, not first in line for the next run
+    audits = (await billing.audit.list(entity_id=bad.id)).items
+    assert any(a.action == "job_failed" for a in audits)
+    async with billing.storage.transaction(TEST, readonly=True) as tx:
+        runs = (await tx.list(JobExecution)).items
+    assert any(run.error and str(bad.id) in run.error for run in runs)
+    assert (await billing.jobs.run_due()).errors == 0  # the next run is not stuck on it
+
+
+async def test_a_run_that_finds_nothing_due_writes_nothing(
+    billing: Billing, count_rows: RowCounter
+) -> None:
+    ann = await _customer(billing)
+    price = await _price(billing)
+    await billing.subscriptions.create(customer_id=ann.id, price_id=price.id)
+    before = await count_rows(billing, JobExecution)
+
+    await billing.jobs.run_due()
+
+    assert await count_rows(billing, JobExecution) == before
