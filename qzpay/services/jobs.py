@@ -14,8 +14,15 @@ In multi-tenant mode, ``billing.jobs.run_due()`` on the root billing sweeps ever
 the storage's one cross-tenant read (``across_tenants``) says which tenants have due rows,
 and each tenant's work then runs in that tenant's own scope.
 
-The work done today is the end of trials; renewals and dunning join in the lifecycle issue
-(docs/decisions/0005-first-period.md).
+What is due on a subscription follows its status (``qzpay.domain.schedule`` sets ``due_at``,
+``_work`` dispatches): the trial-will-end reminder and the trial's end, the renewal of every
+period that ended (``qzpay.services.renewals``: invoiced, finalized, charged), dunning
+retries on the ``DunningPolicy``, a cancel at the period's end, a resume at ``resumes_at``,
+an incomplete subscription's expiry. What a charge comes to is applied where it settles
+(``charging``), so a reconciliation or a webhook that learns it later moves the subscription
+the same way. An item whose work raises is recorded (audit row, the run's
+``job_executions`` row), backed off by ``BACK_OFF`` and never stops the others
+(docs/decisions/0015-job-runner-lifecycle.md).
 """
 
 from __future__ import annotations
