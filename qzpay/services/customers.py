@@ -14,6 +14,7 @@ from qzpay.errors import NotFoundError
 from qzpay.ids import new_id
 from qzpay.services import idempotency
 from qzpay.services.context import ServiceContext, require
+from qzpay.services.subscriptions import cancel_customer_subscriptions
 from qzpay.validation import UNSET, Unset
 
 
@@ -158,6 +159,10 @@ class CustomersService:
     ) -> Customer:
         """Soft-delete: the row stays for the books, and its ``external_id`` is free again.
 
+        The customer's live subscriptions (trialing, active, past due, paused, incomplete,
+        unpaid) are canceled in the same transaction, each with ``subscription.canceled``,
+        so nothing bills a deleted customer (Stripe's rule).
+
         With ``idempotency_key``, a retry returns the deleted customer again instead of
         ``NotFoundError``.
         """
@@ -171,6 +176,8 @@ class CustomersService:
                 return claim.replay
             claim.raise_if_in_progress()
             current: Customer = await require(uow.tx, Customer, entity_id, field="customer_id")
+            # As Stripe: a deleted customer's live subscriptions end now, never billed again.
+            await cancel_customer_subscriptions(uow, self._context, entity_id)
             await uow.tx.soft_delete(
                 Customer, entity_id, at=uow.now, expected_version=current.version
             )

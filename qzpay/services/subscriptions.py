@@ -16,29 +16,43 @@ Creating one (docs/decisions/0005-first-period.md):
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from enum import Enum
+from typing import Any, Final
 from uuid import UUID
 
 import attrs
 
 from qzpay import money, periods
 from qzpay import validation as check
+from qzpay.contracts.filters import one_of
 from qzpay.contracts.storage import Page
 from qzpay.domain import schedule
 from qzpay.domain.catalog import Price
 from qzpay.domain.customers import Customer
 from qzpay.domain.discounts import discount
-from qzpay.domain.enums import PaymentStatus, SubscriptionStatus
+from qzpay.domain.enums import (
+    Interval,
+    InvoiceStatus,
+    PaymentStatus,
+    ProrationBehavior,
+    SubscriptionStatus,
+)
+from qzpay.domain.invoices import Invoice
 from qzpay.domain.payments import Payment, PaymentMethod
 from qzpay.domain.promotions import PromoCode
+from qzpay.domain.proration import Proration, prorate
 from qzpay.domain.subscriptions import Subscription
 from qzpay.errors import ConflictError, InvalidStateError, ValidationError
 from qzpay.ids import new_id
-from qzpay.services import charging, idempotency
+from qzpay.services import charging, idempotency, invoicing
 from qzpay.services.catalog import trial_days as checked_trial_days
 from qzpay.services.context import ServiceContext, UnitOfWork, missing, require
 from qzpay.services.promo_codes import normalized_code, redeem_for_subscription
+from qzpay.timestamps import aware_utc
+from qzpay.transitions import transition
 
 MAX_QUANTITY = 1_000_000
 
@@ -319,12 +333,16 @@ class SubscriptionsService:
         *,
         customer_id: UUID | str | None = None,
         status: SubscriptionStatus | str | None = None,
+        plan_id: UUID | str | None = None,
         limit: int = 20,
         cursor: str | None = None,
     ) -> Page[Subscription]:
+        """Subscriptions newest first, filtered by customer, status and plan."""
         filters: dict[str, object] = {}
         if customer_id is not None:
             filters["customer_id"] = check.identifier(customer_id, field="customer_id")
+        if plan_id is not None:
+            filters["plan_id"] = check.identifier(plan_id, field="plan_id")
         if status is not None:
             try:
                 filters["status"] = SubscriptionStatus(status)
@@ -334,6 +352,243 @@ class SubscriptionsService:
                 ) from None
         async with self._context.unit_of_work(readonly=True) as uow:
             return await uow.tx.list(Subscription, filters=filters, limit=limit, cursor=cursor)
+
+    # -- the lifecycle (DESIGN §3.1, §7): every status change through qzpay.transitions ----
+
+    async def cancel(
+        self,
+        subscription_id: UUID | str,
+        *,
+        at_period_end: bool = False,
+        idempotency_key: str | None = None,
+    ) -> Subscription:
+        """End the subscription now, or (``at_period_end=True``) when its period runs out.
+
+        Now: ``canceled`` with ``canceled_at`` and ``ended_at``, nothing due any more (no
+        renewal, no retry). At period end: it keeps its status and is billed no more;
+        ``cancel_at_period_end`` is set and ``canceled_at`` records the request, as
+        Stripe's, and the job runner ends it at ``current_period_end`` (``uncancel`` undoes
+        it until then). Scheduling an already scheduled cancel changes nothing. A canceled
+        subscription cannot be canceled again (``InvalidStateError``).
+        """
+        entity_id = check.identifier(subscription_id, field="subscription_id")
+        later = check.boolean(at_period_end, field="at_period_end")
+        keyed = idempotency.keyed(
+            self._context,
+            "subscriptions.cancel",
+            idempotency_key,
+            subscription_id=entity_id,
+            at_period_end=later,
+        )
+        return await self._lifecycle(entity_id, keyed, _schedule_cancel if later else cancel_now)
+
+    async def uncancel(
+        self, subscription_id: UUID | str, *, idempotency_key: str | None = None
+    ) -> Subscription:
+        """Undo ``cancel(at_period_end=True)`` before the period ends: it renews again.
+
+        A subscription with no cancel scheduled (or already canceled) has nothing to undo:
+        ``InvalidStateError`` (rule ``cancel_scheduled``).
+        """
+        entity_id = check.identifier(subscription_id, field="subscription_id")
+        keyed = idempotency.keyed(
+            self._context, "subscriptions.uncancel", idempotency_key, subscription_id=entity_id
+        )
+        return await self._lifecycle(entity_id, keyed, _uncancel)
+
+    async def pause(
+        self,
+        subscription_id: UUID | str,
+        *,
+        resumes_at: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> Subscription:
+        """Pause: no renewals and no charges until ``resume`` (or ``resumes_at``, when the
+        job runner resumes it). ``resumes_at`` must be an aware datetime in the future."""
+        entity_id = check.identifier(subscription_id, field="subscription_id")
+        resumes = None if resumes_at is None else aware_utc(resumes_at, field="resumes_at")
+        keyed = idempotency.keyed(
+            self._context,
+            "subscriptions.pause",
+            idempotency_key,
+            subscription_id=entity_id,
+            resumes_at=resumes,
+        )
+
+        async def step(
+            uow: UnitOfWork, context: ServiceContext, current: Subscription
+        ) -> Subscription:
+            if resumes is not None and resumes <= uow.now:
+                raise ValidationError(
+                    "must be in the future", field="resumes_at", rule="in_the_future"
+                )
+            return await _write(
+                uow,
+                context,
+                current,
+                "subscription.paused",
+                status=transition(current.status, SubscriptionStatus.PAUSED),
+                paused_at=uow.now,
+                resumes_at=resumes,
+            )
+
+        return await self._lifecycle(entity_id, keyed, step)
+
+    async def resume(
+        self, subscription_id: UUID | str, *, idempotency_key: str | None = None
+    ) -> Subscription:
+        """Make a paused subscription ``active`` again, a new period starting now (the
+        billing anchor moves to now, as Stripe's ``billing_cycle_anchor=now``)."""
+        entity_id = check.identifier(subscription_id, field="subscription_id")
+        keyed = idempotency.keyed(
+            self._context, "subscriptions.resume", idempotency_key, subscription_id=entity_id
+        )
+        invoiced: list[Invoice] = []
+
+        async def step(
+            uow: UnitOfWork, context: ServiceContext, current: Subscription
+        ) -> Subscription:
+            resumed, invoice = await resume_now(uow, context, current)
+            invoiced[:] = [invoice]
+            return resumed
+
+        result = await self._lifecycle(entity_id, keyed, step)
+        if invoiced:
+            await _charge_now(self._context, invoiced[0])
+        return result
+
+    async def change_price(
+        self,
+        subscription_id: UUID | str,
+        *,
+        price_id: UUID | str,
+        proration: ProrationBehavior | str = ProrationBehavior.CREATE_PRORATIONS,
+        quantity: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Subscription:
+        """Move the subscription to ``price_id`` (and ``quantity``), from now on.
+
+        The new price must be active, in the subscription's currency, and of the same
+        interval family (day/week, or month/year). With the same interval, what the
+        change is worth for the rest of the period is prorated to the second
+        (``qzpay.domain.proration``): ``create_prorations`` puts the credit and the charge
+        on the subscription's next invoice, ``always_invoice`` invoices and charges them
+        now, ``none`` bills the new price from the next period on. A change of interval
+        (month to year) starts a new period now, invoiced and charged at once (Stripe's
+        rule), less the credit for the unused time unless ``proration="none"``. A
+        trialing, paused or unpaid subscription changes price without proration (no
+        period is being paid for).
+
+        >>> import anyio
+        >>> from datetime import datetime, UTC
+        >>> from qzpay import create_billing
+        >>> from qzpay.adapters.clock import FrozenClock
+        >>> from qzpay.adapters.memory import MemoryStorage
+        >>> from qzpay.adapters.fake import FakeProvider
+        >>> async def main() -> list[int]:
+        ...     clock = FrozenClock(datetime(2028, 4, 1, tzinfo=UTC))
+        ...     fake = FakeProvider()
+        ...     billing = create_billing(storage=MemoryStorage(), provider=fake, clock=clock)
+        ...     async with billing:
+        ...         ann = await billing.customers.create(email="ann@example.com")
+        ...         await billing.payment_methods.attach(ann.id, token="pm_card_visa")
+        ...         plan = await billing.plans.create(name="Pro")
+        ...         ten, twenty = [await billing.prices.create(plan_id=plan.id, unit_amount=amount,
+        ...             currency="USD", interval="month") for amount in (1000, 2000)]
+        ...         sub = await billing.subscriptions.create(customer_id=ann.id, price_id=ten.id)
+        ...         clock.set(datetime(2028, 4, 16, tzinfo=UTC))  # halfway through April
+        ...         await billing.subscriptions.change_price(
+        ...             sub.id, price_id=twenty.id, proration="always_invoice")
+        ...         return [charge.request.amount for charge in fake.charges]
+        >>> anyio.run(main)  # the first month, then -500 + 1000 for the rest of it
+        [1000, 500]
+        """
+        entity_id = check.identifier(subscription_id, field="subscription_id")
+        price_key = check.identifier(price_id, field="price_id")
+        behavior = _proration(proration)
+        count = (
+            None
+            if quantity is None
+            else check.integer(quantity, field="quantity", minimum=1, maximum=MAX_QUANTITY)
+        )
+        keyed = idempotency.keyed(
+            self._context,
+            "subscriptions.change_price",
+            idempotency_key,
+            subscription_id=entity_id,
+            price_id=price_key,
+            proration=behavior,
+            quantity=count,
+        )
+        return await self._change(entity_id, keyed, behavior, price_key, count)
+
+    async def update_quantity(
+        self,
+        subscription_id: UUID | str,
+        quantity: int,
+        *,
+        proration: ProrationBehavior | str = ProrationBehavior.CREATE_PRORATIONS,
+        idempotency_key: str | None = None,
+    ) -> Subscription:
+        """Change the quantity (seats) on the same price, prorated as ``change_price``."""
+        entity_id = check.identifier(subscription_id, field="subscription_id")
+        count = check.integer(quantity, field="quantity", minimum=1, maximum=MAX_QUANTITY)
+        behavior = _proration(proration)
+        keyed = idempotency.keyed(
+            self._context,
+            "subscriptions.update_quantity",
+            idempotency_key,
+            subscription_id=entity_id,
+            quantity=count,
+            proration=behavior,
+        )
+        return await self._change(entity_id, keyed, behavior, None, count)
+
+    async def _lifecycle(
+        self, entity_id: UUID, keyed: idempotency.Keyed | None, step: _Step
+    ) -> Subscription:
+        """One lifecycle call in one transaction: the key claimed, the step, the key
+        completed. A step that refuses (an illegal move) rolls everything back."""
+        async with self._context.unit_of_work() as uow:
+            claim = await idempotency.claim(uow, keyed, Subscription)
+            if claim.replay is not None:
+                return claim.replay
+            claim.raise_if_in_progress()
+            current: Subscription = await require(
+                uow.tx, Subscription, entity_id, field="subscription_id"
+            )
+            result = await step(uow, self._context, current)
+            await idempotency.complete(uow, keyed, result)
+        return result
+
+    async def _change(
+        self,
+        entity_id: UUID,
+        keyed: idempotency.Keyed | None,
+        behavior: ProrationBehavior,
+        price_key: UUID | None,
+        quantity: int | None,
+    ) -> Subscription:
+        """``change_price`` and ``update_quantity``: the change and its proration lines in
+        one transaction; an invoice to charge now is charged after it commits."""
+        async with self._context.unit_of_work() as uow:
+            claim = await idempotency.claim(uow, keyed, Subscription)
+            if claim.replay is not None:
+                return claim.replay
+            claim.raise_if_in_progress()
+            current: Subscription = await require(
+                uow.tx, Subscription, entity_id, field="subscription_id"
+            )
+            price: Price = await require(
+                uow.tx, Price, price_key or current.price_id, field="price_id"
+            )
+            result, charge = await _change_price(
+                uow, self._context, current, price, quantity or current.quantity, behavior
+            )
+            await idempotency.complete(uow, keyed, result)
+        if charge is not None:
+            await _charge_now(self._context, charge)
+        return result
 
 
 def _expected_discount(promo: PromoCode, amount: int, price: Price) -> int:
@@ -357,3 +612,380 @@ def _completing(keyed: idempotency.Keyed | None, subscription_id: UUID) -> charg
         await idempotency.complete(uow, keyed, current)
 
     return complete
+
+
+# -- the lifecycle's steps: each runs in the caller's unit of work ---------------------------
+
+_Step = Callable[[UnitOfWork, ServiceContext, Subscription], Awaitable[Subscription]]
+
+LIVE: Final = frozenset(
+    {
+        SubscriptionStatus.TRIALING,
+        SubscriptionStatus.ACTIVE,
+        SubscriptionStatus.PAST_DUE,
+        SubscriptionStatus.PAUSED,
+        SubscriptionStatus.INCOMPLETE,
+        SubscriptionStatus.UNPAID,
+    }
+)
+"""Statuses of a subscription that has not ended: a customer's deletion cancels these."""
+_PRORATED: Final = frozenset({SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE})
+"""Statuses whose current period is being billed, so a change in it is prorated."""
+_NO_CHANGE: Final = frozenset(
+    {
+        SubscriptionStatus.INCOMPLETE,
+        SubscriptionStatus.INCOMPLETE_EXPIRED,
+        SubscriptionStatus.CANCELED,
+    }
+)
+"""Statuses whose price cannot change: ended, or not yet paid for the first time."""
+_FAMILY: Final = {
+    Interval.DAY: "day/week",
+    Interval.WEEK: "day/week",
+    Interval.MONTH: "month/year",
+    Interval.YEAR: "month/year",
+}
+"""Intervals a price change may move between: exact days, or calendar months."""
+
+
+async def cancel_now(
+    uow: UnitOfWork, context: ServiceContext, current: Subscription
+) -> Subscription:
+    """``current`` canceled at ``uow.now``: nothing due on it any more (by ``cancel``, a
+    customer's deletion, and the job runner at the end of a period set to cancel)."""
+    return await _write(
+        uow,
+        context,
+        current,
+        "subscription.canceled",
+        status=transition(current.status, SubscriptionStatus.CANCELED),
+        canceled_at=uow.now,
+        ended_at=uow.now,
+        resumes_at=None,
+    )
+
+
+async def _schedule_cancel(
+    uow: UnitOfWork, context: ServiceContext, current: Subscription
+) -> Subscription:
+    transition(current.status, SubscriptionStatus.CANCELED)  # it must be able to end at all
+    if current.status in (SubscriptionStatus.INCOMPLETE, SubscriptionStatus.PAUSED):
+        raise InvalidStateError(
+            f"a {current.status.value} subscription has no paid period to run out: "
+            "cancel it now instead",
+            field="at_period_end",
+            rule="period_to_run_out",
+        )
+    if current.cancel_at_period_end:
+        return current  # already scheduled: nothing changes
+    return await _write(
+        uow,
+        context,
+        current,
+        "subscription.cancel_scheduled",
+        cancel_at_period_end=True,
+        canceled_at=uow.now,
+    )
+
+
+async def _uncancel(
+    uow: UnitOfWork, context: ServiceContext, current: Subscription
+) -> Subscription:
+    if current.status == SubscriptionStatus.CANCELED or not current.cancel_at_period_end:
+        ended = current.status in (
+            SubscriptionStatus.CANCELED,
+            SubscriptionStatus.INCOMPLETE_EXPIRED,
+        )
+        raise InvalidStateError(
+            f"a {current.status.value} subscription cannot be uncanceled"
+            if ended
+            else "has no cancel scheduled (cancel(at_period_end=True)) to undo",
+            field="subscription_id",
+            rule="cancel_scheduled",
+        )
+    return await _write(
+        uow,
+        context,
+        current,
+        "subscription.uncanceled",
+        cancel_at_period_end=False,
+        canceled_at=None,
+    )
+
+
+async def resume_now(
+    uow: UnitOfWork, context: ServiceContext, current: Subscription
+) -> tuple[Subscription, Invoice]:
+    """``current`` (paused) active again, its new period starting at ``uow.now`` and
+    invoiced (finalized) for the caller to charge once this commits, as a renewal's: by
+    ``resume``, and by the job runner at ``resumes_at``.
+
+    Renewals bill in advance, so the period a resume starts is billed now (Stripe's
+    ``billing_cycle_anchor=now``): pending proration lines go with it.
+    """
+    if current.status != SubscriptionStatus.PAUSED:
+        raise InvalidStateError(
+            f"a {current.status.value} subscription is not paused: nothing to resume",
+            field="status",
+            rule="paused",
+        )
+    status = transition(current.status, SubscriptionStatus.ACTIVE)
+    start, end = periods.period_bounds(uow.now, current.interval, current.interval_count, 0)
+    resumed = await _write(
+        uow,
+        context,
+        current,
+        "subscription.resumed",
+        status=status,
+        billing_anchor=uow.now,
+        current_period_start=start,
+        current_period_end=end,
+        paused_at=None,
+        resumes_at=None,
+    )
+    line = _period_line(resumed.unit_amount, resumed.currency, resumed.quantity, start, end)
+    invoice = await _invoice_now(
+        uow, context, resumed, [attrs.evolve(line, price_id=resumed.price_id)], start, end
+    )
+    return resumed, invoice
+
+
+async def cancel_customer_subscriptions(
+    uow: UnitOfWork, context: ServiceContext, customer_id: UUID
+) -> list[Subscription]:
+    """Cancel every live subscription of ``customer_id`` at once, in ``uow`` (a customer's
+    deletion: Stripe's rule, so a deleted customer is never billed again)."""
+    canceled: list[Subscription] = []
+    cursor: str | None = None
+    while True:
+        page = await uow.tx.list(
+            Subscription,
+            filters={"customer_id": customer_id, "status": one_of(LIVE)},
+            limit=100,
+            cursor=cursor,
+        )
+        for subscription in page.items:
+            canceled.append(await cancel_now(uow, context, subscription))
+        if page.next_cursor is None:
+            return canceled
+        cursor = page.next_cursor
+
+
+async def _change_price(
+    uow: UnitOfWork,
+    context: ServiceContext,
+    current: Subscription,
+    price: Price,
+    quantity: int,
+    behavior: ProrationBehavior,
+) -> tuple[Subscription, Invoice | None]:
+    """The subscription on ``price`` x ``quantity``, its proration lines written, and the
+    invoice to charge after the commit (``always_invoice``, or a new interval)."""
+    if current.status in _NO_CHANGE:
+        raise InvalidStateError(
+            f"a {current.status.value} subscription cannot change its price or quantity",
+            field="status",
+            rule="changeable",
+        )
+    switching = price.id != current.price_id
+    if switching and not price.active:
+        raise InvalidStateError(
+            "is archived: a subscription can only move to an active price",
+            field="price_id",
+            rule="active_price",
+        )
+    if price.currency != current.currency:
+        raise ValidationError(
+            f"is in {price.currency} and the subscription bills in {current.currency}: "
+            "a price change keeps the currency",
+            field="price_id",
+            rule="same_currency",
+        )
+    if _FAMILY[price.interval] != _FAMILY[current.interval]:
+        raise ValidationError(
+            f"bills every {price.interval.value} and the subscription every "
+            f"{current.interval.value}: a price change stays within {_FAMILY[current.interval]}",
+            field="price_id",
+            rule="interval_family",
+        )
+    if not switching and quantity == current.quantity:
+        return current, None  # nothing changes: nothing to prorate, nothing written
+    now = uow.now
+    changes: dict[str, Any] = {
+        "price_id": price.id,
+        "plan_id": price.plan_id,
+        "unit_amount": price.unit_amount,
+        "interval": price.interval,
+        "interval_count": price.interval_count,
+        "quantity": quantity,
+    }
+    lines: list[invoicing.LineDraft] = []
+    invoice_now = behavior == ProrationBehavior.ALWAYS_INVOICE
+    if current.status in _PRORATED:
+        old_amount = current.unit_amount * current.quantity
+        new_amount = money.amount(price.unit_amount * quantity, field="quantity")
+        same_schedule = (
+            price.interval == current.interval and price.interval_count == current.interval_count
+        )
+        if same_schedule:
+            if behavior != ProrationBehavior.NONE:
+                change = prorate(
+                    old_amount=old_amount,
+                    new_amount=new_amount,
+                    period_start=current.current_period_start,
+                    period_end=current.current_period_end,
+                    at=now,
+                )
+                lines = _proration_lines(current, price, quantity, change, now)
+        else:
+            # A new interval starts a new period now, billed at once (Stripe's rule).
+            start, end = periods.period_bounds(now, price.interval, price.interval_count, 0)
+            changes.update(billing_anchor=now, current_period_start=start, current_period_end=end)
+            if behavior != ProrationBehavior.NONE:
+                unused = prorate(
+                    old_amount=old_amount,
+                    new_amount=0,
+                    period_start=current.current_period_start,
+                    period_end=current.current_period_end,
+                    at=now,
+                )
+                lines = _proration_lines(current, price, quantity, unused, now)
+            line = _period_line(price.unit_amount, price.currency, quantity, start, end)
+            lines.append(attrs.evolve(line, price_id=price.id))
+            invoice_now = True
+    event = "subscription.price_changed" if switching else "subscription.quantity_changed"
+    updated = await _write(uow, context, current, event, **changes)
+    if not lines:
+        return updated, None
+    if not invoice_now:
+        await invoicing.add_lines(uow, await invoicing.upcoming_draft(uow, updated), lines)
+        return updated, None
+    start = min(line.period_start or now for line in lines)
+    end = max(line.period_end or now for line in lines)
+    return updated, await _invoice_now(uow, context, updated, lines, start, end)
+
+
+def _proration_lines(
+    current: Subscription, price: Price, quantity: int, change: Proration, now: datetime
+) -> list[invoicing.LineDraft]:
+    """The credit for the old price's unused time and the charge for the new one's, as
+    invoice lines marked ``proration`` (a zero side is left out)."""
+    lines: list[invoicing.LineDraft] = []
+    if change.credit:
+        lines.append(
+            invoicing.LineDraft(
+                description=f"Unused time on {current.quantity} x "
+                f"{_priced(current.unit_amount, current.currency)} after {_when(now)}",
+                unit_amount=change.credit,
+                price_id=current.price_id,
+                period_start=now,
+                period_end=current.current_period_end,
+                proration=True,
+            )
+        )
+    if change.charge:
+        lines.append(
+            invoicing.LineDraft(
+                description=f"Remaining time on {quantity} x "
+                f"{_priced(price.unit_amount, price.currency)} after {_when(now)}",
+                unit_amount=change.charge,
+                price_id=price.id,
+                period_start=now,
+                period_end=current.current_period_end,
+                proration=True,
+            )
+        )
+    return lines
+
+
+def _priced(unit_amount: int, currency: str) -> str:
+    return money.format_amount(unit_amount, currency)
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _proration(value: object) -> ProrationBehavior:
+    try:
+        return ProrationBehavior(str(value) if isinstance(value, str) else "")
+    except ValueError:
+        raise ValidationError(
+            "must be one of " + ", ".join(member.value for member in ProrationBehavior),
+            field="proration",
+            rule="proration",
+        ) from None
+
+
+async def _write(
+    uow: UnitOfWork, context: ServiceContext, current: Subscription, event: str, **changes: Any
+) -> Subscription:
+    """``current`` with ``changes`` stored (optimistically locked on the version it was
+    read at), its ``due_at`` from the one schedule rule (``qzpay.domain.schedule``),
+    audited with what changed, ``event`` queued."""
+    wanted = attrs.evolve(current, **changes, updated_at=uow.now)
+    wanted = attrs.evolve(wanted, due_at=schedule.next_due(wanted, context.settings))
+    updated = await uow.tx.update(wanted)
+    await uow.record(event, updated, changes=_audit(current, updated, [*changes, "due_at"]))
+    return updated
+
+
+async def _invoice_now(
+    uow: UnitOfWork,
+    context: ServiceContext,
+    subscription: Subscription,
+    lines: list[invoicing.LineDraft],
+    start: datetime,
+    end: datetime,
+) -> Invoice:
+    """``lines`` with the subscription's pending ones (its draft) on an invoice finalized
+    now for ``[start, end)``, the span it bills (not the next renewal's, as a draft's)."""
+    draft = await invoicing.upcoming_draft(uow, subscription)
+    if (draft.period_start, draft.period_end) != (start, end):
+        draft = await uow.tx.update(
+            attrs.evolve(draft, period_start=start, period_end=end, updated_at=uow.now)
+        )
+    draft = await invoicing.add_lines(uow, draft, lines)
+    return await invoicing.finalize_in(uow, context, draft)
+
+
+async def _charge_now(context: ServiceContext, invoice: Invoice) -> None:
+    """Charge an invoice the call just finalized, once it committed. No card the provider
+    can charge (or an attempt already in flight) leaves it open, for ``invoices.pay`` or
+    dunning: the change itself stands, as Stripe's ``allow_incomplete``."""
+    if invoice.status != InvoiceStatus.OPEN or invoice.amount_due <= 0:
+        return
+    with contextlib.suppress(InvalidStateError):
+        await invoicing.charge_invoice(context, invoice.id)
+
+
+def _period_line(
+    unit_amount: int, currency: str, quantity: int, start: datetime, end: datetime
+) -> invoicing.LineDraft:
+    """The line billing one whole period in advance."""
+    return invoicing.LineDraft(
+        description=f"{quantity} x {_priced(unit_amount, currency)} "
+        f"from {_when(start)} to {_when(end)}",
+        unit_amount=unit_amount,
+        quantity=quantity,
+        period_start=start,
+        period_end=end,
+    )
+
+
+def _audit(before: Subscription, after: Subscription, names: Iterable[str]) -> dict[str, Any]:
+    """``{field: [old, new]}`` of what changed, in JSON values (the audit row is JSON)."""
+    return {
+        name: [_plain(old), _plain(new)]
+        for name, (old, new) in check.changed(before, after, names).items()
+    }
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, UUID):
+        return str(value)
+    return value
