@@ -565,3 +565,46 @@ async def test_deleting_a_customer_cancels_every_live_subscription(billing: Bill
     page = await billing.subscriptions.list(customer_id=setup.customer.id)
     assert {sub.status for sub in page} == {SubscriptionStatus.CANCELED}
     assert await billing.subscriptions.get(done.id) == done  # already ended: untouched
+
+
+# -- with the job runner ---------------------------------------------------------------------
+
+
+async def test_a_scheduled_cancel_ends_at_the_period_end_and_an_undone_one_renews(
+    billing: Billing, clock: FrozenClock, fake: FakeProvider
+) -> None:
+    setup = await _setup(billing)
+    other = await billing.subscriptions.create(
+        customer_id=setup.customer.id, price_id=setup.monthly.id
+    )
+    await billing.subscriptions.cancel(setup.subscription.id, at_period_end=True)
+    await billing.subscriptions.cancel(other.id, at_period_end=True)
+    await billing.subscriptions.uncancel(other.id)
+    charges = len(fake.charges)
+
+    clock.set(setup.subscription.current_period_end + timedelta(minutes=1))
+    await billing.jobs.run_due()
+
+    ended = await billing.subscriptions.get(setup.subscription.id)
+    assert ended.status == SubscriptionStatus.CANCELED
+    assert ended.ended_at == setup.subscription.current_period_end
+    renewed = await billing.subscriptions.get(other.id)
+    assert renewed.status == SubscriptionStatus.ACTIVE
+    assert renewed.current_period_start == other.current_period_end
+    assert [charge.request.amount for charge in fake.charges[charges:]] == [1000]
+
+
+async def test_prorations_on_the_draft_are_billed_with_the_renewal(
+    billing: Billing, clock: FrozenClock, fake: FakeProvider
+) -> None:
+    setup = await _setup(billing)
+    twenty = await _price(billing, setup, 2000)
+    clock.advance(_halfway(setup.subscription))
+    await billing.subscriptions.change_price(setup.subscription.id, price_id=twenty.id)
+    charges = len(fake.charges)
+
+    clock.set(setup.subscription.current_period_end + timedelta(minutes=1))
+    await billing.jobs.run_due()
+
+    # The next month at $20, plus the -500 + 1000 of the change.
+    assert [charge.request.amount for charge in fake.charges[charges:]] == [2000 + 500]
