@@ -10,6 +10,7 @@ voided; a voided invoice keeps its number (docs/decisions/0014-invoices.md).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -19,7 +20,7 @@ import attrs
 from qzpay import money
 from qzpay import validation as check
 from qzpay.contracts.filters import one_of
-from qzpay.contracts.storage import Page
+from qzpay.contracts.storage import Page, StorageTransaction
 from qzpay.domain.catalog import Plan
 from qzpay.domain.customers import Customer
 from qzpay.domain.enums import InvoiceStatus, SubscriptionStatus
@@ -51,29 +52,63 @@ class InvoicePreview:
     invoice: Invoice
     lines: Sequence[InvoiceLine]
 
+    # The amounts read straight off the preview too: ``(await preview(id)).total``.
+    @property
+    def subtotal(self) -> int:
+        return self.invoice.subtotal
+
+    @property
+    def discount(self) -> int:
+        return self.invoice.discount
+
+    @property
+    def tax(self) -> int:
+        return self.invoice.tax
+
+    @property
+    def total(self) -> int:
+        return self.invoice.total
+
+    @property
+    def amount_due(self) -> int:
+        return self.invoice.amount_due
+
+    @property
+    def currency(self) -> str:
+        return self.invoice.currency
+
+    @property
+    def period_start(self) -> datetime | None:
+        return self.invoice.period_start
+
+    @property
+    def period_end(self) -> datetime | None:
+        return self.invoice.period_end
+
 
 class InvoicesService:
     """``billing.invoices``: create, finalize, pay, void, mark_uncollectible, delete, get,
-    list, lines, preview.
+        list, lines, preview.
 
-    >>> import anyio
-    >>> from decimal import Decimal
-    >>> from qzpay import create_billing
-    >>> from qzpay.adapters.memory import MemoryStorage
-    >>> from qzpay.adapters.fake import FakeProvider
-    >>> async def main() -> tuple[str | None, int, str]:
-    ...     async with create_billing(storage=MemoryStorage(), provider=FakeProvider()) as billing:
-    ...         ann = await billing.customers.create(email="ann@example.com")
-    ...         await billing.payment_methods.attach(ann.id, token="pm_card_visa")
-    ...         draft = await billing.invoices.create(
-    ...             customer_id=ann.id, currency="USD", tax_rate=Decimal("0.21"),
-    ...             lines=[{"description": "Setup", "unit_amount": 5000, "quantity": 1}],
-    ...         )
-    ...         opened = await billing.invoices.finalize(draft.id)
-    ...         paid = await billing.invoices.pay(opened.id)
-    ...         return paid.number, paid.total, str(paid.status)
-    >>> anyio.run(main)
-    ('INV-000001', 6050, 'paid')
+        >>> import anyio
+        >>> from datetime import datetime
+    from decimal import Decimal
+        >>> from qzpay import create_billing
+        >>> from qzpay.adapters.memory import MemoryStorage
+        >>> from qzpay.adapters.fake import FakeProvider
+        >>> async def main() -> tuple[str | None, int, str]:
+        ...     async with create_billing(storage=MemoryStorage(), provider=FakeProvider()) as billing:
+        ...         ann = await billing.customers.create(email="ann@example.com")
+        ...         await billing.payment_methods.attach(ann.id, token="pm_card_visa")
+        ...         draft = await billing.invoices.create(
+        ...             customer_id=ann.id, currency="USD", tax_rate=Decimal("0.21"),
+        ...             lines=[{"description": "Setup", "unit_amount": 5000, "quantity": 1}],
+        ...         )
+        ...         opened = await billing.invoices.finalize(draft.id)
+        ...         paid = await billing.invoices.pay(opened.id)
+        ...         return paid.number, paid.total, str(paid.status)
+        >>> anyio.run(main)
+        ('INV-000001', 6050, 'paid')
     """
 
     def __init__(self, context: ServiceContext) -> None:
@@ -302,13 +337,18 @@ class InvoicesService:
     async def lines(
         self, invoice_id: UUID | str, *, limit: int = 100, cursor: str | None = None
     ) -> Page[InvoiceLine]:
-        """The invoice's lines, a page at a time."""
+        """The invoice's lines in the order they were added (as the invoice reads, and as
+        Stripe lists them), ``limit`` (1 to 100) at a time."""
         key = check.identifier(invoice_id, field="invoice_id")
+        size = check.integer(limit, field="limit", minimum=1, maximum=100)
+        after = None if cursor is None else _line_cursor(cursor)
         async with self._context.unit_of_work(readonly=True) as uow:
             await require(uow.tx, Invoice, key, field="invoice_id")
-            return await uow.tx.list(
-                InvoiceLine, filters={"invoice_id": key}, limit=limit, cursor=cursor
-            )
+            every = await _all_lines(uow.tx, key)
+        rest = [line for line in every if after is None or line.id > after]
+        page = rest[:size]
+        more = len(rest) > size
+        return Page(items=page, next_cursor=str(page[-1].id) if more else None)
 
     async def preview(self, subscription_id: UUID | str) -> InvoicePreview:
         """The subscription's next renewal invoice, computed and never stored (Stripe's
@@ -334,16 +374,7 @@ class InvoicesService:
             draft: Invoice | None = await uow.tx.find(
                 Invoice, subscription_id=subscription.id, status=InvoiceStatus.DRAFT
             )
-            pending: list[InvoiceLine] = []
-            cursor: str | None = None
-            while draft is not None:
-                page = await uow.tx.list(
-                    InvoiceLine, filters={"invoice_id": draft.id}, limit=100, cursor=cursor
-                )
-                pending.extend(page.items)
-                if page.next_cursor is None:
-                    break
-                cursor = page.next_cursor
+            pending = [] if draft is None else await _all_lines(uow.tx, draft.id)
             plan: Plan | None = await uow.tx.get(Plan, subscription.plan_id, include_deleted=True)
             start, end = invoicing.renewal_period(subscription)
             invoice = invoicing.draft_invoice(
@@ -363,15 +394,38 @@ class InvoicesService:
                 period_start=start,
                 period_end=end,
             )
-            # Oldest first, as an invoice reads: the prorations, then the period.
-            earlier = sorted(pending, key=lambda line: line.id)
-            lines = [attrs.evolve(line, invoice_id=invoice.id) for line in earlier]
+            # As an invoice reads: the prorations, then the period.
+            lines = [attrs.evolve(line, invoice_id=invoice.id) for line in pending]
             lines += invoicing.line_rows(uow, invoice, [period_line])
             promo, _ = await invoicing.invoice_promo(uow, invoice)
             totals = invoicing.totals_with(
                 invoice, sum(line.amount for line in lines), promo, subscription
             )
         return InvoicePreview(invoice=invoicing.with_totals(invoice, totals), lines=lines)
+
+
+async def _all_lines(tx: StorageTransaction, invoice_id: UUID) -> list[InvoiceLine]:
+    """Every line of one invoice, oldest first (ids are time-ordered); an invoice holds
+    few, so they are read whole."""
+    lines: list[InvoiceLine] = []
+    cursor: str | None = None
+    while True:
+        page = await tx.list(
+            InvoiceLine, filters={"invoice_id": invoice_id}, limit=100, cursor=cursor
+        )
+        lines.extend(page.items)
+        if page.next_cursor is None:
+            return sorted(lines, key=lambda line: line.id)
+        cursor = page.next_cursor
+
+
+def _line_cursor(value: object) -> UUID:
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+    raise ValidationError("must be a next_cursor this call returned", field="cursor", rule="cursor")
 
 
 def _lines(value: object) -> list[LineDraft]:

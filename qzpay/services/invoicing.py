@@ -427,7 +427,14 @@ async def charge_invoice(
                 description=f"Invoice {invoice.number}",
             )
             await charging.open_attempt(uow, payment)
-            await uow.tx.increment(Invoice, invoice.id, "attempt_count", 1, at=uow.now)
+            # Counting the attempt holds the invoice row to the end of this transaction and
+            # returns it as last committed: a concurrent attempt that settled (paid it)
+            # between the read above and now is seen here, so it is never charged twice.
+            # The attempt goes first: taking the row before the payment's unique key could
+            # wait on a settle that waits on the row.
+            counted = await uow.tx.increment(Invoice, invoice.id, "attempt_count", 1, at=uow.now)
+            if counted is not None:
+                check_payable(counted)
             await idempotency.bind(uow, keyed, payment.id)
     seen: list[Invoice] = []
 

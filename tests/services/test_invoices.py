@@ -179,15 +179,6 @@ CREDITS = [
 ]
 
 
-def _credits_need_the_schema(request: pytest.FixtureRequest) -> None:
-    """The SQL schema still refuses negative line amounts (``>= 0`` CHECKs, reported to
-    the lead): strict, so the test fails here once the schema takes credits."""
-    if request.getfixturevalue("store_factory").kind != "memory":
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="SQL CHECK amount >= 0 on invoice_lines")
-        )
-
-
 async def _rows(billing: Billing, count_rows: RowCounter) -> list[int]:
     return [await count_rows(billing, kind) for kind in ROWS]
 
@@ -205,9 +196,8 @@ async def _subscription(billing: Billing, customer: Customer, **extra: Any) -> S
 
 @anyio_test
 async def test_a_draft_with_a_credit_has_its_totals_and_no_number_until_finalized(
-    billing: Billing, request: pytest.FixtureRequest
+    billing: Billing,
 ) -> None:
-    _credits_need_the_schema(request)
     ann = await _customer(billing)
     events: list[Event] = []
     billing.on("*", events.append)
@@ -218,9 +208,9 @@ async def test_a_draft_with_a_credit_has_its_totals_and_no_number_until_finalize
     assert (draft.subtotal, draft.discount, draft.tax, draft.total) == (2497, 0, 524, 3021)
     assert (draft.amount_paid, draft.amount_due, draft.tax_rate) == (0, 3021, Decimal("0.21"))
     lines = (await billing.invoices.lines(draft.id)).items
-    assert sorted((line.description, line.amount, line.proration) for line in lines) == [
-        ("Goodwill credit", -500, False),
+    assert [(line.description, line.amount, line.proration) for line in lines] == [
         ("Seats", 2997, False),
+        ("Goodwill credit", -500, False),
     ]
 
     opened = await billing.invoices.finalize(draft.id)
@@ -252,6 +242,27 @@ async def test_finalizing_an_invoice_with_nothing_due_pays_it_at_once(billing: B
         0,
         paid.finalized_at,
     )
+
+
+@anyio_test
+async def test_lines_read_in_the_order_they_were_added_a_page_at_a_time(
+    billing: Billing,
+) -> None:
+    ann = await _customer(billing, token=None)
+    lines = [{"description": f"Item {n}", "unit_amount": n, "quantity": 1} for n in range(7)]
+    draft = await _invoice(billing, ann, lines=lines)
+
+    first = await billing.invoices.lines(draft.id, limit=3)
+    second = await billing.invoices.lines(draft.id, limit=3, cursor=first.next_cursor)
+    third = await billing.invoices.lines(draft.id, limit=3, cursor=second.next_cursor)
+
+    read = [line.unit_amount for page in (first, second, third) for line in page.items]
+    assert read == list(range(7))
+    assert third.next_cursor is None
+    assert draft.subtotal == sum(range(7))
+    with pytest.raises(ValidationError) as raised:
+        await billing.invoices.lines(draft.id, cursor="nope")
+    assert (raised.value.field, raised.value.rule) == ("cursor", "cursor")
 
 
 # -- numbers -----------------------------------------------------------------------------
@@ -632,9 +643,8 @@ async def test_a_keyed_create_replays_and_refuses_other_parameters(
 
 @anyio_test
 async def test_preview_is_the_next_period_with_the_drafts_prorations_and_writes_nothing(
-    billing: Billing, count_rows: RowCounter, request: pytest.FixtureRequest
+    billing: Billing, count_rows: RowCounter
 ) -> None:
-    _credits_need_the_schema(request)
     ann = await _customer(billing)
     sub = await _subscription(billing, ann, quantity=2)
     context = billing._context  # the lifecycle's building blocks, as a renewal uses them
@@ -694,8 +704,34 @@ async def test_preview_applies_the_promo_code_by_its_duration(
     preview = await billing.invoices.preview(sub.id)
 
     # The first period was charged 800 at once; "once" is spent, the others go on.
-    assert preview.invoice.discount == expected
-    assert preview.invoice.total == 1000 - expected
+    assert preview.invoice.discount == preview.discount == expected
+    assert preview.total == preview.amount_due == 1000 - expected
+    assert [(line.amount, line.proration) for line in preview.lines] == [(1000, False)]
+    assert preview.period_start == sub.current_period_end
+
+
+@anyio_test
+async def test_concurrent_pays_of_one_invoice_charge_it_once(
+    billing: Billing, fake: FakeProvider
+) -> None:
+    ann = await _customer(billing)
+    opened = await billing.invoices.finalize((await _invoice(billing, ann)).id)
+    outcomes: list[object] = []
+
+    async def pay() -> None:
+        try:
+            outcomes.append(await billing.invoices.pay(opened.id))
+        except InvalidStateError as error:
+            outcomes.append(error.rule)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(8):
+            group.start_soon(pay)
+
+    assert len(fake.charges) == 1
+    paid = await billing.invoices.get(opened.id)
+    assert (paid.status, paid.amount_paid, len(await _links(billing, paid))) == ("paid", 3497, 1)
+    assert all(o == paid or o in ("one_attempt_in_flight", "payable") for o in outcomes)
 
 
 @anyio_test
