@@ -2,7 +2,8 @@
 
 Run as ``python crash_child.py '<json>'``. The JSON says which storage to open (a SQLite
 file, or a PostgreSQL url and table prefix), the fake provider's ledger file, the frozen
-"now", the flow (``process``, ``subscribe`` or ``refund``, on rows the parent made), and
+"now", the flow (``process``, ``subscribe``, ``refund``, or ``renew``: the job runner
+renewing what is due, on rows the parent made), and
 where the process dies: ``after`` the provider did the work (the ledger is written) but
 before qzpay heard the answer, or ``before`` the provider is called at all. Either way the
 pending row is already committed, and nothing is settled: what a crash, an OOM kill or a
@@ -16,7 +17,7 @@ import json
 import os
 import signal
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 SURVIVED = 3
@@ -69,8 +70,13 @@ async def _run(config: dict[str, Any]) -> None:
     provider = Crashing(ledger=config["ledger"], namespace="")
     clock = FrozenClock(datetime.fromisoformat(config["now"]))
     key = config.get("idempotency_key")
-    async with create_billing(storage=storage, provider=provider, clock=clock) as billing:
-        if config["flow"] == "process":
+    lease = timedelta(milliseconds=config.get("lease_ms", 300_000))
+    async with create_billing(
+        storage=storage, provider=provider, clock=clock, job_lease=lease
+    ) as billing:
+        if config["flow"] == "renew":
+            await billing.jobs.run_due()
+        elif config["flow"] == "process":
             await billing.payments.process(
                 customer_id=config["customer_id"],
                 amount=config["amount"],

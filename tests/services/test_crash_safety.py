@@ -241,6 +241,45 @@ async def test_a_subscription_killed_after_its_first_charge_becomes_active_once(
 
 
 @SQL_ADAPTERS
+async def test_a_renewal_run_killed_after_the_charge_is_finished_by_the_next_run_once(
+    site: Site,
+) -> None:
+    billing, _ = site.open()
+    async with billing:
+        ann = await _customer(billing)
+        price = await _price(billing)
+        sub = await billing.subscriptions.create(customer_id=ann.id, price_id=price.id)
+        assert sub.status == "active"
+    site.clock.advance(timedelta(days=31))
+
+    # The runner renews, finalizes the invoice, charges it, and dies before the settle.
+    await site.crash("renew", lease_ms=1)
+
+    billing, provider = site.open()
+    billing = create_billing(
+        storage=site.stores(), provider=provider, clock=site.clock,
+        job_lease=timedelta(milliseconds=1),
+    )  # fmt: skip
+    async with billing:
+        assert len(provider.charges) == 2  # the first period, and the dead run's renewal
+        [invoice] = (await billing.invoices.list(subscription_id=sub.id)).items
+        assert invoice.status == "open"
+        await billing.jobs.run_due()  # the attempt is in flight: not charged again
+        assert len(provider.charges) == 2
+        site.clock.advance(DEFAULTS.reconcile_after + timedelta(seconds=1))
+        report = await billing.jobs.run_due()
+        assert report.payments_reconciled == 1
+        paid = await billing.invoices.get(invoice.id)
+        assert (paid.status, paid.amount_paid) == ("paid", 2900)
+        renewed = await billing.subscriptions.get(sub.id)
+        assert renewed.status == "active"
+        assert renewed.current_period_start == sub.current_period_end  # renewed once
+        assert len((await billing.invoices.list(subscription_id=sub.id)).items) == 1
+    _, after = site.open()
+    assert len(after.charges) == 2
+
+
+@SQL_ADAPTERS
 @pytest.mark.parametrize("settle_by", SETTLE_BY)
 async def test_a_refund_killed_after_the_provider_refunded_is_settled_once(
     site: Site, settle_by: SettleBy
