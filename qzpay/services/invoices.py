@@ -88,27 +88,26 @@ class InvoicePreview:
 
 class InvoicesService:
     """``billing.invoices``: create, finalize, pay, void, mark_uncollectible, delete, get,
-        list, lines, preview.
+    list, lines, preview.
 
-        >>> import anyio
-        >>> from datetime import datetime
-    from decimal import Decimal
-        >>> from qzpay import create_billing
-        >>> from qzpay.adapters.memory import MemoryStorage
-        >>> from qzpay.adapters.fake import FakeProvider
-        >>> async def main() -> tuple[str | None, int, str]:
-        ...     async with create_billing(storage=MemoryStorage(), provider=FakeProvider()) as billing:
-        ...         ann = await billing.customers.create(email="ann@example.com")
-        ...         await billing.payment_methods.attach(ann.id, token="pm_card_visa")
-        ...         draft = await billing.invoices.create(
-        ...             customer_id=ann.id, currency="USD", tax_rate=Decimal("0.21"),
-        ...             lines=[{"description": "Setup", "unit_amount": 5000, "quantity": 1}],
-        ...         )
-        ...         opened = await billing.invoices.finalize(draft.id)
-        ...         paid = await billing.invoices.pay(opened.id)
-        ...         return paid.number, paid.total, str(paid.status)
-        >>> anyio.run(main)
-        ('INV-000001', 6050, 'paid')
+    >>> import anyio
+    >>> from decimal import Decimal
+    >>> from qzpay import create_billing
+    >>> from qzpay.adapters.memory import MemoryStorage
+    >>> from qzpay.adapters.fake import FakeProvider
+    >>> async def main() -> tuple[str | None, int, str]:
+    ...     async with create_billing(storage=MemoryStorage(), provider=FakeProvider()) as billing:
+    ...         ann = await billing.customers.create(email="ann@example.com")
+    ...         await billing.payment_methods.attach(ann.id, token="pm_card_visa")
+    ...         draft = await billing.invoices.create(
+    ...             customer_id=ann.id, currency="USD", tax_rate=Decimal("0.21"),
+    ...             lines=[{"description": "Setup", "unit_amount": 5000, "quantity": 1}],
+    ...         )
+    ...         opened = await billing.invoices.finalize(draft.id)
+    ...         paid = await billing.invoices.pay(opened.id)
+    ...         return paid.number, paid.total, str(paid.status)
+    >>> anyio.run(main)
+    ('INV-000001', 6050, 'paid')
     """
 
     def __init__(self, context: ServiceContext) -> None:
