@@ -314,6 +314,10 @@ class FakeProvider:
         self._ledger = None if ledger is None else Path(ledger)
         if self._ledger is not None and self._ledger.exists():
             self._load(self._ledger)
+            if namespace is not None:
+                # Asked for: two processes started from one ledger must not hand out the
+                # same ids (each keeps its own copy of the file).
+                self._namespace = namespace
 
     # -- identity ---------------------------------------------------------------------------
 

@@ -38,7 +38,8 @@ import attrs
 from qzpay import periods
 from qzpay import validation as check
 from qzpay.domain import schedule
-from qzpay.domain.enums import JobStatus, PaymentStatus, SubscriptionStatus
+from qzpay.domain.enums import InvoiceStatus, JobStatus, PaymentStatus, SubscriptionStatus
+from qzpay.domain.invoices import Invoice
 from qzpay.domain.payments import Payment
 from qzpay.domain.promotions import PromoCodeUsage
 from qzpay.domain.records import JobExecution
@@ -48,6 +49,7 @@ from qzpay.ids import new_id
 from qzpay.services import charging, renewals
 from qzpay.services.context import ServiceContext, UnitOfWork
 from qzpay.services.reconciliation import reconcile
+from qzpay.services.subscriptions import resume_now
 from qzpay.transitions import transition
 
 BATCH = 100
@@ -356,24 +358,21 @@ class JobsService:
         )
 
     async def _resume(self, context: ServiceContext, subscription: Subscription) -> Outcome:
-        """A pause that ends at ``resumes_at``: active again, a new period starting then."""
-        resumes = subscription.resumes_at
-        assert resumes is not None
-        start, end = periods.period_bounds(
-            resumes, subscription.interval, subscription.interval_count, 0
-        )
-        return await self._change(
-            context,
-            subscription,
-            SubscriptionStatus.ACTIVE,
-            "resumed",
-            outcome="resumed",
-            billing_anchor=resumes,
-            current_period_start=start,
-            current_period_end=end,
-            paused_at=None,
-            resumes_at=None,
-        )
+        """A pause that ends at ``resumes_at``: active again with a new period, billed in
+        advance as ``subscriptions.resume`` bills it (``resume_now``), then charged."""
+        invoices: list[Invoice] = []
+
+        async def resume(uow: UnitOfWork, current: Subscription) -> Subscription:
+            resumed, invoice = await resume_now(uow, context, current)
+            invoices[:] = [invoice]
+            return resumed
+
+        done = await self._apply(context, subscription, resume, still=_paused)
+        if not done:
+            return "skipped"
+        if invoices and invoices[0].status == InvoiceStatus.OPEN:
+            await renewals.charge(context, invoices[0])
+        return "resumed"
 
     async def _change(
         self,
@@ -544,3 +543,7 @@ class JobsService:
 
 def _trialing(subscription: Subscription) -> bool:
     return subscription.status == SubscriptionStatus.TRIALING
+
+
+def _paused(subscription: Subscription) -> bool:
+    return subscription.status == SubscriptionStatus.PAUSED

@@ -220,3 +220,44 @@ async def test_a_run_that_finds_nothing_due_writes_nothing(
     await billing.jobs.run_due()
 
     assert await count_rows(billing, JobExecution) == before
+
+
+async def test_a_pause_ends_by_itself_at_resumes_at_and_bills_the_new_period(
+    runner: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    ann = await _customer(runner)
+    price = await _price(runner)
+    sub = await runner.subscriptions.create(customer_id=ann.id, price_id=price.id)
+    await runner.subscriptions.pause(sub.id, resumes_at=clock.now() + timedelta(days=10))
+
+    clock.advance(timedelta(days=9))
+    assert (await runner.jobs.run_due()).resumed == 0
+    clock.advance(timedelta(days=1))
+    assert (await runner.jobs.run_due()).resumed == 1
+
+    resumed = await runner.subscriptions.get(sub.id)
+    assert (resumed.status, resumed.paused_at, resumed.resumes_at) == ("active", None, None)
+    assert resumed.current_period_start == clock.now()
+    [invoice] = await _invoices(runner, sub.id)
+    assert invoice.status == "paid"
+    assert len(fake.charges) == 2  # the first period, and the period the resume started
+
+
+async def test_a_cancel_at_period_end_ends_it_then_and_charges_nothing_more(
+    runner: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    ann = await _customer(runner)
+    price = await _price(runner)
+    sub = await runner.subscriptions.create(customer_id=ann.id, price_id=price.id)
+    await runner.subscriptions.cancel(sub.id, at_period_end=True)
+
+    clock.set(sub.current_period_end)
+    assert (await runner.jobs.run_due()).canceled == 1
+
+    ended = await runner.subscriptions.get(sub.id)
+    assert (ended.status, ended.ended_at, ended.due_at) == (
+        "canceled",
+        sub.current_period_end,
+        None,
+    )
+    assert len(fake.charges) == 1
