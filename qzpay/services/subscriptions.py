@@ -857,6 +857,10 @@ async def _change_price(
     updated = await _write(uow, context, current, event, **changes)
     if not lines:
         return updated, None
+    if invoice_now and sum(line.unit_amount * line.quantity for line in lines) < 0:
+        # A net credit (a downgrade) is not refunded: it waits on the next invoice, which
+        # it reduces (Stripe puts it on the customer's balance; qzpay keeps none yet).
+        invoice_now = False
     if not invoice_now:
         await invoicing.add_lines(uow, await invoicing.upcoming_draft(uow, updated), lines)
         return updated, None

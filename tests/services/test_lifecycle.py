@@ -608,3 +608,26 @@ async def test_prorations_on_the_draft_are_billed_with_the_renewal(
 
     # The next month at $20, plus the -500 + 1000 of the change.
     assert [charge.request.amount for charge in fake.charges[charges:]] == [2000 + 500]
+
+
+async def test_an_always_invoice_downgrade_carries_its_credit_to_the_next_invoice(
+    billing: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    customer = await billing.customers.create(email="down@example.com")
+    await billing.payment_methods.attach(customer.id, token="pm_card_visa", set_default=True)
+    plan = await billing.plans.create(name="Tiers")
+    twenty = await billing.prices.create(
+        plan_id=plan.id, unit_amount=2000, currency="USD", interval="month"
+    )
+    ten = await billing.prices.create(
+        plan_id=plan.id, unit_amount=1000, currency="USD", interval="month"
+    )
+    sub = await billing.subscriptions.create(customer_id=customer.id, price_id=twenty.id)
+    clock.set(sub.current_period_start + (sub.current_period_end - sub.current_period_start) / 2)
+
+    await billing.subscriptions.change_price(sub.id, price_id=ten.id, proration="always_invoice")
+
+    assert len(fake.charges) == 1  # nothing charged (and nothing refunded) for a net credit
+    [draft] = (await billing.invoices.list(subscription_id=sub.id, status="draft")).items
+    lines = (await billing.invoices.lines(draft.id)).items
+    assert sorted(line.amount for line in lines) == [-1000, 500]

@@ -218,7 +218,48 @@ def _v6_lifecycle(layout: Layout) -> list[str]:
     sqlite = layout.dialect == "sqlite"
     moment = "DATETIME" if sqlite else "TIMESTAMP WITH TIME ZONE"
     rate = "TEXT" if sqlite else "NUMERIC"
-    return [*_v6_columns(layout, moment, rate), *_v6_signed_lines(layout)]
+    return [
+        *_v6_columns(layout, moment, rate),
+        *_v6_signed_invoices(layout),
+        *_v6_signed_lines(layout),
+    ]
+
+
+_V6_SIGNED_INVOICE_CHECKS = (
+    ("subtotal", "{prefix}invoices_subtotal_ck"),
+    ("tax", "{prefix}invoices_tax_ck"),
+    ("total", "{prefix}invoices_total_ck"),
+)
+
+
+def _v6_signed_invoices(layout: Layout) -> list[str]:
+    """A draft's subtotal, tax and total may be negative (credits before the period's line).
+
+    SQLite cannot drop a check, and rebuilding ``invoices`` would break the foreign keys
+    that point at it inside the migration's transaction; SQLite documents removing a CHECK
+    by editing the stored table text (``writable_schema``) as safe, so each check's text is
+    cut from it (both spellings: the version 1 text and SQLAlchemy's). The invoice lines'
+    rebuild that follows changes the schema, which moves the schema cookie, so every other
+    connection reloads it.
+    """
+    if layout.dialect != "sqlite":
+        return layout.render(
+            *(
+                f"ALTER TABLE {{prefix}}invoices DROP CONSTRAINT {name}"
+                for _, name in _V6_SIGNED_INVOICE_CHECKS
+            )
+        )
+    cut = "sql"
+    for column, name in _V6_SIGNED_INVOICE_CHECKS:
+        cut = f"replace({cut}, 'CONSTRAINT {name} CHECK ({column} >= 0),', '')"
+    return [
+        "PRAGMA writable_schema = ON",
+        *layout.render(
+            f"UPDATE sqlite_master SET sql = {cut} "
+            "WHERE type = 'table' AND name = '{prefix}invoices'"
+        ),
+        "PRAGMA writable_schema = RESET",
+    ]
 
 
 def _v6_signed_lines(layout: Layout) -> list[str]:

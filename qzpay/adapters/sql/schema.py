@@ -59,9 +59,13 @@ from qzpay.domain.registry import SPECS, EntitySpec
 _MAX_IDENTIFIER = 63  # PostgreSQL's limit; SQLite has none
 
 # Columns that hold money or counts and must never be negative, wherever they appear.
-_SIGNED: dict[str, frozenset[str]] = {"invoice_lines": frozenset({"unit_amount", "amount"})}
+_SIGNED: dict[str, frozenset[str]] = {
+    "invoice_lines": frozenset({"unit_amount", "amount"}),
+    "invoices": frozenset({"subtotal", "tax", "total"}),
+}
 """Money columns that may be negative in one table: a credit line (a proration's unused
-time, Stripe's negative invoice items)."""
+time, Stripe's negative invoice items), and a draft whose credits exceed its charges so
+far (nothing is due on it: ``amount_due`` stays at least 0)."""
 _NON_NEGATIVE = frozenset(
     {
         "amount",
