@@ -199,7 +199,8 @@ class JobsService:
                 if not batch:
                     break
                 for subscription in batch:
-                    outcomes[await self._attempt(context, subscription, failures)] += 1
+                    done = await self._attempt(context, subscription, failures)
+                    outcomes.update([done] if isinstance(done, str) else done)
             while limit is None or outcomes.total() < limit:
                 size = BATCH if limit is None else min(BATCH, limit - outcomes.total())
                 payments = await self._claim(context, run_id, size, kind=Payment)
@@ -248,7 +249,7 @@ class JobsService:
 
     async def _attempt(
         self, context: ServiceContext, subscription: Subscription, failures: list[str]
-    ) -> Outcome:
+    ) -> Outcome | list[Outcome]:
         """One subscription's due work; a failure is recorded and backed off, never
         stopping the run for the others."""
         try:
@@ -278,7 +279,9 @@ class JobsService:
             except ConflictError:
                 continue
 
-    async def _work(self, context: ServiceContext, subscription: Subscription) -> Outcome:
+    async def _work(
+        self, context: ServiceContext, subscription: Subscription
+    ) -> Outcome | list[Outcome]:
         """What is due on ``subscription`` now, by its status (``qzpay.domain.schedule``)."""
         now = context.now()
         status = subscription.status
@@ -296,14 +299,7 @@ class JobsService:
         if ending and status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE):
             return await self._end_period(context, subscription)
         if status == SubscriptionStatus.ACTIVE and now >= subscription.current_period_end:
-            charged = await renewals.renew(context, subscription)
-            if charged == "nothing":
-                # Renewed and invoiced, but no card to charge: past due, dunning begins.
-                return await self._change(
-                    context, subscription, SubscriptionStatus.PAST_DUE, "past_due",
-                    outcome="renewal_failed", past_due_at=now, dunning_attempts=0,
-                )  # fmt: skip
-            return {"charged": "renewed", "failed": "renewal_failed"}.get(charged, "skipped")  # type: ignore[return-value]
+            return await self._renew(context, subscription, now)
         if status == SubscriptionStatus.PAST_DUE:
             charged = await renewals.retry(context, subscription)
             if charged == "nothing":
@@ -315,7 +311,7 @@ class JobsService:
                     still=lambda current: current.status == SubscriptionStatus.PAST_DUE,
                 )
                 return "retry_failed" if done else "skipped"
-            return {"charged": "retried", "failed": "retry_failed"}.get(charged, "skipped")  # type: ignore[return-value]
+            return _RETRIED.get(charged, "skipped")
         if status == SubscriptionStatus.INCOMPLETE and now >= (
             subscription.created_at + schedule.INCOMPLETE_EXPIRES_AFTER
         ):
@@ -328,6 +324,29 @@ class JobsService:
         ):
             return await self._resume(context, subscription)
         return await self._reschedule(context, subscription)
+
+    async def _renew(
+        self, context: ServiceContext, subscription: Subscription, now: datetime
+    ) -> list[Outcome]:
+        """Every period that ended renewed (``renewals.renew``); one with no card to charge
+        makes the subscription past due, dunning from now."""
+        done: list[Outcome] = []
+        for charged in await renewals.renew(context, subscription):
+            if charged == "nothing":
+                done.append(
+                    await self._change(
+                        context,
+                        subscription,
+                        SubscriptionStatus.PAST_DUE,
+                        "past_due",
+                        outcome="renewal_failed",
+                        past_due_at=now,
+                        dunning_attempts=0,
+                    )
+                )
+            else:
+                done.append(_RENEWED.get(charged, "skipped"))
+        return done
 
     async def _remind(self, context: ServiceContext, subscription: Subscription) -> Outcome:
         async def remind(uow: UnitOfWork, current: Subscription) -> Subscription:
@@ -539,6 +558,10 @@ class JobsService:
     async def _reread(self, context: ServiceContext, subscription_id: UUID) -> Subscription | None:
         async with context.unit_of_work(readonly=True) as uow:
             return await uow.tx.get(Subscription, subscription_id)
+
+
+_RENEWED: dict[str, Outcome] = {"charged": "renewed", "failed": "renewal_failed"}
+_RETRIED: dict[str, Outcome] = {"charged": "retried", "failed": "retry_failed"}
 
 
 def _trialing(subscription: Subscription) -> bool:

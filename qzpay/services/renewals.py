@@ -42,19 +42,20 @@ CATCH_UP = 100
 catches up period by period, each invoiced and charged)."""
 
 
-async def renew(context: ServiceContext, subscription: Subscription) -> Charged:
+async def renew(context: ServiceContext, subscription: Subscription) -> list[Charged]:
     """Renew every period of ``subscription`` that has ended by now, one after the other,
-    until one is not paid (then dunning takes over) or none is left."""
-    charged: Charged = "skipped"
+    until one is not paid (then dunning takes over) or none is left; what each came to."""
+    outcomes: list[Charged] = []
     current: Subscription | None = subscription
     for _ in range(CATCH_UP):
         if current is None or not _renewable(current, context):
             break
         charged = await _renew_once(context, current)
+        outcomes.append(charged)
         if charged != "charged":
             break
         current = await _reread(context, current)
-    return charged
+    return outcomes or ["skipped"]
 
 
 async def _renew_once(context: ServiceContext, subscription: Subscription) -> Charged:
