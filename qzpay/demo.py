@@ -167,6 +167,10 @@ async def run(billing: Billing, *, travel: Travel, emit: Emit) -> None:
         )
     if not payments:
         emit(Step(name="payment", text="No payment was made", data={"id": None}))
+    await _the_rest_of_its_life(billing, subscription, yearly, travel=travel, emit=emit)
+    scope = Scope(livemode=billing.livemode, tenant_id=billing.tenant_id)
+    async with billing.storage.transaction(scope, readonly=True) as tx:
+        audit_rows = await tx.count(AuditLog)
     emit(
         Step(
             name="audit",
@@ -174,6 +178,116 @@ async def run(billing: Billing, *, travel: Travel, emit: Emit) -> None:
             data={"rows": audit_rows},
         )
     )
+
+
+async def _the_rest_of_its_life(
+    billing: Billing, subscription: Subscription, yearly: Price, *, travel: Travel, emit: Emit
+) -> None:
+    """The first renewal, a card that starts declining, dunning retries, recovery with a
+    new card, a change to the yearly price with proration, a cancel at the period's end and
+    the period ending: each step with the invoice it made."""
+    customer_id = subscription.customer_id
+    sub_id = subscription.id
+
+    async def run_to(moment: datetime, name: str, what: str) -> Subscription:
+        now = travel(moment - billing.clock.now())
+        report = await billing.jobs.run_due()
+        current = await billing.subscriptions.get(sub_id)
+        emit(
+            Step(
+                name=name,
+                text=f"{what}: travelled to {_moment(now)}, ran the due jobs "
+                f"(charged {report.charged}, failed {report.failed}): {current.status}",
+                data={
+                    "now": now,
+                    "status": current.status,
+                    "charged": report.charged,
+                    "failed": report.failed,
+                    "dunning_attempts": current.dunning_attempts,
+                },
+            )
+        )
+        return current
+
+    async def show_invoice(name: str) -> None:
+        page = await billing.invoices.list(subscription_id=sub_id, limit=1)
+        if not page.items:
+            return
+        invoice = page.items[0]
+        lines = (await billing.invoices.lines(invoice.id)).items
+        listed = "; ".join(
+            f"{line.description}: {format_amount(line.amount, line.currency)}" for line in lines
+        )
+        emit(
+            Step(
+                name=name,
+                text=f"  invoice {invoice.number or '(draft)'} {invoice.status}, total "
+                f"{format_amount(invoice.total, invoice.currency)}, paid "
+                f"{format_amount(invoice.amount_paid, invoice.currency)}: {listed}",
+                data={
+                    "number": invoice.number,
+                    "status": invoice.status,
+                    "total": invoice.total,
+                    "amount_paid": invoice.amount_paid,
+                    "lines": [line.amount for line in lines],
+                },
+            )
+        )
+
+    current = await run_to(
+        subscription.current_period_end, "renewed", "The period ended and renewed"
+    )
+    await show_invoice("renewal_invoice")
+
+    for method in (await billing.payment_methods.list(customer_id)).items:
+        await billing.payment_methods.detach(method.id)
+    await billing.payment_methods.attach(
+        customer_id, token="pm_card_chargeDeclined", set_default=True
+    )
+    emit(
+        Step(
+            name="card_declining",
+            text="Ann's card was replaced by one that declines",
+            data={"token": "pm_card_chargeDeclined"},
+        )
+    )
+    current = await run_to(current.current_period_end, "renewal_failed", "The next renewal")
+    await show_invoice("unpaid_invoice")
+    assert current.past_due_at is not None
+    current = await run_to(
+        current.past_due_at + timedelta(days=1), "dunning_retry", "The first dunning retry"
+    )
+
+    await billing.payment_methods.attach(customer_id, token="pm_card_visa", set_default=True)
+    emit(
+        Step(
+            name="new_card",
+            text="Ann added a new card as her default",
+            data={"token": "pm_card_visa"},
+        )
+    )
+    assert current.past_due_at is not None
+    current = await run_to(
+        current.past_due_at + timedelta(days=3), "recovered", "The second dunning retry"
+    )
+    await show_invoice("paid_invoice")
+
+    travel(timedelta(days=10))
+    current = await billing.subscriptions.change_price(sub_id, price_id=yearly.id)
+    emit(
+        _subscription_step(
+            "price_changed",
+            "Changed to the yearly price, prorated: the unused month is credited",
+            current,
+        )
+    )
+    await show_invoice("change_invoice")
+
+    current = await billing.subscriptions.cancel(sub_id, at_period_end=True)
+    emit(
+        _subscription_step("cancel_scheduled", "Asked to cancel at the end of the period", current)
+    )
+    current = await run_to(current.current_period_end, "ended", "The period ended")
 
 
 async def _one_off_payment_and_refund(billing: Billing, customer_id: UUID, emit: Emit) -> None:

@@ -40,6 +40,23 @@ def test_demo_tells_the_trial_ending_and_the_first_charge(
     assert "answered from the stored result, the same payment" in out
     assert "Refunded USD 10.00 of it: refund succeeded, payment partially_refunded" in out
     assert "with SAVE20: active, charged USD 232.00 instead of USD 290.00" in out
+    # The rest of its life: renewal, a declining card, dunning, recovery, yearly, the end.
+    story = [
+        "The period ended and renewed",
+        "invoice INV-000001 paid",
+        "The next renewal",
+        "invoice INV-000002 open",
+        "The first dunning retry",
+        "The second dunning retry",
+        "invoice INV-000002 paid",
+        "Changed to the yearly price",
+        "invoice INV-000003 paid",
+        "Asked to cancel at the end of the period",
+        "The period ended: ",
+    ]
+    at = [next(i for i, line in enumerate(lines) if part in line) for part in story]
+    assert at == sorted(at)
+    assert lines[at[-1]].endswith(": canceled")
 
 
 def test_demo_json_prints_one_parsable_object_per_step(
@@ -59,6 +76,11 @@ def test_demo_json_prints_one_parsable_object_per_step(
     assert by_name["one_off_payment"]["id"] == by_name["payment_retried"]["id"]
     assert (by_name["refund"]["amount"], by_name["refund"]["refunded_amount"]) == (1000, 1000)
     assert by_name["subscription_with_promo_code"]["charged"] == 23200
+    assert by_name["renewal_failed"]["status"] == "past_due"
+    assert by_name["recovered"]["status"] == "active"
+    assert by_name["paid_invoice"]["number"] == "INV-000002"
+    assert by_name["change_invoice"]["lines"][0] < 0  # the unused month credited
+    assert by_name["ended"]["status"] == "canceled"
 
 
 def test_demo_refuses_a_database_that_already_holds_a_story(
