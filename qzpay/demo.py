@@ -1,5 +1,7 @@
 """The story ``qzpay demo`` tells: a plan, a customer, a one-off payment retried with its
-idempotency key and partly refunded, a promo code, a trial, and the trial ending.
+idempotency key and partly refunded, a promo code, a trial and its end, then the rest of a
+subscription's life: renewals with their invoices, a declining card and dunning, recovery
+with a new card, a change to the yearly price with proration, a cancel at the period end.
 
 ``qzpay demo`` runs it on a real SQLite file with the fake provider and a frozen clock
 starting on 2028-01-31 09:00 UTC, so it reads the same on every machine and every run (a
