@@ -45,7 +45,7 @@ from qzpay.domain.payments import Payment
 from qzpay.domain.promotions import PromoCodeUsage
 from qzpay.domain.records import JobExecution
 from qzpay.domain.subscriptions import Subscription
-from qzpay.errors import ConflictError, InvalidStateError, QZPayError
+from qzpay.errors import ConflictError, InvalidStateError
 from qzpay.ids import new_id
 from qzpay.services import charging, renewals
 from qzpay.services.context import ServiceContext, UnitOfWork
@@ -276,9 +276,7 @@ class JobsService:
         stopping the run for the others."""
         try:
             return await self._work(context, subscription)
-        except QZPayError as error:
-            failure = f"{subscription.id}: {type(error).__name__}: {error}"
-        except Exception as error:  # a bug or a broken adapter: still only this item
+        except Exception as error:  # qzpay's refusals, and a bug or a broken adapter too
             failure = f"{subscription.id}: {type(error).__name__}: {error}"
         failures.append(failure[:300])
         await self._back_off(context, subscription, failure[:300])
