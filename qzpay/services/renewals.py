@@ -91,6 +91,9 @@ async def retry(context: ServiceContext, subscription: Subscription) -> Charged:
 
 
 async def charge(context: ServiceContext, invoice: Invoice) -> Charged:
+    """Charge the invoice, unless nothing is due on it (finalized paid: a free period)."""
+    if invoice.status == InvoiceStatus.PAID:
+        return "charged"
     try:
         charged = await invoicing.charge_invoice(context, invoice.id)
     except InvalidStateError as refused:

@@ -261,3 +261,24 @@ async def test_a_cancel_at_period_end_ends_it_then_and_charges_nothing_more(
         None,
     )
     assert len(fake.charges) == 1
+
+
+async def test_a_free_subscription_renews_without_a_charge(
+    runner: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    ann = await _customer(runner)
+    plan = await runner.plans.create(name="Free")
+    free = await runner.prices.create(
+        plan_id=plan.id, unit_amount=0, currency="USD", interval="month"
+    )
+    sub = await runner.subscriptions.create(customer_id=ann.id, price_id=free.id)
+    assert sub.status == "active"
+
+    clock.set(sub.current_period_end)
+    report = await runner.jobs.run_due()
+
+    assert (report.errors, report.renewals) == (0, 1)
+    [invoice] = await _invoices(runner, sub.id)
+    assert (invoice.status, invoice.total, invoice.number) == ("paid", 0, "INV-000001")
+    assert fake.charges == []
+    assert (await runner.subscriptions.get(sub.id)).current_period_end > clock.now()
