@@ -15,6 +15,7 @@ invoice and the subscription due: the next run charges that invoice, it never re
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 import attrs
@@ -86,8 +87,38 @@ async def retry(context: ServiceContext, subscription: Subscription) -> Charged:
     async with context.unit_of_work(readonly=True) as uow:
         invoice = await open_invoice(uow, subscription)
     if invoice is None:
-        return "nothing"  # past due with nothing invoiced (a trial ended without a card)
+        # Past due with nothing invoiced: a trial whose end charge failed (or found no
+        # card). Its first paid period is invoiced now, once, and charged like any retry.
+        invoice = await _invoice_current_period(context, subscription)
+        if invoice is None:
+            return "skipped"
     return await charge(context, invoice)
+
+
+async def _invoice_current_period(
+    context: ServiceContext, subscription: Subscription
+) -> Invoice | None:
+    try:
+        async with context.unit_of_work() as uow:
+            current = await uow.tx.get(Subscription, subscription.id)
+            if current is None or current.status != SubscriptionStatus.PAST_DUE:
+                return None
+            if await open_invoice(uow, current) is not None:
+                return None  # another runner invoiced it meanwhile
+            draft = await invoicing.new_draft(
+                uow,
+                customer_id=current.customer_id,
+                currency=current.currency,
+                lines=[
+                    _period_line(current, current.current_period_start, current.current_period_end)
+                ],
+                subscription_id=current.id,
+                period_start=current.current_period_start,
+                period_end=current.current_period_end,
+            )
+            return await invoicing.finalize_in(uow, context, draft)
+    except ConflictError:
+        return None  # due again after the lease; charged then
 
 
 async def charge(context: ServiceContext, invoice: Invoice) -> Charged:
@@ -136,19 +167,7 @@ async def _next_period(
 ) -> Invoice:
     start, end = invoicing.renewal_period(subscription)
     draft = await invoicing.upcoming_draft(uow, subscription)
-    price = format_amount(subscription.unit_amount, subscription.currency)
-    line = invoicing.LineDraft(
-        description=(
-            f"{subscription.quantity} × {price} per {subscription.interval}, "
-            f"{start.date().isoformat()} to {end.date().isoformat()}"
-        ),
-        unit_amount=subscription.unit_amount,
-        quantity=subscription.quantity,
-        price_id=subscription.price_id,
-        period_start=start,
-        period_end=end,
-    )
-    draft = await invoicing.add_lines(uow, draft, [line])
+    draft = await invoicing.add_lines(uow, draft, [_period_line(subscription, start, end)])
     invoice = await invoicing.finalize_in(uow, context, draft)
     moved = attrs.evolve(
         subscription, current_period_start=start, current_period_end=end, updated_at=uow.now
@@ -165,6 +184,22 @@ async def _next_period(
         },
     )
     return invoice
+
+
+def _period_line(subscription: Subscription, start: datetime, end: datetime) -> invoicing.LineDraft:
+    """The line billing one period at the subscription's price and quantity."""
+    price = format_amount(subscription.unit_amount, subscription.currency)
+    return invoicing.LineDraft(
+        description=(
+            f"{subscription.quantity} × {price} per {subscription.interval}, "
+            f"{start.date().isoformat()} to {end.date().isoformat()}"
+        ),
+        unit_amount=subscription.unit_amount,
+        quantity=subscription.quantity,
+        price_id=subscription.price_id,
+        period_start=start,
+        period_end=end,
+    )
 
 
 async def _reread(context: ServiceContext, subscription: Subscription) -> Subscription | None:

@@ -282,3 +282,50 @@ async def test_a_free_subscription_renews_without_a_charge(
     assert (invoice.status, invoice.total, invoice.number) == ("paid", 0, "INV-000001")
     assert fake.charges == []
     assert (await runner.subscriptions.get(sub.id)).current_period_end > clock.now()
+
+
+async def test_a_trial_whose_end_charge_failed_is_retried_and_recovers_with_a_new_card(
+    runner: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    ann = await _customer(runner, token="pm_card_chargeDeclined")
+    price = await _price(runner)
+    sub = await runner.subscriptions.create(customer_id=ann.id, price_id=price.id, trial_days=7)
+    assert sub.trial_end is not None
+    clock.set(sub.trial_end)
+    await runner.jobs.run_due()
+    past_due = await runner.subscriptions.get(sub.id)
+    assert past_due.status == "past_due"
+    assert past_due.past_due_at is not None
+
+    await _switch_card(runner, ann, "pm_card_visa")
+    clock.set(past_due.past_due_at + timedelta(days=1))
+    report = await runner.jobs.run_due()
+
+    assert report.dunning_retries == 1
+    assert (await runner.subscriptions.get(sub.id)).status == "active"
+    [invoice] = await _invoices(runner, sub.id)  # the first paid period, invoiced once
+    assert (invoice.status, invoice.period_start) == ("paid", past_due.current_period_start)
+    assert [c.result.status for c in fake.charges] == ["failed", "succeeded"]
+
+
+async def test_a_trial_that_ended_without_a_card_is_canceled_when_dunning_gives_up(
+    runner: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    bob = await runner.customers.create(email="bob@example.com")
+    price = await _price(runner)
+    sub = await runner.subscriptions.create(customer_id=bob.id, price_id=price.id, trial_days=7)
+    assert sub.trial_end is not None
+    clock.set(sub.trial_end)
+    await runner.jobs.run_due()
+    past_due = await runner.subscriptions.get(sub.id)
+    assert past_due.status == "past_due"
+    assert past_due.past_due_at is not None
+
+    for day in (1, 3, 5, 7):
+        clock.set(past_due.past_due_at + timedelta(days=day))
+        assert (await runner.jobs.run_due()).errors == 0
+
+    assert (await runner.subscriptions.get(sub.id)).status == "canceled"
+    assert fake.charges == []
+    [invoice] = await _invoices(runner, sub.id)
+    assert invoice.status == "open"  # billed once, never paid
