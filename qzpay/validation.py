@@ -9,11 +9,13 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable, Mapping
+from enum import StrEnum
 from typing import Any, Final, TypeVar
 
 from qzpay.errors import ValidationError
 
 T = TypeVar("T")
+S = TypeVar("S", bound=StrEnum)
 
 _EMAIL: Final = re.compile(r"^[^@\s]+@[^@\s]+$")
 _KEY: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -142,6 +144,28 @@ def identifier(value: object, *, field: str) -> uuid.UUID:
         except ValueError:
             pass
     raise ValidationError("must be a qzpay id (a UUID)", field=field, rule="id_format")
+
+
+def id_filters(**ids: object) -> dict[str, object]:
+    """The list filters of the ids given (``None``: not filtered), each checked as an id.
+
+    >>> id_filters(customer_id=None)
+    {}
+    """
+    return {name: identifier(value, field=name) for name, value in ids.items() if value is not None}
+
+
+def member(value: object, kind: type[S], *, field: str, what: str) -> S:
+    """``value`` as one of the closed set ``kind`` (``"paid"`` -> ``InvoiceStatus.PAID``).
+
+    ``what`` names the set in the message: ``status: is not a payment status``.
+    """
+    if isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    raise ValidationError(f"is not {what}", field=field, rule=field)
 
 
 def metadata(value: object, *, field: str = "metadata") -> dict[str, str]:

@@ -318,18 +318,11 @@ class InvoicesService:
         cursor: str | None = None,
     ) -> Page[Invoice]:
         """Invoices, newest first, by customer, subscription and status."""
-        filters: dict[str, object] = {}
-        if customer_id is not None:
-            filters["customer_id"] = check.identifier(customer_id, field="customer_id")
-        if subscription_id is not None:
-            filters["subscription_id"] = check.identifier(subscription_id, field="subscription_id")
+        filters = check.id_filters(customer_id=customer_id, subscription_id=subscription_id)
         if status is not None:
-            try:
-                filters["status"] = InvoiceStatus(status)
-            except ValueError:
-                raise ValidationError(
-                    "is not an invoice status", field="status", rule="status"
-                ) from None
+            filters["status"] = check.member(
+                status, InvoiceStatus, field="status", what="an invoice status"
+            )
         async with self._context.unit_of_work(readonly=True) as uow:
             return await uow.tx.list(Invoice, filters=filters, limit=limit, cursor=cursor)
 

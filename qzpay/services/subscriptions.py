@@ -338,18 +338,11 @@ class SubscriptionsService:
         cursor: str | None = None,
     ) -> Page[Subscription]:
         """Subscriptions newest first, filtered by customer, status and plan."""
-        filters: dict[str, object] = {}
-        if customer_id is not None:
-            filters["customer_id"] = check.identifier(customer_id, field="customer_id")
-        if plan_id is not None:
-            filters["plan_id"] = check.identifier(plan_id, field="plan_id")
+        filters = check.id_filters(customer_id=customer_id, plan_id=plan_id)
         if status is not None:
-            try:
-                filters["status"] = SubscriptionStatus(status)
-            except ValueError:
-                raise ValidationError(
-                    "is not a subscription status", field="status", rule="status"
-                ) from None
+            filters["status"] = check.member(
+                status, SubscriptionStatus, field="status", what="a subscription status"
+            )
         async with self._context.unit_of_work(readonly=True) as uow:
             return await uow.tx.list(Subscription, filters=filters, limit=limit, cursor=cursor)
 
