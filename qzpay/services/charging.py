@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import anyio
@@ -45,6 +45,7 @@ PROVIDER_ATTEMPTS = 3
 """Tries of one attempt's provider call on a retryable error, all with the attempt's key."""
 BACKOFF_SECONDS = (0.05, 0.25)
 """Waits between those tries (short: the caller is waiting; reconciliation does the rest)."""
+R = TypeVar("R")
 SETTLE_ATTEMPTS = 5
 """How often settling is retried when a concurrent write moved the row's version."""
 
@@ -171,17 +172,30 @@ async def call_provider(
         description=payment.description,
         metadata=dict(payment.metadata),
     )
+    return await with_retries(
+        lambda: context.provider.charge(request),
+        rejected=lambda error: ChargeResult(
+            provider_id="",
+            status="failed",
+            failure_code="provider_rejected",
+            failure_message=str(error)[:500],
+        ),
+    )
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[R]], *, rejected: Callable[[ProviderError], R]
+) -> R | None:
+    """``call`` the provider with one attempt's request, again on a retryable error (the
+    same request, so the same key), at most ``PROVIDER_ATTEMPTS`` times with a short
+    backoff; a refusal of the request is ``rejected(error)``; ``None`` when no try answered
+    (the outcome is unknown: reconciliation settles it)."""
     for attempt in range(PROVIDER_ATTEMPTS):
         try:
-            return await context.provider.charge(request)
+            return await call()
         except ProviderError as error:
             if not error.retryable:
-                return ChargeResult(
-                    provider_id="",
-                    status="failed",
-                    failure_code="provider_rejected",
-                    failure_message=str(error)[:500],
-                )
+                return rejected(error)
             if attempt + 1 < PROVIDER_ATTEMPTS:
                 await anyio.sleep(BACKOFF_SECONDS[min(attempt, len(BACKOFF_SECONDS) - 1)])
     return None

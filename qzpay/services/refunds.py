@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from uuid import UUID
 
-import anyio
 import attrs
 
 from qzpay.contracts.provider import RefundRequest, RefundResult
@@ -22,7 +21,7 @@ from qzpay.contracts.storage import StorageTransaction
 from qzpay.domain.enums import PaymentStatus, RefundStatus
 from qzpay.domain.payments import Payment, Refund
 from qzpay.domain.refund_rules import check_refund, refund_too_large
-from qzpay.errors import ConflictError, ProviderError
+from qzpay.errors import ConflictError
 from qzpay.services import charging
 from qzpay.services.context import ServiceContext, UnitOfWork, require
 
@@ -77,18 +76,12 @@ async def call_provider(
         idempotency_key=refund.idempotency_key,
         reason=refund.reason,
     )
-    for attempt in range(charging.PROVIDER_ATTEMPTS):
-        try:
-            return await context.provider.refund(request)
-        except ProviderError as error:
-            if not error.retryable:
-                return RefundResult(
-                    provider_id="", status="failed", failure_code="provider_rejected"
-                )
-            if attempt + 1 < charging.PROVIDER_ATTEMPTS:
-                waits = charging.BACKOFF_SECONDS
-                await anyio.sleep(waits[min(attempt, len(waits) - 1)])
-    return None
+    return await charging.with_retries(
+        lambda: context.provider.refund(request),
+        rejected=lambda error: RefundResult(
+            provider_id="", status="failed", failure_code="provider_rejected"
+        ),
+    )
 
 
 async def settle(
