@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import attrs
+
 from qzpay.domain.enums import SubscriptionStatus as S
 from qzpay.domain.subscriptions import Subscription
 from qzpay.settings import Settings
@@ -51,3 +53,8 @@ def next_due(subscription: Subscription, settings: Settings) -> datetime | None:
     if status == S.INCOMPLETE:
         return subscription.created_at + INCOMPLETE_EXPIRES_AFTER
     return None  # canceled, incomplete_expired, unpaid: nothing happens by itself
+
+
+def scheduled(subscription: Subscription, settings: Settings) -> Subscription:
+    """``subscription`` with ``due_at`` set by ``next_due``: what every change of one writes."""
+    return attrs.evolve(subscription, due_at=next_due(subscription, settings))

@@ -458,9 +458,7 @@ async def count_failed_retry(
     attempts = subscription.dunning_attempts + 1
     if attempts < len(retries):
         retried = attrs.evolve(subscription, dunning_attempts=attempts, updated_at=uow.now)
-        return await uow.tx.update(
-            attrs.evolve(retried, due_at=schedule.next_due(retried, context.settings))
-        )
+        return await uow.tx.update(schedule.scheduled(retried, context.settings))
     final = SubscriptionStatus(context.settings.dunning.then)
     ended = (
         {"canceled_at": uow.now, "ended_at": uow.now}
@@ -494,9 +492,7 @@ async def _move(
         updated_at=uow.now,
         **changes,
     )
-    updated = await uow.tx.update(
-        attrs.evolve(moved, due_at=schedule.next_due(moved, context.settings))
-    )
+    updated = await uow.tx.update(schedule.scheduled(moved, context.settings))
     await uow.record(
         f"subscription.{event}",
         updated,

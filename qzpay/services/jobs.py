@@ -371,9 +371,7 @@ class JobsService:
     async def _remind(self, context: ServiceContext, subscription: Subscription) -> Outcome:
         async def remind(uow: UnitOfWork, current: Subscription) -> Subscription:
             reminded = attrs.evolve(current, trial_reminded_at=uow.now, updated_at=uow.now)
-            updated = await uow.tx.update(
-                attrs.evolve(reminded, due_at=schedule.next_due(reminded, context.settings))
-            )
+            updated = await uow.tx.update(schedule.scheduled(reminded, context.settings))
             await uow.record(
                 "subscription.trial_will_end",
                 updated,
@@ -432,9 +430,7 @@ class JobsService:
                 updated_at=uow.now,
                 **changes,
             )
-            updated = await uow.tx.update(
-                attrs.evolve(moved, due_at=schedule.next_due(moved, context.settings))
-            )
+            updated = await uow.tx.update(schedule.scheduled(moved, context.settings))
             await uow.record(
                 f"subscription.{event}",
                 updated,

@@ -172,9 +172,7 @@ async def _next_period(
     moved = attrs.evolve(
         subscription, current_period_start=start, current_period_end=end, updated_at=uow.now
     )
-    renewed = await uow.tx.update(
-        attrs.evolve(moved, due_at=schedule.next_due(moved, context.settings))
-    )
+    renewed = await uow.tx.update(schedule.scheduled(moved, context.settings))
     await uow.record(
         "subscription.renewed",
         renewed,

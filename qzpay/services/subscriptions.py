@@ -300,9 +300,7 @@ class SubscriptionsService:
             created_at=now,
             updated_at=now,
         )
-        return attrs.evolve(
-            subscription, due_at=schedule.next_due(subscription, self._context.settings)
-        )
+        return schedule.scheduled(subscription, self._context.settings)
 
     async def _resume(self, subscription_id: UUID, keyed: idempotency.Keyed | None) -> Subscription:
         """A keyed retry of a create whose first charge never got an answer: finish that
@@ -921,7 +919,7 @@ async def _write(
     read at), its ``due_at`` from the one schedule rule (``qzpay.domain.schedule``),
     audited with what changed, ``event`` queued."""
     wanted = attrs.evolve(current, **changes, updated_at=uow.now)
-    wanted = attrs.evolve(wanted, due_at=schedule.next_due(wanted, context.settings))
+    wanted = schedule.scheduled(wanted, context.settings)
     updated = await uow.tx.update(wanted)
     await uow.record(event, updated, changes=_audit(current, updated, [*changes, "due_at"]))
     return updated
