@@ -407,7 +407,7 @@ async def _apply_to_subscription(
     if status == SubscriptionStatus.INCOMPLETE:
         if not paid:
             return subscription
-        return await _move(uow, context, subscription, SubscriptionStatus.ACTIVE, "activated")
+        return await move(uow, context, subscription, SubscriptionStatus.ACTIVE, "activated")
     if status == SubscriptionStatus.TRIALING and (
         subscription.trial_end is not None and payment.created_at >= subscription.trial_end
     ):
@@ -415,7 +415,7 @@ async def _apply_to_subscription(
         start, end = periods.period_bounds(
             subscription.billing_anchor, subscription.interval, subscription.interval_count, 0
         )
-        return await _move(
+        return await move(
             uow,
             context,
             subscription,
@@ -428,7 +428,7 @@ async def _apply_to_subscription(
     if payment.invoice_id is None:
         return subscription
     if paid and status in (SubscriptionStatus.PAST_DUE, SubscriptionStatus.UNPAID):
-        return await _move(
+        return await move(
             uow,
             context,
             subscription,
@@ -440,7 +440,7 @@ async def _apply_to_subscription(
     if paid:
         return subscription
     if status == SubscriptionStatus.ACTIVE:
-        return await _move(
+        return await move(
             uow, context, subscription, SubscriptionStatus.PAST_DUE, "past_due",
             **_dunning_start(uow, paid=False),
         )  # fmt: skip
@@ -465,7 +465,7 @@ async def count_failed_retry(
         if final == SubscriptionStatus.CANCELED
         else {}
     )
-    return await _move(
+    return await move(
         uow, context, subscription, final, "dunning_exhausted",
         dunning_attempts=attempts, **ended,
     )  # fmt: skip
@@ -476,7 +476,7 @@ def _dunning_start(uow: UnitOfWork, paid: bool) -> dict[str, Any]:
     return {} if paid else {"past_due_at": uow.now, "dunning_attempts": 0}
 
 
-async def _move(
+async def move(
     uow: UnitOfWork,
     context: ServiceContext,
     subscription: Subscription,

@@ -51,7 +51,6 @@ from qzpay.services import charging, renewals
 from qzpay.services.context import ServiceContext, UnitOfWork
 from qzpay.services.reconciliation import reconcile
 from qzpay.services.subscriptions import resume_now
-from qzpay.transitions import transition
 
 BATCH = 100
 CONCURRENCY = 8
@@ -424,19 +423,7 @@ class JobsService:
         status = subscription.status
 
         async def move(uow: UnitOfWork, current: Subscription) -> Subscription:
-            moved = attrs.evolve(
-                current,
-                status=transition(current.status, target),
-                updated_at=uow.now,
-                **changes,
-            )
-            updated = await uow.tx.update(schedule.scheduled(moved, context.settings))
-            await uow.record(
-                f"subscription.{event}",
-                updated,
-                changes={"status": [current.status.value, target.value]},
-            )
-            return updated
+            return await charging.move(uow, context, current, target, event, **changes)
 
         done = await self._apply(
             context, subscription, move, still=lambda current: current.status == status
