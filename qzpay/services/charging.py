@@ -18,7 +18,7 @@ dunning retry) is a new row with a new key, so no provider replays an earlier de
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -27,17 +27,19 @@ import anyio
 import attrs
 
 from qzpay import periods
+from qzpay.contracts.filters import one_of
 from qzpay.contracts.provider import ChargeRequest, ChargeResult
 from qzpay.contracts.storage import StorageTransaction
 from qzpay.domain import schedule
 from qzpay.domain.customers import CustomerProviderRef
 from qzpay.domain.enums import PaymentStatus, SubscriptionStatus
+from qzpay.domain.invoices import Invoice
 from qzpay.domain.payments import Payment, PaymentMethod
 from qzpay.domain.subscriptions import Subscription
 from qzpay.errors import ConflictError, InvalidStateError, ProviderError
 from qzpay.ids import new_id
 from qzpay.services import invoicing
-from qzpay.services.context import ServiceContext, UnitOfWork, require
+from qzpay.services.context import ServiceContext, UnitOfWork, every, require
 from qzpay.services.payment_methods import default_method
 from qzpay.transitions import transition
 
@@ -75,14 +77,49 @@ def payment_key(payment_id: UUID) -> str:
 async def chargeable_method(
     tx: StorageTransaction, customer_id: UUID, preferred: UUID | None, provider: str
 ) -> tuple[PaymentMethod, str] | None:
-    """The payment method to charge and the customer's id at the provider, if both exist."""
+    """The payment method to charge and the customer's id at the provider, if both exist:
+    ``preferred`` when it is the customer's, otherwise the customer's default."""
     method = await tx.get(PaymentMethod, preferred) if preferred is not None else None
-    if method is None or method.customer_id != customer_id:
+    if not _owned(method, customer_id):
         method = await default_method(tx, customer_id)
     if method is None or method.provider != provider:
         return None
     ref = await tx.find(CustomerProviderRef, customer_id=customer_id, provider=provider)
     return None if ref is None else (method, ref.provider_customer_id)
+
+
+async def chargeable_methods(
+    tx: StorageTransaction, wanted: Sequence[tuple[UUID, UUID | None]], provider: str
+) -> dict[tuple[UUID, UUID | None], tuple[PaymentMethod, str]]:
+    """``chargeable_method`` of many ``(customer_id, preferred)`` at once (a renewal
+    batch): three reads whatever their number; the pairs with nothing to charge are absent."""
+    preferred_ids = sorted({method for _, method in wanted if method is not None})
+    found = await every(tx, PaymentMethod, {"id": one_of(preferred_ids)}) if preferred_ids else []
+    preferred = {method.id: method for method in found}
+    customers = one_of(sorted({customer for customer, _ in wanted}))
+    defaults = {
+        method.customer_id: method
+        for method in await every(tx, PaymentMethod, {"customer_id": customers, "is_default": True})
+    }
+    refs = {
+        ref.customer_id: ref.provider_customer_id
+        for ref in await every(
+            tx, CustomerProviderRef, {"customer_id": customers, "provider": provider}
+        )
+    }
+    chargeable: dict[tuple[UUID, UUID | None], tuple[PaymentMethod, str]] = {}
+    for customer_id, method_id in wanted:
+        method = preferred.get(method_id) if method_id is not None else None
+        if not _owned(method, customer_id):
+            method = defaults.get(customer_id)
+        ref = refs.get(customer_id)
+        if method is not None and method.provider == provider and ref is not None:
+            chargeable[customer_id, method_id] = (method, ref)
+    return chargeable
+
+
+def _owned(method: PaymentMethod | None, customer_id: UUID) -> bool:
+    return method is not None and method.customer_id == customer_id
 
 
 def pending_payment(
@@ -122,13 +159,15 @@ def pending_payment(
     )
 
 
-async def open_attempt(uow: UnitOfWork, payment: Payment) -> None:
+async def open_attempt(uow: UnitOfWork, payment: Payment, *, new_invoice: bool = False) -> None:
     """Store the pending row (committed with ``uow``, before any provider call).
 
     An invoice has at most one pending attempt (a partial unique key): a second one while
-    the first's outcome is unknown is refused, so it cannot charge twice.
+    the first's outcome is unknown is refused, so it cannot charge twice. ``new_invoice``:
+    the invoice was finalized in ``uow`` (a renewal), so no other attempt can exist and the
+    row waits for the commit with the rest of the batch instead of being sent now.
     """
-    if payment.invoice_id is None:
+    if payment.invoice_id is None or new_invoice:
         await uow.tx.insert(payment)
     else:
         await _open_invoice_attempt(uow, payment)
@@ -338,7 +377,7 @@ async def settle_attempt(
                 if result is None or current.status not in OPEN:
                     settled = Settled(current)
                 else:
-                    settled = await _write_outcome(uow, context, current, result, subscription)
+                    settled = await write_outcome(uow, context, current, result, subscription)
                 if then is not None:
                     await then(uow, settled)
             return settled
@@ -353,13 +392,17 @@ async def settle_attempt(
     )
 
 
-async def _write_outcome(
+async def write_outcome(
     uow: UnitOfWork,
     context: ServiceContext,
     current: Payment,
     result: ChargeResult,
     subscription: Subscription | None,
+    invoice: Invoice | None = None,
 ) -> Settled:
+    """The provider's answer written onto an open attempt, its invoice and its subscription
+    in ``uow`` (``subscription`` and ``invoice``: the rows as last written, not read
+    again; ``None``: read)."""
     wanted = outcome(current, result, uow.now, context)
     if wanted.status == current.status and wanted.next_action == current.next_action:
         if wanted.due_at == current.due_at:
@@ -372,7 +415,7 @@ async def _write_outcome(
         changes["failure_code"] = settled.failure_code
     await uow.record(f"payment.{settled.status.value}", settled, changes=changes)
     if settled.invoice_id is not None:
-        await invoicing.apply_payment(uow, settled)
+        await invoicing.apply_payment(uow, settled, known=invoice)
     if settled.subscription_id is None:
         return Settled(settled)
     return Settled(settled, await _apply_to_subscription(uow, context, settled, subscription))

@@ -126,6 +126,19 @@ class ServiceContext:
             return await require(uow.tx, kind, entity_id, field=field)
 
 
+async def every(tx: StorageTransaction, kind: type[E], filters: Mapping[str, Any]) -> list[E]:
+    """All rows matching ``filters``, page by page (newest first): for sets known to be
+    small or bounded by a batch (an invoice's lines, a claimed batch's cards)."""
+    rows: list[E] = []
+    cursor: str | None = None
+    while True:
+        page = await tx.list(kind, filters=dict(filters), limit=100, cursor=cursor)
+        rows.extend(page.items)
+        if page.next_cursor is None:
+            return rows
+        cursor = page.next_cursor
+
+
 async def require(tx: StorageTransaction, kind: type[Any], entity_id: UUID, *, field: str) -> Any:
     """The entity, or a ``NotFoundError`` that names the argument that pointed at it."""
     entity = await tx.get(kind, entity_id)

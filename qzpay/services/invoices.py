@@ -31,7 +31,7 @@ from qzpay.domain.payments import Payment
 from qzpay.domain.subscriptions import Subscription
 from qzpay.errors import InvalidStateError, ValidationError
 from qzpay.services import charging, idempotency, invoicing
-from qzpay.services.context import ServiceContext, require
+from qzpay.services.context import ServiceContext, every, require
 from qzpay.services.invoicing import LineDraft
 
 MAX_LINES = 250
@@ -399,16 +399,8 @@ class InvoicesService:
 async def _all_lines(tx: StorageTransaction, invoice_id: UUID) -> list[InvoiceLine]:
     """Every line of one invoice, oldest first (ids are time-ordered); an invoice holds
     few, so they are read whole."""
-    lines: list[InvoiceLine] = []
-    cursor: str | None = None
-    while True:
-        page = await tx.list(
-            InvoiceLine, filters={"invoice_id": invoice_id}, limit=100, cursor=cursor
-        )
-        lines.extend(page.items)
-        if page.next_cursor is None:
-            return sorted(lines, key=lambda line: line.id)
-        cursor = page.next_cursor
+    lines = await every(tx, InvoiceLine, {"invoice_id": invoice_id})
+    return sorted(lines, key=lambda line: line.id)
 
 
 def _line_cursor(value: object) -> UUID:

@@ -326,34 +326,102 @@ async def finalize_in(uow: UnitOfWork, context: ServiceContext, invoice: Invoice
     """Draft → open, numbered now (gapless per tenant and livemode); an invoice with nothing
     due (a zero or credit total) becomes paid at once. Records ``invoice.finalized`` (and
     ``invoice.paid``)."""
-    status = invoice_transition(invoice.status, InvoiceStatus.OPEN)
     number = await uow.tx.next_number(NUMBER_SEQUENCE)
+    opened = finalized(invoice, number, context, uow.now)
+    updated = await uow.tx.update(opened)
+    await record_finalized(uow, invoice, updated)
+    return updated
+
+
+async def issue(
+    uow: UnitOfWork,
+    context: ServiceContext,
+    draft: Invoice,
+    lines: Sequence[LineDraft],
+    *,
+    stored: bool,
+    number: int,
+    promo: PromoCode | None,
+    subscription: Subscription | None,
+    attempt: bool = False,
+) -> Invoice:
+    """``lines`` added to ``draft`` and the draft finalized as ``number``, in one write of
+    the invoice (a renewal batch: each row written once, so a batch's invoices go as one
+    multi-row statement).
+
+    ``stored``: whether the draft is a stored row (it is updated, ``invoice.updated``) or
+    one made for this call (it is inserted, ``invoice.created``). ``promo`` and
+    ``subscription`` are what ``invoice_promo`` would read; ``attempt``: a payment attempt
+    is opened for it in this transaction, counted here when money is due
+    (``charge_invoice`` counts its own).
+    Records what ``add_lines`` and ``finalize_in`` record.
+    """
+    rows = line_rows(uow, draft, lines)
+    totals = totals_with(
+        draft, draft.subtotal + sum(row.amount for row in rows), promo, subscription
+    )
+    drafted = attrs.evolve(with_totals(draft, totals), updated_at=uow.now)
+    opened = finalized(drafted, number, context, uow.now)
+    if attempt and opened.status == InvoiceStatus.OPEN:
+        opened = attrs.evolve(opened, attempt_count=opened.attempt_count + 1)
+    if stored:
+        written = await uow.tx.update(opened)
+        await uow.record(
+            "invoice.updated",
+            written,
+            changes={"lines_added": len(rows), "total": [draft.total, written.total]},
+        )
+    else:
+        await uow.tx.insert(opened)
+        written = opened
+        await uow.record(
+            "invoice.created",
+            written,
+            changes={"status": draft.status.value, "lines": len(rows), "total": written.total},
+        )
+    for row in rows:
+        await uow.tx.insert(row)
+    await record_finalized(uow, draft, written)
+    return written
+
+
+def finalized(invoice: Invoice, number: int, context: ServiceContext, now: datetime) -> Invoice:
+    """``invoice`` finalized as ``number`` at ``now`` (a pure step): open, or paid at once
+    when nothing is due."""
+    status = invoice_transition(invoice.status, InvoiceStatus.OPEN)
     opened = attrs.evolve(
         invoice,
         status=status,
         number=invoice_number(context.settings.invoice_number_prefix, number),
-        finalized_at=uow.now,
-        due_date=invoice.due_date or uow.now,
-        updated_at=uow.now,
+        finalized_at=now,
+        due_date=invoice.due_date or now,
+        updated_at=now,
     )
-    paid_now = opened.amount_due == 0
-    if paid_now:
-        opened = attrs.evolve(
-            opened, status=invoice_transition(status, InvoiceStatus.PAID), paid_at=uow.now
-        )
-    updated = await uow.tx.update(opened)
+    if opened.amount_due != 0:
+        return opened
+    return attrs.evolve(opened, status=invoice_transition(status, InvoiceStatus.PAID), paid_at=now)
+
+
+async def record_finalized(uow: UnitOfWork, draft: Invoice, written: Invoice) -> None:
+    """The audit rows of a finalize: ``invoice.finalized``, and ``invoice.paid`` when
+    nothing was due."""
     await uow.record(
         "invoice.finalized",
-        updated,
-        changes={"status": [invoice.status.value, status.value], "number": updated.number},
+        written,
+        changes={
+            "status": [draft.status.value, InvoiceStatus.OPEN.value],
+            "number": written.number,
+        },
     )
-    if paid_now:
+    if written.status == InvoiceStatus.PAID:
         await uow.record(
             "invoice.paid",
-            updated,
-            changes={"status": [status.value, updated.status.value], "amount_paid": 0},
+            written,
+            changes={
+                "status": [InvoiceStatus.OPEN.value, written.status.value],
+                "amount_paid": 0,
+            },
         )
-    return updated
 
 
 # -- charging --------------------------------------------------------------------------------
@@ -453,18 +521,25 @@ async def charge_invoice(
     return seen[0]
 
 
-async def apply_payment(uow: UnitOfWork, payment: Payment) -> Invoice | None:
+async def apply_payment(
+    uow: UnitOfWork, payment: Payment, *, known: Invoice | None = None
+) -> Invoice | None:
     """What a settled payment means for the invoice it was for (``payment.invoice_id``).
 
     Succeeded: its amount is applied (an ``InvoicePayment`` row), and the invoice is
     ``paid`` once nothing is due (``paid_at``, ``invoice.paid``). Failed:
     ``invoice.payment_failed`` (its attempt was counted when it opened). Still open at the
     provider: nothing yet. Money taken for an invoice that is no longer payable (voided
-    meanwhile) is still linked to it, so the books show what to refund.
+    meanwhile) is still linked to it, so the books show what to refund. ``known``: the
+    invoice as the caller last wrote it (not read again; its version is checked).
     """
     if payment.invoice_id is None:
         return None
-    invoice: Invoice | None = await uow.tx.get(Invoice, payment.invoice_id, include_deleted=True)
+    invoice: Invoice | None = (
+        known
+        if known is not None and known.id == payment.invoice_id
+        else await uow.tx.get(Invoice, payment.invoice_id, include_deleted=True)
+    )
     if invoice is None:
         return None
     if payment.status == PaymentStatus.FAILED:

@@ -225,9 +225,13 @@ class JobsService:
         outcomes: Counter[Outcome],
         failures: list[str],
     ) -> None:
-        """The batch's items side by side, at most ``CONCURRENCY`` at once: each is its own
-        subscription (claimed by this run alone), so their provider calls and transactions
-        overlap instead of queueing (on a server database, over the pool's connections)."""
+        """The batch's renewals together (``renewals.renew_round``: one transaction to open
+        them, the provider calls ``CONCURRENCY`` at once, one to settle them), and its other
+        items side by side, at most ``CONCURRENCY`` at once: each is its own subscription
+        (claimed by this run alone), so their provider calls and transactions overlap
+        instead of queueing."""
+        renewing = [item for item in batch if renewals.renewable(item, context)]
+        others = [item for item in batch if not renewals.renewable(item, context)]
         limiter = anyio.CapacityLimiter(CONCURRENCY)
 
         async def one(subscription: Subscription) -> None:
@@ -236,8 +240,73 @@ class JobsService:
             outcomes.update([done] if isinstance(done, str) else done)
 
         async with anyio.create_task_group() as group:
-            for subscription in batch:
+            for subscription in others:
                 group.start_soon(one, subscription)
+            if renewing:
+                await self._renew(context, renewing, outcomes, failures)
+
+    async def _renew(
+        self,
+        context: ServiceContext,
+        subscriptions: Sequence[Subscription],
+        outcomes: Counter[Outcome],
+        failures: list[str],
+    ) -> None:
+        """Every ended period renewed, a round per period (a runner that was down catches up
+        to ``renewals.CATCH_UP`` periods); a round that fails as a whole is done again one
+        subscription at a time, so one bad subscription is recorded and backed off alone."""
+        current = list(subscriptions)
+        for _ in range(renewals.CATCH_UP):
+            current = [item for item in current if renewals.renewable(item, context)]
+            if not current:
+                return
+            try:
+                done = await renewals.renew_round(context, current, concurrency=CONCURRENCY)
+            except Exception as error:
+                if len(current) == 1:
+                    await self._fail(context, current[0], error, failures)
+                    outcomes["errored"] += 1
+                    return
+                done = {}
+                for item in current:
+                    fresh = await self._reread(context, item.id)
+                    if fresh is None:
+                        continue
+                    try:
+                        done |= await renewals.renew_round(context, [fresh], concurrency=1)
+                    except Exception as alone:
+                        await self._fail(context, fresh, alone, failures)
+                        outcomes["errored"] += 1
+            following: list[Subscription] = []
+            for item in current:
+                renewed = done.get(item.id)
+                if renewed is None:
+                    continue
+                if renewed.error is not None:
+                    why = f"{item.id}: {renewed.error}"[:300]
+                    failures.append(why)
+                    await self._back_off(context, renewed.subscription or item, why)
+                    outcomes["errored"] += 1
+                elif renewed.charged == "nothing":
+                    # No card to charge: past due, dunning from now.
+                    outcomes[
+                        await self._change(
+                            context,
+                            renewed.subscription or item,
+                            SubscriptionStatus.PAST_DUE,
+                            "past_due",
+                            outcome="renewal_failed",
+                            past_due_at=context.now(),
+                            dunning_attempts=0,
+                        )
+                    ] += 1
+                else:
+                    outcomes[_RENEWED.get(renewed.charged, "skipped")] += 1
+                    if renewed.charged == "charged":
+                        following.append(
+                            renewed.subscription or await self._reread(context, item.id) or item
+                        )
+            current = following
 
     async def _record_run(
         self,
@@ -276,10 +345,20 @@ class JobsService:
         try:
             return await self._work(context, subscription)
         except Exception as error:  # qzpay's refusals, and a bug or a broken adapter too
-            failure = f"{subscription.id}: {type(error).__name__}: {error}"
-        failures.append(failure[:300])
-        await self._back_off(context, subscription, failure[:300])
+            await self._fail(context, subscription, error, failures)
         return "errored"
+
+    async def _fail(
+        self,
+        context: ServiceContext,
+        subscription: Subscription,
+        error: Exception,
+        failures: list[str],
+    ) -> None:
+        """Record what raised for ``subscription`` and back it off."""
+        failure = f"{subscription.id}: {type(error).__name__}: {error}"[:300]
+        failures.append(failure)
+        await self._back_off(context, subscription, failure)
 
     async def _back_off(
         self, context: ServiceContext, subscription: Subscription, why: str
@@ -317,8 +396,6 @@ class JobsService:
         ending = subscription.cancel_at_period_end and now >= subscription.current_period_end
         if ending and status in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE):
             return await self._end_period(context, subscription)
-        if status == SubscriptionStatus.ACTIVE and now >= subscription.current_period_end:
-            return await self._renew(context, subscription, now)
         if status == SubscriptionStatus.PAST_DUE:
             charged = await renewals.retry(context, subscription)
             if charged == "nothing":
@@ -343,29 +420,6 @@ class JobsService:
         ):
             return await self._resume(context, subscription)
         return await self._reschedule(context, subscription)
-
-    async def _renew(
-        self, context: ServiceContext, subscription: Subscription, now: datetime
-    ) -> list[Outcome]:
-        """Every period that ended renewed (``renewals.renew``); one with no card to charge
-        makes the subscription past due, dunning from now."""
-        done: list[Outcome] = []
-        for charged in await renewals.renew(context, subscription):
-            if charged == "nothing":
-                done.append(
-                    await self._change(
-                        context,
-                        subscription,
-                        SubscriptionStatus.PAST_DUE,
-                        "past_due",
-                        outcome="renewal_failed",
-                        past_due_at=now,
-                        dunning_attempts=0,
-                    )
-                )
-            else:
-                done.append(_RENEWED.get(charged, "skipped"))
-        return done
 
     async def _remind(self, context: ServiceContext, subscription: Subscription) -> Outcome:
         async def remind(uow: UnitOfWork, current: Subscription) -> Subscription:

@@ -2,40 +2,59 @@
 one and charged, intent first; a past-due one's open invoice is charged again on the
 dunning schedule.
 
-A renewal is two steps. One transaction moves the subscription into its next period and
-finalizes the period's invoice (the subscription's draft, with any pending proration
-lines, plus the period's line at the subscription's price and quantity; numbered at
-finalize). Then the invoice is charged (``invoicing.charge_invoice``: a pending payment
-committed before the provider call, one attempt per invoice in flight). What the charge
-comes to is applied by the settle (``charging``): a failure makes the subscription
-``past_due`` and starts dunning, wherever the failure is learnt (the call, a later
-reconciliation, a webhook). A run killed between the two steps leaves a finalized, unpaid
-invoice and the subscription due: the next run charges that invoice, it never renews twice.
+Renewals go in rounds (``renew_round``), one period of every subscription of a claimed
+batch at a time, in two transactions around the provider calls:
+
+1. **Open.** One transaction reads what the batch needs (its drafts and open invoices,
+   cards, provider customers, promo codes: a few reads, whatever the batch's size), takes
+   an invoice number per renewal, and writes, per subscription, the period's invoice
+   finalized (its draft, with any pending proration lines, plus the period's line at the
+   subscription's price and quantity), its ``pending`` payment, and the subscription moved
+   into its next period: each row written once, so each table is one multi-row statement.
+2. **Charge.** The provider is called for each pending payment, ``concurrency`` at once,
+   each with its own key (``charging.call_provider``).
+3. **Settle.** One transaction writes every answer (``charging.write_outcome``): payment,
+   invoice paid or its failure, the subscription moved by what the charge came to (a
+   failure makes it ``past_due`` and starts dunning). If a concurrent edit makes the batch
+   stale, each payment is settled on its own, reading its rows afresh.
+
+A run killed between 1 and 3 leaves pending payments of open invoices: their outcome is
+reconciled (``charging``), never charged again, and the period is never renewed twice. A
+subscription that already has an open invoice (an earlier run renewed it and died before
+the charge) gets that invoice charged instead of a new one. The job runner does a round
+again for the subscriptions still behind (``CATCH_UP``), and a round that fails as a whole
+item by item, so one bad subscription fails alone (``qzpay.services.jobs``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
+from uuid import UUID
 
+import anyio
 import attrs
 
 from qzpay.contracts.filters import one_of
+from qzpay.contracts.provider import ChargeResult
 from qzpay.domain import schedule
-from qzpay.domain.enums import InvoiceStatus, SubscriptionStatus
+from qzpay.domain.enums import InvoiceStatus, PaymentStatus, SubscriptionStatus
 from qzpay.domain.invoices import Invoice
-from qzpay.domain.payments import Payment
+from qzpay.domain.payments import Payment, PaymentMethod
+from qzpay.domain.promotions import PromoCode
 from qzpay.domain.subscriptions import Subscription
 from qzpay.errors import ConflictError, InvalidStateError
 from qzpay.money import format_amount
 from qzpay.services import charging, invoicing
-from qzpay.services.context import ServiceContext, UnitOfWork
+from qzpay.services.context import ServiceContext, UnitOfWork, every
 
 Charged = Literal["charged", "failed", "skipped", "nothing"]
 """What charging an invoice came to: paid, declined, its outcome not known yet, or nothing
 charged (no open invoice, or no card to charge it to)."""
 ATTEMPTS = 3
-"""How often the period move is tried again after a concurrent edit of the subscription."""
+"""How often a round's first transaction is tried again after a concurrent edit of one of
+its subscriptions (each time on the rows as they now are)."""
 
 
 CATCH_UP = 100
@@ -43,42 +62,278 @@ CATCH_UP = 100
 catches up period by period, each invoiced and charged)."""
 
 
-async def renew(context: ServiceContext, subscription: Subscription) -> list[Charged]:
-    """Renew every period of ``subscription`` that has ended by now, one after the other,
-    until one is not paid (then dunning takes over) or none is left; what each came to."""
-    outcomes: list[Charged] = []
-    current: Subscription | None = subscription
-    for _ in range(CATCH_UP):
-        if current is None or not _renewable(current, context):
-            break
-        charged = await _renew_once(context, current)
-        outcomes.append(charged)
-        if charged != "charged":
-            break
-        current = await _reread(context, current)
-    return outcomes or ["skipped"]
+@attrs.frozen
+class Renewed:
+    """What one subscription's renewal in a round came to.
+
+    ``subscription``: the row as the round left it, where known (the next round renews
+    from it); ``error``: what raised for this subscription alone (its payment, if any, is
+    left pending for reconciliation).
+    """
+
+    charged: Charged
+    subscription: Subscription | None = None
+    error: str | None = None
 
 
-async def _renew_once(context: ServiceContext, subscription: Subscription) -> Charged:
-    """Move ``subscription`` into its next period, invoice it and charge the invoice."""
-    current: Subscription | None = subscription
-    invoice: Invoice | None = None
-    for _ in range(ATTEMPTS):
-        if current is None or not _renewable(current, context):
+@attrs.frozen
+class _Opened:
+    """One renewal as the open transaction wrote it."""
+
+    subscription: Subscription
+    invoice: Invoice
+    payment: Payment | None
+    payable: tuple[PaymentMethod, str] | None
+
+
+async def renew_round(
+    context: ServiceContext, subscriptions: Sequence[Subscription], *, concurrency: int
+) -> dict[UUID, Renewed]:
+    """Renew one period of each renewable subscription of ``subscriptions`` (see the module
+    docstring); what each came to, by subscription id (absent: not renewable any more when
+    read again after a concurrent edit).
+
+    Raises only when the open transaction fails (nothing was written then); a failure
+    after it is reported on the subscription it belongs to (``Renewed.error``).
+    """
+    opened, unpaid = await _open_round(context, subscriptions)
+    done: dict[UUID, Renewed] = {}
+    for invoice in unpaid:
+        assert invoice.subscription_id is not None
+        try:
+            done[invoice.subscription_id] = Renewed(await charge(context, invoice))
+        except Exception as error:  # this subscription's alone: the others go on
+            done[invoice.subscription_id] = Renewed("skipped", error=_failure(error))
+    answers, errors = await _charge_all(context, opened, concurrency)
+    settled, late = await _settle_all(context, opened, answers)
+    errors.update(late)
+    for item in opened:
+        sub_id = item.subscription.id
+        if sub_id in errors:
+            done[sub_id] = Renewed("skipped", error=errors[sub_id])
+        elif item.payment is None:
+            paid = item.invoice.status == InvoiceStatus.PAID  # nothing was due
+            done[sub_id] = Renewed("charged" if paid else "nothing", item.subscription)
+        elif sub_id in settled:
+            outcome = settled[sub_id]
+            status = outcome.payment.status
+            charged: Charged = (
+                "charged"
+                if status == PaymentStatus.SUCCEEDED
+                else "failed"
+                if status == PaymentStatus.FAILED
+                else "skipped"
+            )
+            done[sub_id] = Renewed(charged, outcome.subscription or item.subscription)
+        else:
+            done[sub_id] = Renewed("skipped")  # the outcome is unknown: reconciled later
+    return done
+
+
+async def _open_round(
+    context: ServiceContext, subscriptions: Sequence[Subscription]
+) -> tuple[list[_Opened], list[Invoice]]:
+    """The open transaction, again on fresh rows after a concurrent edit."""
+    current = [item for item in subscriptions if renewable(item, context)]
+    for attempt in range(ATTEMPTS):
+        if not current:
             break
         try:
-            async with context.unit_of_work() as uow:
-                unpaid = await open_invoice(uow, current)
-                if unpaid is not None:
-                    invoice = unpaid  # an earlier run renewed it and died before charging
-                else:
-                    invoice = await _next_period(uow, context, current)
-            break
+            return await _open(context, current)
         except ConflictError:
-            current = await _reread(context, subscription)
-    if invoice is None:
-        return "skipped"
-    return await charge(context, invoice)
+            if attempt + 1 == ATTEMPTS:
+                raise
+            async with context.unit_of_work(readonly=True) as uow:
+                fresh = await uow.tx.get_many(*((Subscription, item.id) for item in current))
+            current = [item for item in fresh if item is not None and renewable(item, context)]
+    return [], []
+
+
+async def _open(
+    context: ServiceContext, subscriptions: Sequence[Subscription]
+) -> tuple[list[_Opened], list[Invoice]]:
+    async with context.unit_of_work() as uow:
+        drafts: dict[UUID, Invoice] = {}
+        unpaid: dict[UUID, Invoice] = {}
+        for invoice in await every(
+            uow.tx,
+            Invoice,
+            {
+                "subscription_id": one_of([item.id for item in subscriptions]),
+                "status": one_of([InvoiceStatus.DRAFT, InvoiceStatus.OPEN]),
+            },
+        ):  # newest first: the newest of each kind wins
+            assert invoice.subscription_id is not None
+            kept = drafts if invoice.status == InvoiceStatus.DRAFT else unpaid
+            kept.setdefault(invoice.subscription_id, invoice)
+        payable = await charging.chargeable_methods(
+            uow.tx,
+            [(item.customer_id, item.default_payment_method_id) for item in subscriptions],
+            context.provider.name,
+        )
+        promos = await _promo_codes(uow, subscriptions)
+        renewing = [item for item in subscriptions if item.id not in unpaid]
+        # Every read (the numbers too) before any write, so the writes go together.
+        numbers = [await uow.tx.next_number(invoicing.NUMBER_SEQUENCE) for _ in renewing]
+        opened = [
+            await _open_one(
+                uow,
+                context,
+                item,
+                number,
+                drafts.get(item.id),
+                payable.get((item.customer_id, item.default_payment_method_id)),
+                None if item.promo_code_id is None else promos.get(item.promo_code_id),
+            )
+            for item, number in zip(renewing, numbers, strict=True)
+        ]
+    return opened, [unpaid[item.id] for item in subscriptions if item.id in unpaid]
+
+
+async def _promo_codes(
+    uow: UnitOfWork, subscriptions: Sequence[Subscription]
+) -> dict[UUID, PromoCode]:
+    """The batch's promo codes, deleted ones too (a code applies for its duration once
+    redeemed, whatever became of it since)."""
+    wanted = sorted({item.promo_code_id for item in subscriptions if item.promo_code_id})
+    if not wanted:
+        return {}
+    found = await uow.tx.get_many(*((PromoCode, code) for code in wanted))
+    codes: dict[UUID, PromoCode] = {code.id: code for code in found if code is not None}
+    for code_id in wanted:
+        if code_id not in codes:
+            deleted = await uow.tx.get(PromoCode, code_id, include_deleted=True)
+            if deleted is not None:
+                codes[code_id] = deleted
+    return codes
+
+
+async def _open_one(
+    uow: UnitOfWork,
+    context: ServiceContext,
+    subscription: Subscription,
+    number: int,
+    draft: Invoice | None,
+    payable: tuple[PaymentMethod, str] | None,
+    promo: PromoCode | None,
+) -> _Opened:
+    """One renewal's writes: the period's invoice finalized as ``number``, its pending
+    payment (when money is due and there is a card), the subscription moved on."""
+    start, end = invoicing.renewal_period(subscription)
+    invoice = await invoicing.issue(
+        uow,
+        context,
+        draft
+        or invoicing.draft_invoice(
+            uow,
+            customer_id=subscription.customer_id,
+            currency=subscription.currency,
+            subscription_id=subscription.id,
+            period_start=start,
+            period_end=end,
+        ),
+        [_period_line(subscription, start, end)],
+        stored=draft is not None,
+        number=number,
+        promo=promo,
+        subscription=subscription,
+        attempt=payable is not None,
+    )
+    payment = None
+    if invoice.status == InvoiceStatus.OPEN and payable is not None:
+        payment = charging.pending_payment(
+            uow,
+            context,
+            customer_id=subscription.customer_id,
+            method=payable[0],
+            amount=invoice.amount_due,
+            currency=invoice.currency,
+            subscription_id=subscription.id,
+            invoice_id=invoice.id,
+            description=f"Invoice {invoice.number}",
+        )
+        await charging.open_attempt(uow, payment, new_invoice=True)
+    moved = attrs.evolve(
+        subscription, current_period_start=start, current_period_end=end, updated_at=uow.now
+    )
+    renewed = await uow.tx.update(schedule.scheduled(moved, context.settings))
+    await uow.record(
+        "subscription.renewed",
+        renewed,
+        changes={
+            "period": [start.isoformat(), end.isoformat()],
+            "invoice": invoice.number or str(invoice.id),
+        },
+    )
+    return _Opened(renewed, invoice, payment, payable)
+
+
+async def _charge_all(
+    context: ServiceContext, opened: Sequence[_Opened], concurrency: int
+) -> tuple[dict[UUID, ChargeResult | None], dict[UUID, str]]:
+    """The provider's answer to each pending payment (``None``: unknown), ``concurrency``
+    calls at once; and what raised, by subscription."""
+    answers: dict[UUID, ChargeResult | None] = {}
+    errors: dict[UUID, str] = {}
+    limiter = anyio.CapacityLimiter(concurrency)
+
+    async def one(item: _Opened) -> None:
+        assert item.payment is not None
+        assert item.payable is not None
+        async with limiter:
+            try:
+                answers[item.payment.id] = await charging.call_provider(
+                    context, item.payment, *item.payable
+                )
+            except Exception as error:  # the payment stays pending: reconciled later
+                errors[item.subscription.id] = _failure(error)
+
+    async with anyio.create_task_group() as group:
+        for item in opened:
+            if item.payment is not None:
+                group.start_soon(one, item)
+    return answers, errors
+
+
+async def _settle_all(
+    context: ServiceContext,
+    opened: Sequence[_Opened],
+    answers: dict[UUID, ChargeResult | None],
+) -> tuple[dict[UUID, charging.Settled], dict[UUID, str]]:
+    """Every answer written in one transaction; each on its own (reading its rows) if a
+    concurrent edit made the batch stale."""
+    answered = [
+        (item, result)
+        for item in opened
+        if item.payment is not None and (result := answers.get(item.payment.id)) is not None
+    ]
+    settled: dict[UUID, charging.Settled] = {}
+    errors: dict[UUID, str] = {}
+    if not answered:
+        return settled, errors
+    try:
+        async with context.unit_of_work() as uow:
+            for item, result in answered:
+                assert item.payment is not None
+                settled[item.subscription.id] = await charging.write_outcome(
+                    uow, context, item.payment, result, item.subscription, item.invoice
+                )
+        return settled, errors
+    except ConflictError:
+        settled.clear()
+    for item, result in answered:
+        assert item.payment is not None
+        try:
+            settled[item.subscription.id] = await charging.settle_attempt(
+                context, item.payment.id, result
+            )
+        except Exception as error:  # left pending: reconciled later
+            errors[item.subscription.id] = _failure(error)
+    return settled, errors
+
+
+def _failure(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"[:300]
 
 
 async def retry(context: ServiceContext, subscription: Subscription) -> Charged:
@@ -154,34 +409,13 @@ async def open_invoice(uow: UnitOfWork, subscription: Subscription) -> Invoice |
     return page.items[0] if page.items else None
 
 
-def _renewable(subscription: Subscription, context: ServiceContext) -> bool:
+def renewable(subscription: Subscription, context: ServiceContext) -> bool:
+    """Whether a period of ``subscription`` ended and is to be renewed now."""
     return (
         subscription.status == SubscriptionStatus.ACTIVE
         and not subscription.cancel_at_period_end
         and subscription.current_period_end <= context.now()
     )
-
-
-async def _next_period(
-    uow: UnitOfWork, context: ServiceContext, subscription: Subscription
-) -> Invoice:
-    start, end = invoicing.renewal_period(subscription)
-    draft = await invoicing.upcoming_draft(uow, subscription)
-    draft = await invoicing.add_lines(uow, draft, [_period_line(subscription, start, end)])
-    invoice = await invoicing.finalize_in(uow, context, draft)
-    moved = attrs.evolve(
-        subscription, current_period_start=start, current_period_end=end, updated_at=uow.now
-    )
-    renewed = await uow.tx.update(schedule.scheduled(moved, context.settings))
-    await uow.record(
-        "subscription.renewed",
-        renewed,
-        changes={
-            "period": [start.isoformat(), end.isoformat()],
-            "invoice": invoice.number or str(invoice.id),
-        },
-    )
-    return invoice
 
 
 def _period_line(subscription: Subscription, start: datetime, end: datetime) -> invoicing.LineDraft:
@@ -198,8 +432,3 @@ def _period_line(subscription: Subscription, start: datetime, end: datetime) -> 
         period_start=start,
         period_end=end,
     )
-
-
-async def _reread(context: ServiceContext, subscription: Subscription) -> Subscription | None:
-    async with context.unit_of_work(readonly=True) as uow:
-        return await uow.tx.get(Subscription, subscription.id)

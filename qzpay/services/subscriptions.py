@@ -49,7 +49,7 @@ from qzpay.errors import ConflictError, InvalidStateError, ValidationError
 from qzpay.ids import new_id
 from qzpay.services import charging, idempotency, invoicing
 from qzpay.services.catalog import trial_days as checked_trial_days
-from qzpay.services.context import ServiceContext, UnitOfWork, missing, require
+from qzpay.services.context import ServiceContext, UnitOfWork, every, missing, require
 from qzpay.services.promo_codes import normalized_code, redeem_for_subscription
 from qzpay.timestamps import aware_utc
 from qzpay.transitions import transition
@@ -746,20 +746,8 @@ async def cancel_customer_subscriptions(
 ) -> list[Subscription]:
     """Cancel every live subscription of ``customer_id`` at once, in ``uow`` (a customer's
     deletion: Stripe's rule, so a deleted customer is never billed again)."""
-    canceled: list[Subscription] = []
-    cursor: str | None = None
-    while True:
-        page = await uow.tx.list(
-            Subscription,
-            filters={"customer_id": customer_id, "status": one_of(LIVE)},
-            limit=100,
-            cursor=cursor,
-        )
-        for subscription in page.items:
-            canceled.append(await cancel_now(uow, context, subscription))
-        if page.next_cursor is None:
-            return canceled
-        cursor = page.next_cursor
+    live = await every(uow.tx, Subscription, {"customer_id": customer_id, "status": one_of(LIVE)})
+    return [await cancel_now(uow, context, subscription) for subscription in live]
 
 
 async def _change_price(
