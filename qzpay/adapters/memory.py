@@ -441,12 +441,13 @@ class _MemoryTransaction:
         self._put(table, updated)
         return updated  # type: ignore[no-any-return]
 
-    async def next_number(self, sequence: str) -> int:
+    async def next_number(self, sequence: str, *, count: int = 1) -> int:
         self._check_writable()
+        taken = rules.number_count(count)
         key = (self._scope.livemode, self._scope.tenant_id, rules.sequence_name(sequence))
         sequences = self._sequences
         previous = sequences.get(key, 0)
-        sequences[key] = previous + 1
+        sequences[key] = previous + taken
 
         def undo() -> None:
             if previous:

@@ -264,6 +264,19 @@ def sequence_name(name: object) -> str:
     return name
 
 
+MAX_NUMBERS = 1000
+"""Most numbers one ``next_number`` call takes (a batch's, at most)."""
+
+
+def number_count(count: object) -> int:
+    """How many numbers a ``next_number`` call takes: an int from 1 to ``MAX_NUMBERS``."""
+    if type(count) is not int or not 1 <= count <= MAX_NUMBERS:
+        raise ValidationError(
+            f"must be an integer from 1 to {MAX_NUMBERS}", field="count", rule="number_count"
+        )
+    return count
+
+
 def unique_key_on(spec: EntitySpec[Any], on: Iterable[str]) -> UniqueKey:
     columns = tuple(on)
     key = spec.unique_key(columns)

@@ -11,7 +11,9 @@ change when the bound refuses; ``NotFoundError`` for a missing row; the version 
 ``at`` stamps ``updated_at``.
 
 ``next_number``: per sequence name (per scope: the isolation groups), gapless, and a number
-taken by a transaction that rolled back is given out again.
+taken by a transaction that rolled back is given out again; ``count`` takes a block of
+consecutive numbers at once (blocks taken concurrently never overlap), and a count that is
+not an int from 1 to 1000 is refused.
 
 ``insert_or_get``: the stored row and ``False`` the second time; ``ConflictError`` when
 another unique key of the entity is taken; ``ValidationError`` for an ``on`` that is not a
@@ -29,6 +31,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import attrs
 import pytest
@@ -380,6 +383,50 @@ async def test_sequences_count_per_name(shared: Shared) -> None:
         f"next_number on sequences a, a, b, a, b gave {numbers}: expected 1, 2, 1, 3, 2",
         "keep one counter per sequence name (and scope)",
     )
+
+
+async def test_a_block_of_numbers_is_taken_at_once(shared: Shared, connections: str) -> None:
+    stores = await shared.stores(connections)
+    sequence = f"block.{entities.tag()}"
+
+    async def allocate(index: int) -> tuple[int, int]:
+        size = 1 + index % 5
+        async with _pick(stores, index).transaction(TEST) as tx:
+            return await tx.next_number(sequence, count=size), size
+
+    outcomes = await run_concurrently(40, allocate)
+    errors = [o.error for o in outcomes if o.error is not None]
+    blocks = sorted(o.value for o in outcomes if o.value is not None)
+    numbers = sorted(first + offset for first, size in blocks for offset in range(size))
+    async with stores[0].transaction(TEST) as tx:
+        after = await tx.next_number(sequence)
+    expect.that(
+        not errors and numbers == list(range(1, len(numbers) + 1)) and after == len(numbers) + 1,
+        f"40 concurrent next_number(count=1..5) gave blocks {blocks[:6]}... covering "
+        f"{len(numbers)} numbers (distinct: {len(set(numbers))}), then next_number gave "
+        f"{after}, with {describe(errors)}; expected disjoint blocks covering 1..{len(numbers)}, "
+        f"then {len(numbers) + 1}",
+        "add count to the counter in one step and return the first of the block (last - count + 1)",
+    )
+    async with stores[0].transaction(TEST) as tx:
+        refused = [
+            name
+            for name, bad in (("zero", 0), ("too many", 1001), ("not an int", "2"))
+            if not await _refuses_count(tx, sequence, bad)
+        ]
+    expect.that(
+        not refused,
+        f"next_number accepted count {refused}",
+        "refuse a count that is not an int from 1 to 1000 with ValidationError(field='count')",
+    )
+
+
+async def _refuses_count(tx: Any, sequence: str, count: object) -> bool:
+    try:
+        await tx.next_number(sequence, count=count)
+    except ValidationError as error:
+        return error.field == "count"
+    return False
 
 
 async def test_invoice_numbers_are_gapless_under_concurrency(

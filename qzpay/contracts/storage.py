@@ -255,11 +255,14 @@ class StorageTransaction(Protocol):
         """
         ...
 
-    async def next_number(self, sequence: str) -> int:
+    async def next_number(self, sequence: str, *, count: int = 1) -> int:
         """The next number of the gapless sequence ``sequence`` in this scope: 1, 2, 3...
 
         Never twice, never a gap: a number taken by a transaction that rolls back is given
-        out again. Each (sequence, livemode, tenant) counts on its own.
+        out again. Each (sequence, livemode, tenant) counts on its own. ``count`` (1 to
+        1000) takes that many consecutive numbers at once and returns the first (a renewal
+        batch numbers its invoices in one step); anything else is a ``ValidationError``
+        (field ``count``).
         """
         ...
 

@@ -174,7 +174,12 @@ async def _open(
         promos = await _promo_codes(uow, subscriptions)
         renewing = [item for item in subscriptions if item.id not in unpaid]
         # Every read (the numbers too) before any write, so the writes go together.
-        numbers = [await uow.tx.next_number(invoicing.NUMBER_SEQUENCE) for _ in renewing]
+        first = (
+            await uow.tx.next_number(invoicing.NUMBER_SEQUENCE, count=len(renewing))
+            if renewing
+            else 0
+        )
+        numbers = range(first, first + len(renewing))
         opened = [
             await _open_one(
                 uow,

@@ -127,8 +127,8 @@ class WrappedTransaction:
     ) -> E | None:
         return await self.inner.increment(kind, id, column, by, at_most=at_most, at=at)
 
-    async def next_number(self, sequence: str) -> int:
-        return await self.inner.next_number(sequence)
+    async def next_number(self, sequence: str, *, count: int = 1) -> int:
+        return await self.inner.next_number(sequence, count=count)
 
     async def insert_or_get(self, entity: E, *, on: Sequence[str]) -> tuple[E, bool]:
         return await self.inner.insert_or_get(entity, on=on)
@@ -469,6 +469,17 @@ class _NoVersionCheck(WrappedTransaction):
 
 def make_skips_the_version_check(options: StoreOptions) -> StoreHandle:
     return _wrapped(factories.memory(options), _NoVersionCheck)
+
+
+class _OneNumberPerBlock(WrappedTransaction):
+    """``next_number(count=n)`` takes one number whatever ``n``: a block overlaps the next."""
+
+    async def next_number(self, sequence: str, *, count: int = 1) -> int:
+        return await self.inner.next_number(sequence)
+
+
+def make_numbers_a_block_as_one(options: StoreOptions) -> StoreHandle:
+    return _wrapped(factories.memory(options), _OneNumberPerBlock)
 
 
 class _RacyIncrement(_MemoryTransaction):

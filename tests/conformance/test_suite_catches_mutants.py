@@ -28,6 +28,7 @@ MUTANTS: dict[str, str] = {
     "skips_the_version_check": "optimistic_locking",
     "increments_non_atomically": "atomic_operations",
     "double_claims": "atomic_operations",
+    "numbers_a_block_as_one": "atomic_operations",
     "claim_bumps_the_version": "atomic_operations",
     "update_overwrites_the_lease": "atomic_operations",
     "leaves_partial_writes": "transactions",

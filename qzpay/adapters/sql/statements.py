@@ -293,7 +293,8 @@ class Statements:
         )
 
     def next_number(self) -> Compiled:
-        """Bump one named counter of this scope (creating it at 1) and return the new value.
+        """Bump one named counter of this scope by ``:s_count`` (creating it at that value)
+        and return the new value: the last of the numbers taken.
 
         The upsert holds the counter row's lock until the transaction ends, so concurrent
         allocations queue on it, and a rolled-back allocation is given out again: no gap.
@@ -306,10 +307,13 @@ class Statements:
             values: dict[str, Any] = {name: bindparam(f"s_{name}") for name in (*scope, "name")}
             return (
                 dialect_insert(table)
-                .values(**values, last_number=literal_column("1"))
+                .values(**values, last_number=bindparam("s_count", type_=table.c.last_number.type))
                 .on_conflict_do_update(
                     index_elements=[*scope, "name"],
-                    set_={"last_number": table.c.last_number + literal_column("1")},
+                    set_={
+                        "last_number": table.c.last_number
+                        + bindparam("s_count", type_=table.c.last_number.type)
+                    },
                 )
                 .returning(table.c.last_number)
             )

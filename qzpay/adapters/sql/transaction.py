@@ -287,12 +287,13 @@ class SqlTransaction:
 
     # -- atomic primitives ---------------------------------------------------------------
 
-    async def next_number(self, sequence: str) -> int:
+    async def next_number(self, sequence: str, *, count: int = 1) -> int:
         """The scope's counter row, upserted: its lock queues concurrent allocations."""
         self._check_writable()
-        params = {**self._scope_params, "s_name": rules.sequence_name(sequence)}
+        taken = rules.number_count(count)
+        params = {**self._scope_params, "s_name": rules.sequence_name(sequence), "s_count": taken}
         rows = await self._fetch(self._store.statements.next_number(), params)
-        return int(rows[0][0])
+        return int(rows[0][0]) - taken + 1
 
     def _lease(self, now: datetime, lease: timedelta) -> dict[str, Any]:
         """The lease parameters of a claim; the server's clock where there is one."""
