@@ -1151,7 +1151,7 @@ def _print(document: Mapping[str, Any]) -> None:
             short = (
                 ""
                 if verdict == "met"
-                else f", {TARGET_RATIO / r['ratio']:.0f}x short of the target"
+                else f", {TARGET_RATIO / r['ratio']:.2f}x short of the target"
             )
             print(
                 f"target: {r['label']} >= {TARGET_RATIO}x raw: {r['ratio']:.3f}x"

@@ -83,6 +83,8 @@ _CONNECTION_ERRORS = (
 # asyncpg refused to encode an argument: raised before anything is sent, the connection is
 # fine. A subclass of InterfaceError, so it is told apart first.
 _CLIENT_DATA_ERROR: type[Exception] = asyncpg.exceptions._base.DataError
+KEYS_SAVEPOINT = "qzpay_keys"
+"""The savepoint a multi-row UPDATE of a kind with unique keys is sent after."""
 _TRANSIENT = (
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
@@ -484,7 +486,36 @@ class _PostgresTransaction(SqlTransaction):
         if multi_row and not self._custom_plans:
             await self._plan_each_time()
         for batch in batches:
-            await self._send_batch(batch, autocommit=autocommit)
+            if batch.reorders_keys:
+                await self._send_reordering(batch)
+            else:
+                await self._send_batch(batch, autocommit=autocommit)
+
+    async def _send_reordering(self, batch: Batch) -> None:
+        """A batch whose multi-row UPDATE may break a unique key that its rows one by one
+        would not (``postgres_batches.reorders_keys``): sent after a savepoint; if it breaks
+        one, the transaction rolls back to the savepoint and sends the writes in order, so
+        a key handed from one row to another lands as written and a real duplicate is still
+        refused (by the in-order statements)."""
+        await self._command(f"SAVEPOINT {KEYS_SAVEPOINT}")
+        try:
+            results = await self._execute(batch)
+        except asyncpg.exceptions.UniqueViolationError:
+            await self._command(f"ROLLBACK TO SAVEPOINT {KEYS_SAVEPOINT}")
+            for again in self._postgres.batches.plan(batch.writes(), in_order=True):
+                await self._send_batch(again, autocommit=False)
+            return
+        except Exception as error:
+            raise self._failure(
+                error, "while writing", sent=False, writing=_tables(batch)
+            ) from None
+        await self._check_hits(batch, results)
+
+    async def _command(self, sql: str) -> None:
+        try:
+            await self.connection.execute(sql)
+        except Exception as error:
+            raise self._failure(error, "while writing", sent=False) from None
 
     async def _send_batch(self, batch: Batch, *, autocommit: bool) -> None:
         for attempt in range(TRANSIENT_RETRIES):
@@ -499,6 +530,11 @@ class _PostgresTransaction(SqlTransaction):
                 raise self._failure(
                     error, "while writing", sent=autocommit, writing=_tables(batch)
                 ) from None
+        await self._check_hits(batch, results)
+
+    async def _check_hits(self, batch: Batch, results: Sequence[Any]) -> None:
+        """A checked write that hit no row: ``ConflictError`` if the row is there (a stale
+        version), ``NotFoundError`` if not."""
         missed = batch.missed(results)
         if missed is not None:
             assert missed.entity_id is not None

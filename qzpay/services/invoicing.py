@@ -186,7 +186,9 @@ def totals_with(
     )
 
 
-def with_totals(invoice: Invoice, totals: InvoiceTotals) -> Invoice:
+def with_totals(invoice: Invoice, totals: InvoiceTotals, **changes: Any) -> Invoice:
+    """``invoice`` with ``totals`` (each amount checked to fit) and any other ``changes``,
+    in one step."""
     return attrs.evolve(
         invoice,
         subtotal=money.amount(totals.subtotal, field="subtotal", minimum=-money.MAX_AMOUNT),
@@ -194,6 +196,7 @@ def with_totals(invoice: Invoice, totals: InvoiceTotals) -> Invoice:
         tax=totals.tax,
         total=money.amount(totals.total, field="total", minimum=-money.MAX_AMOUNT),
         amount_due=totals.amount_due,
+        **changes,
     )
 
 
@@ -311,7 +314,7 @@ async def add_lines(uow: UnitOfWork, invoice: Invoice, lines: Sequence[LineDraft
     totals = totals_with(
         invoice, invoice.subtotal + sum(row.amount for row in rows), promo, subscription
     )
-    updated = await uow.tx.update(attrs.evolve(with_totals(invoice, totals), updated_at=uow.now))
+    updated = await uow.tx.update(with_totals(invoice, totals, updated_at=uow.now))
     for row in rows:
         await uow.tx.insert(row)
     await uow.record(
@@ -327,7 +330,12 @@ async def finalize_in(uow: UnitOfWork, context: ServiceContext, invoice: Invoice
     due (a zero or credit total) becomes paid at once. Records ``invoice.finalized`` (and
     ``invoice.paid``)."""
     number = await uow.tx.next_number(NUMBER_SEQUENCE)
-    opened = finalized(invoice, number, context, uow.now)
+    opened = attrs.evolve(
+        invoice,
+        **finalizing(
+            invoice.status, invoice.amount_due, invoice.due_date, number, context, uow.now
+        ),
+    )
     updated = await uow.tx.update(opened)
     await record_finalized(uow, invoice, updated)
     return updated
@@ -360,10 +368,10 @@ async def issue(
     totals = totals_with(
         draft, draft.subtotal + sum(row.amount for row in rows), promo, subscription
     )
-    drafted = attrs.evolve(with_totals(draft, totals), updated_at=uow.now)
-    opened = finalized(drafted, number, context, uow.now)
-    if attempt and opened.status == InvoiceStatus.OPEN:
-        opened = attrs.evolve(opened, attempt_count=opened.attempt_count + 1)
+    finalize = finalizing(draft.status, totals.amount_due, draft.due_date, number, context, uow.now)
+    if attempt and finalize["status"] == InvoiceStatus.OPEN:
+        finalize["attempt_count"] = draft.attempt_count + 1
+    opened = with_totals(draft, totals, **finalize)
     if stored:
         written = await uow.tx.update(opened)
         await uow.record(
@@ -385,21 +393,28 @@ async def issue(
     return written
 
 
-def finalized(invoice: Invoice, number: int, context: ServiceContext, now: datetime) -> Invoice:
-    """``invoice`` finalized as ``number`` at ``now`` (a pure step): open, or paid at once
-    when nothing is due."""
-    status = invoice_transition(invoice.status, InvoiceStatus.OPEN)
-    opened = attrs.evolve(
-        invoice,
-        status=status,
-        number=invoice_number(context.settings.invoice_number_prefix, number),
-        finalized_at=now,
-        due_date=invoice.due_date or now,
-        updated_at=now,
-    )
-    if opened.amount_due != 0:
-        return opened
-    return attrs.evolve(opened, status=invoice_transition(status, InvoiceStatus.PAID), paid_at=now)
+def finalizing(
+    status: InvoiceStatus,
+    amount_due: int,
+    due_date: datetime | None,
+    number: int,
+    context: ServiceContext,
+    now: datetime,
+) -> dict[str, Any]:
+    """What finalizing an invoice as ``number`` at ``now`` changes (a pure step): open, or
+    paid at once when nothing is due."""
+    opened = invoice_transition(status, InvoiceStatus.OPEN)
+    changes: dict[str, Any] = {
+        "status": opened,
+        "number": invoice_number(context.settings.invoice_number_prefix, number),
+        "finalized_at": now,
+        "due_date": due_date or now,
+        "updated_at": now,
+    }
+    if amount_due == 0:
+        changes["status"] = invoice_transition(opened, InvoiceStatus.PAID)
+        changes["paid_at"] = now
+    return changes
 
 
 async def record_finalized(uow: UnitOfWork, draft: Invoice, written: Invoice) -> None:

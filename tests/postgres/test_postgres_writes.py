@@ -417,6 +417,13 @@ async def _write_each(store: PostgresStorage, writes: list[tuple[str, Any]]) -> 
             await _one(tx, how, row)
 
 
+async def _read(store: PostgresStorage, kind: type[Any], entity_id: Any) -> Any:
+    async with store.transaction(SCOPE, readonly=True) as tx:
+        found = await tx.get(kind, entity_id)
+    assert found is not None
+    return found
+
+
 async def _write_together(store: PostgresStorage, writes: list[tuple[str, Any]]) -> None:
     async with store.transaction(SCOPE) as tx:
         for how, row in writes:
@@ -521,6 +528,74 @@ async def test_two_updates_that_move_a_unique_key_run_in_their_order(
         assert [method.id for method in defaults.items] == [new.id]
 
 
+class _OtherOrder(PostgresBatches):
+    """Sends every multi-row part with its rows reversed (the batch still knows them in
+    their order): an order PostgreSQL may choose for one UPDATE, here on purpose, so that a
+    key handed from one row to another breaks."""
+
+    replanned = 0
+
+    def plan(self, writes: Any, *, in_order: bool = False) -> list[postgres_batches.Batch]:
+        self.replanned += in_order
+        return super().plan(writes, in_order=in_order)
+
+    def _batch(self, parts: list[Part]) -> postgres_batches.Batch:
+        sent = super()._batch([Part(tuple(reversed(p.writes)), p.multi) for p in parts])
+        return sent._replace(parts=parts)
+
+
+async def test_a_multi_row_update_that_breaks_a_key_is_sent_again_in_order(
+    storage: PostgresStorage,
+) -> None:
+    """Two customers' defaults handed from an old card to a new one in one transaction: sent
+    as one multi-row UPDATE in the other order, a one-default key breaks; the transaction
+    rolls back to its savepoint, writes them in order, and commits."""
+    ann, bob = _customer(1), _customer(2)
+
+    def card(customer: Customer, name: str, *, default: bool) -> PaymentMethod:
+        return PaymentMethod(
+            id=new_id(), livemode=False, customer_id=customer.id, provider="fake",
+            provider_id=name, type="card", is_default=default, created_at=NOW, updated_at=NOW,
+        )  # fmt: skip
+
+    # Stored (and numbered) as new-before-old for ann and old-before-new for bob, sent
+    # reversed: however PostgreSQL walks the rows (the table, the ids, the arrays), it sets
+    # one customer's new default before it unsets the old one.
+    ann_new = card(ann, "pm_1", default=False)
+    ann_old = card(ann, "pm_2", default=True)
+    bob_old = card(bob, "pm_3", default=True)
+    bob_new = card(bob, "pm_4", default=False)
+    for row in (ann, bob, ann_new, ann_old, bob_old, bob_new):
+        await _write_together(storage, [("insert", row)])
+    storage._batches = reversing = _OtherOrder()
+    async with storage.transaction(SCOPE) as tx:
+        for old, new in ((ann_old, ann_new), (bob_old, bob_new)):
+            await tx.update(attrs.evolve(old, is_default=False))
+            await tx.update(attrs.evolve(new, is_default=True))
+        for i in range(3, 3 + postgres_batches.SMALL):  # more than a small call's writes
+            await tx.insert(_customer(i))
+    assert reversing.replanned == 1  # broke a key, and was sent again in order
+    async with storage.transaction(SCOPE, readonly=True) as tx:
+        defaults = await tx.list(PaymentMethod, filters={"is_default": True})
+        assert await tx.count(Customer) == 2 + postgres_batches.SMALL
+    assert {method.id for method in defaults.items} == {ann_new.id, bob_new.id}
+    # A real duplicate is still refused, and nothing of its transaction is kept.
+    current = await _read(storage, PaymentMethod, ann_old.id)
+
+    async def two_defaults() -> None:
+        async with storage.transaction(SCOPE) as tx:
+            await tx.update(attrs.evolve(current, is_default=True))
+            for i in range(20, 20 + postgres_batches.SMALL):
+                await tx.insert(_customer(i))
+
+    with pytest.raises(ConflictError):
+        await two_defaults()
+    async with storage.transaction(SCOPE, readonly=True) as tx:
+        defaults = await tx.list(PaymentMethod, filters={"is_default": True})
+        assert await tx.count(Customer) == 2 + postgres_batches.SMALL
+    assert {method.id for method in defaults.items} == {ann_new.id, bob_new.id}
+
+
 async def test_the_old_default_is_unset_before_the_new_default_is_inserted(
     storage: PostgresStorage,
 ) -> None:
@@ -585,6 +660,8 @@ def test_grouping_keeps_the_orders_that_matter() -> None:
     def update(row: Any) -> Write:
         spec = spec_for(type(row))
         params = {**storage.codec(type(row)).params(row), "k_id": row.id, "s_livemode": False}
+        if spec.versioned:
+            params["expected_version"] = row.version
         return Write(spec, storage.statements.update(spec), params, True, row.id, None, "update")
 
     def shape(writes: list[Write]) -> list[list[list[str]]]:
@@ -618,13 +695,9 @@ def test_grouping_keeps_the_orders_that_matter() -> None:
         [["insert customer"]],
         [["update customer"], ["insert customer"]],
     ]
-    # Unsetting one default and setting another: never one multi-row UPDATE, which checks
-    # the one-default key row by row in no promised order.
-    assert shape([update(old), update(attrs.evolve(other, is_default=True))]) == [
-        [["update payment_method"], ["update payment_method"]]
-    ]
-    # Kinds without unique keys (a renewal's subscriptions) update as one statement;
-    # invoices (their number) and payments (their provider id) have one, so they do not.
+    # Updates group whatever their kind's unique keys (a renewal batch's subscriptions,
+    # payments and invoices); a multi-row one of a kind with unique keys is planned to be
+    # sent optimistically, and one row per part when asked for the order.
     plan = entities.plan(SCOPE)
     price = entities.price(SCOPE, plan.id)
     renewed = [entities.subscription(SCOPE, c, price) for c in (ann, bob)]
@@ -632,5 +705,13 @@ def test_grouping_keeps_the_orders_that_matter() -> None:
         [["update subscription", "update subscription"]]
     ]
     paid = [entities.payment(SCOPE, ann), entities.payment(SCOPE, bob)]
-    assert shape([update(row) for row in paid]) == [[["update payment"], ["update payment"]]]
-    assert shape([update(first), update(second)]) == [[["update invoice"], ["update invoice"]]]
+    assert shape([update(row) for row in paid]) == [[["update payment", "update payment"]]]
+    handed = [update(old), update(attrs.evolve(other, is_default=True))]
+    assert shape(handed) == [[["update payment_method", "update payment_method"]]]
+    [optimistic] = storage.batches.plan(handed)
+    assert optimistic.reorders_keys
+    [in_order] = storage.batches.plan(handed, in_order=True)
+    assert not in_order.reorders_keys
+    assert [len(part.writes) for part in in_order.parts] == [1, 1]
+    [subscriptions] = storage.batches.plan([update(row) for row in renewed])
+    assert not subscriptions.reorders_keys  # no unique key: nothing to reorder

@@ -12,8 +12,10 @@ very single-row statement the group would otherwise run, so both ways write the 
   $29::BIGINT`` becomes ``UPDATE t SET ... FROM unnest(...) AS u(...) WHERE t.id = u.c27
   AND t.livemode = $28 AND t.version = u.c29 RETURNING t.id``: the version check per row,
   the scope (the same for every row of a transaction) as one value. Updates of a kind
-  with a unique key are the exception: they stay one statement per row (see
-  ``_order_matters``).
+  with a unique key go the same way, optimistically: the batch is marked ``reorders_keys``
+  and sent after a savepoint, and if the multi-row UPDATE breaks a unique key, the
+  transaction rolls back to the savepoint and sends those writes one row per part, in
+  their order (``plan(..., in_order=True)``; see ``reorders_keys``).
 
 The statements of a run are sent together as data-modifying CTEs, ``WITH w0 AS (...), w1
 AS (...) SELECT ...``, one output column per CTE, read in order so that the CTEs run in
@@ -152,12 +154,15 @@ def _all_different(writes: Sequence[Write]) -> bool:
     return len(statements) == len(rows) == len(writes)
 
 
-def _order_matters(write: Write) -> bool:
-    """Whether the rows of a group must be written one after the other.
+def reorders_keys(write: Write) -> bool:
+    """Whether a multi-row statement of ``write``'s group may break a unique key that its
+    writes one after the other would not.
 
     One UPDATE checks unique indexes row by row in an order of its own choosing, so
     updates that hand a unique key from one row to another (unset the old default payment
     method, set the new one) may collide in one statement where one by one they do not.
+    Nearly all such updates move no key (a renewal batch settling its payments and
+    invoices), so they go as one statement, and the rare collision is sent again in order.
     Inserts collide whatever the order, and soft deletes only free keys.
     """
     return write.operation == "update" and bool(write.spec.unique)
@@ -185,6 +190,13 @@ class Batch(NamedTuple):
     """Whether any part must hit its rows (a checked UPDATE or soft delete)."""
     multi_row: bool
     """Whether any part is a multi-row ``unnest`` statement."""
+    reorders_keys: bool = False
+    """Whether a multi-row part updates a kind with unique keys (``reorders_keys``): sent
+    after a savepoint, and again in order if it breaks one."""
+
+    def writes(self) -> list[Write]:
+        """The batch's writes in the order they were planned."""
+        return [write for part in self.parts for write in part.writes]
 
     def missed(self, results: Sequence[Any]) -> Write | None:
         """The first checked write that hit no row (stale version, missing row), if any."""
@@ -219,8 +231,10 @@ class PostgresBatches:
         general shapes, and those of small calls of single-row writes)."""
         return len(self._shapes) + len(self._small)
 
-    def plan(self, writes: Sequence[Write]) -> list[Batch]:
-        """The statements that send ``writes``, in the order they must run."""
+    def plan(self, writes: Sequence[Write], *, in_order: bool = False) -> list[Batch]:
+        """The statements that send ``writes``, in the order they must run; ``in_order``:
+        updates of kinds with unique keys one row per part, in their order (the way back
+        when a multi-row one broke a key)."""
         if len(writes) <= SMALL and _all_different(writes):
             # The common small call (customers.create: a customer and its audit row): each
             # write is its own group, so grouping would change nothing; skip its bookkeeping.
@@ -230,7 +244,7 @@ class PostgresBatches:
             parts: list[Part] = []
             rows = 0
             for group in run:
-                for part in self._parts(group):
+                for part in self._parts(group, in_order=in_order):
                     size = len(part.writes)
                     if parts and (rows + size > CHUNK_ROWS or len(parts) == MAX_PARTS):
                         batches.append(self._batch(parts))
@@ -241,9 +255,9 @@ class PostgresBatches:
                 batches.append(self._batch(parts))
         return batches
 
-    def _parts(self, group: Sequence[Write]) -> list[Part]:
+    def _parts(self, group: Sequence[Write], *, in_order: bool) -> list[Part]:
         first = group[0]
-        if len(group) == 1 or first.operation is None or _order_matters(first):
+        if len(group) == 1 or first.operation is None or (in_order and reorders_keys(first)):
             return [Part((write,), None) for write in group]
         statement = first.statement
         if statement in self._multi:
@@ -295,7 +309,8 @@ class PostgresBatches:
             else:
                 args.extend(part.multi.args(part.writes))
         multi_row = any(part.multi is not None for part in parts)
-        return Batch(self.combined(parts), args, parts, False, checked, multi_row)
+        keys = any(part.multi is not None and reorders_keys(part.writes[0]) for part in parts)
+        return Batch(self.combined(parts), args, parts, False, checked, multi_row, keys)
 
     def combined(self, parts: Sequence[Part]) -> str:
         """The parts as one statement of data-modifying CTEs, built once per shape."""

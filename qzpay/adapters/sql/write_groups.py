@@ -16,11 +16,11 @@ writes buffered before it, which is only safe where no order between them can be
 - **References stay behind their rows.** A write that references (``spec.references``) a
   row inserted by a later group of the run starts a new group, so a statement boundary
   never falls between a row and a row pointing at it in the wrong order.
-- **Updates that may move a unique key go one by one.** An UPDATE of a kind with unique
-  keys never shares a multi-row statement: one row may free a key that another takes (unset
-  the old default payment method, set the new one), and a multi-row UPDATE checks its rows'
-  unique keys one at a time in no order it promises, so it could see both holding the key.
-  Inserts only take keys and soft deletes only free them: they group freely.
+- **Unique keys are per table**, so moving a write ahead of another table's writes never
+  changes which of two rows holds a key first. Within one multi-row UPDATE the order is
+  the database's: PostgreSQL's batches send such a statement optimistically and again row
+  by row if it broke a key (``postgres_batches.reorders_keys``); SQLite's ``executemany``
+  runs its rows in order.
 - Groups keep the order in which they first appeared; writes keep their order inside a
   group. A write whose ``operation`` is unknown gets a group of its own, and nothing
   buffered after it is moved ahead of it.
@@ -86,9 +86,7 @@ def group_writes(writes: Sequence[Write]) -> list[Run]:
 
 def _joins(write: Write) -> bool:
     """Whether ``write`` may join an earlier write's multi-row statement."""
-    if write.operation is None:
-        return False
-    return not (write.operation == "update" and write.spec.unique)
+    return write.operation is not None
 
 
 __all__ = ["Group", "Run", "group_writes"]
