@@ -26,6 +26,10 @@ ALLOWED: Final[Mapping[S, frozenset[S]]] = {
 }
 
 
+ENDED: Final = frozenset(status for status, onward in ALLOWED.items() if not onward)
+"""Statuses a subscription never leaves: it bills nothing more."""
+
+
 def transition(current: S, target: S) -> S:
     """``target`` if a subscription may go there from ``current``; else ``InvalidStateError``."""
     if target not in ALLOWED[current]:

@@ -41,7 +41,7 @@ from qzpay.ids import new_id
 from qzpay.services import invoicing
 from qzpay.services.context import ServiceContext, UnitOfWork, every, require
 from qzpay.services.payment_methods import default_method
-from qzpay.transitions import transition
+from qzpay.transitions import ENDED, transition
 
 PROVIDER_ATTEMPTS = 3
 """Tries of one attempt's provider call on a retryable error, all with the attempt's key."""
@@ -92,15 +92,27 @@ async def chargeable_methods(
     tx: StorageTransaction, wanted: Sequence[tuple[UUID, UUID | None]], provider: str
 ) -> dict[tuple[UUID, UUID | None], tuple[PaymentMethod, str]]:
     """``chargeable_method`` of many ``(customer_id, preferred)`` at once (a renewal
-    batch): three reads whatever their number; the pairs with nothing to charge are absent."""
+    batch): at most three reads whatever their number (the defaults only of customers
+    whose preferred method is not theirs); the pairs with nothing to charge are absent."""
     preferred_ids = sorted({method for _, method in wanted if method is not None})
     found = await every(tx, PaymentMethod, {"id": one_of(preferred_ids)}) if preferred_ids else []
     preferred = {method.id: method for method in found}
-    customers = one_of(sorted({customer for customer, _ in wanted}))
+    unmet = sorted(
+        {
+            customer
+            for customer, method_id in wanted
+            if method_id is None or not _owned(preferred.get(method_id), customer)
+        }
+    )
     defaults = {
         method.customer_id: method
-        for method in await every(tx, PaymentMethod, {"customer_id": customers, "is_default": True})
+        for method in (
+            await every(tx, PaymentMethod, {"customer_id": one_of(unmet), "is_default": True})
+            if unmet
+            else ()
+        )
     }
+    customers = one_of(sorted({customer for customer, _ in wanted}))
     refs = {
         ref.customer_id: ref.provider_customer_id
         for ref in await every(
@@ -541,4 +553,6 @@ async def move(
         updated,
         changes={"status": [subscription.status.value, target.value]},
     )
+    if target in ENDED:
+        await invoicing.drop_upcoming(uow, updated)
     return updated

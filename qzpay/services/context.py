@@ -126,13 +126,23 @@ class ServiceContext:
             return await require(uow.tx, kind, entity_id, field=field)
 
 
-async def every(tx: StorageTransaction, kind: type[E], filters: Mapping[str, Any]) -> list[E]:
+async def every(
+    tx: StorageTransaction,
+    kind: type[E],
+    filters: Mapping[str, Any],
+    *,
+    include_deleted: bool = False,
+) -> list[E]:
     """All rows matching ``filters``, page by page (newest first): for sets known to be
-    small or bounded by a batch (an invoice's lines, a claimed batch's cards)."""
+    small or bounded by a batch (an invoice's lines, a claimed batch's cards). Rows by many
+    ids are ``{"id": one_of(ids)}``: one indexed read, where ``get_many`` joins one lookup
+    per key (for a few rows of different kinds)."""
     rows: list[E] = []
     cursor: str | None = None
     while True:
-        page = await tx.list(kind, filters=dict(filters), limit=100, cursor=cursor)
+        page = await tx.list(
+            kind, filters=dict(filters), limit=100, cursor=cursor, include_deleted=include_deleted
+        )
         rows.extend(page.items)
         if page.next_cursor is None:
             return rows

@@ -294,11 +294,7 @@ class InvoicesService:
                     field="invoice_id",
                     rule="draft_only",
                 )
-            await uow.tx.soft_delete(Invoice, invoice.id, at=uow.now)
-            deleted = attrs.evolve(
-                invoice, deleted_at=uow.now, updated_at=uow.now, version=invoice.version + 1
-            )
-            await uow.record("invoice.deleted", deleted, changes={"status": invoice.status.value})
+            deleted = await invoicing.delete_draft(uow, invoice)
             await idempotency.complete(uow, keyed, deleted)
         return deleted
 
@@ -363,9 +359,7 @@ class InvoicesService:
                     field="subscription_id",
                     rule="no_upcoming_invoice",
                 )
-            draft: Invoice | None = await uow.tx.find(
-                Invoice, subscription_id=subscription.id, status=InvoiceStatus.DRAFT
-            )
+            draft = await invoicing.find_upcoming(uow, subscription)
             pending = [] if draft is None else await _all_lines(uow.tx, draft.id)
             plan: Plan | None = await uow.tx.get(Plan, subscription.plan_id, include_deleted=True)
             start, end = invoicing.renewal_period(subscription)

@@ -29,6 +29,7 @@ from uuid import UUID
 import attrs
 
 from qzpay import money, periods
+from qzpay.contracts.filters import not_null
 from qzpay.domain.enums import Interval, InvoiceStatus, PaymentStatus
 from qzpay.domain.invoice_states import PAYABLE, invoice_transition
 from qzpay.domain.invoice_totals import InvoiceTotals, from_subtotal
@@ -272,15 +273,31 @@ async def new_draft(
     return invoice
 
 
+def period_invoices(subscription_ids: object, status: InvoiceStatus) -> dict[str, object]:
+    """The filters of subscriptions' invoices in ``status`` that bill their periods (the
+    upcoming draft, a renewal's open invoice). A one-off invoice an app made for a
+    subscription with ``billing.invoices.create`` bills no period: it is the app's to
+    finalize, charge or delete, never taken for a renewal's. ``subscription_ids``: one id,
+    or ``one_of`` many."""
+    return {"subscription_id": subscription_ids, "status": status, "period_start": not_null()}
+
+
+async def find_upcoming(uow: UnitOfWork, subscription: Subscription) -> Invoice | None:
+    """The subscription's upcoming draft, if it has one (newest first, should there be
+    two: one per subscription is kept by the subscription's own version check, since
+    every draft is written in a transaction that also updates its subscription)."""
+    filters = period_invoices(subscription.id, InvoiceStatus.DRAFT)
+    page = await uow.tx.list(Invoice, filters=filters, limit=1)
+    return page.items[0] if page.items else None
+
+
 async def upcoming_draft(uow: UnitOfWork, subscription: Subscription) -> Invoice:
-    """The subscription's draft invoice (status draft), created empty if it has none.
+    """The subscription's upcoming draft, created empty if it has none.
 
     The draft bills the subscription's next period (``renewal_period``); at most one per
     subscription, so proration lines gather there until the renewal finalizes it.
     """
-    found: Invoice | None = await uow.tx.find(
-        Invoice, subscription_id=subscription.id, status=InvoiceStatus.DRAFT
-    )
+    found = await find_upcoming(uow, subscription)
     if found is not None:
         return found
     start, end = renewal_period(subscription)
@@ -292,6 +309,26 @@ async def upcoming_draft(uow: UnitOfWork, subscription: Subscription) -> Invoice
         period_start=start,
         period_end=end,
     )
+
+
+async def delete_draft(uow: UnitOfWork, invoice: Invoice) -> Invoice:
+    """Delete a draft (``deleted_at``; it never had a number, so the sequence keeps no
+    gap), checked against the version it was read at; records ``invoice.deleted``."""
+    await uow.tx.soft_delete(Invoice, invoice.id, at=uow.now, expected_version=invoice.version)
+    deleted = attrs.evolve(
+        invoice, deleted_at=uow.now, updated_at=uow.now, version=invoice.version + 1
+    )
+    await uow.record("invoice.deleted", deleted, changes={"status": invoice.status.value})
+    return deleted
+
+
+async def drop_upcoming(uow: UnitOfWork, subscription: Subscription) -> None:
+    """A subscription that ended renews no more, so its draft of pending lines (prorations
+    waiting for a renewal that will not come) is deleted: Stripe bills nothing more for a
+    canceled subscription unless asked to invoice now."""
+    draft = await find_upcoming(uow, subscription)
+    if draft is not None:
+        await delete_draft(uow, draft)
 
 
 async def add_lines(uow: UnitOfWork, invoice: Invoice, lines: Sequence[LineDraft]) -> Invoice:

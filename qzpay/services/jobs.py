@@ -55,6 +55,9 @@ from qzpay.services.subscriptions import resume_now
 BATCH = 100
 CONCURRENCY = 8
 """Items of a batch worked at once (provider calls and transactions in flight)."""
+LANES = 2
+"""Batches in flight at once in one run: while one batch's statements run in the database,
+the other's rows are built (a runner is as safe as two runners: claims are disjoint)."""
 Claimed = TypeVar("Claimed", Subscription, Payment)
 Outcome = Literal[
     "trial_charged",
@@ -194,18 +197,28 @@ class JobsService:
         outcomes: Counter[Outcome] = Counter()
         failures: list[str] = []
         status = JobStatus.SUCCEEDED
-        try:
-            while limit is None or outcomes.total() < limit:
-                size = BATCH if limit is None else min(BATCH, limit - outcomes.total())
-                batch = await self._claim(context, run_id, size, kind=Subscription)
-                if not batch:
-                    break
+        left = [limit]  # items this run may still claim (None: no limit), shared by lanes
+
+        def size() -> int:
+            return BATCH if left[0] is None else min(BATCH, left[0])
+
+        async def claim(kind: type[Claimed]) -> Sequence[Claimed]:
+            if size() <= 0:
+                return ()
+            claimed = await self._claim(context, run_id, size(), kind=kind)
+            if left[0] is not None:
+                left[0] -= len(claimed)
+            return claimed
+
+        async def lane() -> None:
+            while batch := await claim(Subscription):
                 await self._work_batch(context, batch, outcomes, failures)
-            while limit is None or outcomes.total() < limit:
-                size = BATCH if limit is None else min(BATCH, limit - outcomes.total())
-                payments = await self._claim(context, run_id, size, kind=Payment)
-                if not payments:
-                    break
+
+        try:
+            async with anyio.create_task_group() as lanes:
+                for _ in range(LANES):
+                    lanes.start_soon(lane)
+            while payments := await claim(Payment):
                 for payment in payments:
                     await reconcile(context, payment.id)
                     outcomes["reconciled"] += 1

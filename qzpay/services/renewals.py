@@ -133,19 +133,14 @@ async def renew_round(
 async def _open_round(
     context: ServiceContext, subscriptions: Sequence[Subscription]
 ) -> tuple[list[_Opened], list[Invoice]]:
-    """The open transaction, again on fresh rows after a concurrent edit."""
-    current = [item for item in subscriptions if renewable(item, context)]
+    """The open transaction, again after a concurrent edit (``_open`` reads the rows as
+    they are then)."""
     for attempt in range(ATTEMPTS):
-        if not current:
-            break
         try:
-            return await _open(context, current)
+            return await _open(context, subscriptions)
         except ConflictError:
             if attempt + 1 == ATTEMPTS:
                 raise
-            async with context.unit_of_work(readonly=True) as uow:
-                fresh = await uow.tx.get_many(*((Subscription, item.id) for item in current))
-            current = [item for item in fresh if item is not None and renewable(item, context)]
     return [], []
 
 
@@ -153,19 +148,27 @@ async def _open(
     context: ServiceContext, subscriptions: Sequence[Subscription]
 ) -> tuple[list[_Opened], list[Invoice]]:
     async with context.unit_of_work() as uow:
+        ids = one_of([item.id for item in subscriptions])
+        # The rows as they are now: a runner whose lease ran out may find another renewed
+        # them since its claim, and an open invoice it would charge is then not its own.
+        current = {item.id: item for item in await every(uow.tx, Subscription, {"id": ids})}
+        subscriptions = [
+            fresh
+            for item in subscriptions
+            if (fresh := current.get(item.id)) is not None and renewable(fresh, context)
+        ]
+        if not subscriptions:
+            return [], []
+        ids = one_of([item.id for item in subscriptions])
         drafts: dict[UUID, Invoice] = {}
         unpaid: dict[UUID, Invoice] = {}
-        for invoice in await every(
-            uow.tx,
-            Invoice,
-            {
-                "subscription_id": one_of([item.id for item in subscriptions]),
-                "status": one_of([InvoiceStatus.DRAFT, InvoiceStatus.OPEN]),
-            },
-        ):  # newest first: the newest of each kind wins
-            assert invoice.subscription_id is not None
-            kept = drafts if invoice.status == InvoiceStatus.DRAFT else unpaid
-            kept.setdefault(invoice.subscription_id, invoice)
+        for kept, filters in (
+            (drafts, invoicing.period_invoices(ids, InvoiceStatus.DRAFT)),
+            (unpaid, invoicing.period_invoices(ids, InvoiceStatus.OPEN)),
+        ):
+            for invoice in await every(uow.tx, Invoice, filters):  # newest first: it wins
+                assert invoice.subscription_id is not None
+                kept.setdefault(invoice.subscription_id, invoice)
         payable = await charging.chargeable_methods(
             uow.tx,
             [(item.customer_id, item.default_payment_method_id) for item in subscriptions],
@@ -192,6 +195,13 @@ async def _open(
             )
             for item, number in zip(renewing, numbers, strict=True)
         ]
+        for item in subscriptions:
+            if item.id in unpaid:
+                # Taking the open invoice to charge is checked against the row as read, as
+                # a renewal is: on PostgreSQL each read sees the latest commit, so another
+                # runner may have renewed it between the two reads above; then this
+                # transaction conflicts and is tried again on the rows as they are.
+                await uow.tx.update(attrs.evolve(item, updated_at=uow.now))
     return opened, [unpaid[item.id] for item in subscriptions if item.id in unpaid]
 
 
@@ -203,14 +213,8 @@ async def _promo_codes(
     wanted = sorted({item.promo_code_id for item in subscriptions if item.promo_code_id})
     if not wanted:
         return {}
-    found = await uow.tx.get_many(*((PromoCode, code) for code in wanted))
-    codes: dict[UUID, PromoCode] = {code.id: code for code in found if code is not None}
-    for code_id in wanted:
-        if code_id not in codes:
-            deleted = await uow.tx.get(PromoCode, code_id, include_deleted=True)
-            if deleted is not None:
-                codes[code_id] = deleted
-    return codes
+    found = await every(uow.tx, PromoCode, {"id": one_of(wanted)}, include_deleted=True)
+    return {code.id: code for code in found}
 
 
 async def _open_one(
@@ -345,7 +349,10 @@ async def retry(context: ServiceContext, subscription: Subscription) -> Charged:
     """A dunning retry: charge the past-due subscription's open invoice again (a new
     attempt: a new payment row, a new provider key)."""
     async with context.unit_of_work(readonly=True) as uow:
-        invoice = await open_invoice(uow, subscription)
+        current = await uow.tx.get(Subscription, subscription.id)
+        if current is None or not _still_due(current, subscription, context):
+            return "skipped"  # another runner retried it since this one claimed it
+        invoice = await open_invoice(uow, current)
     if invoice is None:
         # Past due with nothing invoiced: a trial whose end charge failed (or found no
         # card). Its first paid period is invoiced now, once, and charged like any retry.
@@ -402,16 +409,21 @@ async def charge(context: ServiceContext, invoice: Invoice) -> Charged:
 
 
 async def open_invoice(uow: UnitOfWork, subscription: Subscription) -> Invoice | None:
-    """The subscription's finalized invoice still to be paid, if any (newest first)."""
-    page = await uow.tx.list(
-        Invoice,
-        filters={
-            "subscription_id": subscription.id,
-            "status": one_of([InvoiceStatus.OPEN]),
-        },
-        limit=1,
-    )
+    """The subscription's finalized period invoice still to be paid, if any (newest
+    first)."""
+    filters = invoicing.period_invoices(subscription.id, InvoiceStatus.OPEN)
+    page = await uow.tx.list(Invoice, filters=filters, limit=1)
     return page.items[0] if page.items else None
+
+
+def _still_due(current: Subscription, claimed: Subscription, context: ServiceContext) -> bool:
+    """Whether the row as it is now still has the work it was claimed for: the same status,
+    and due (a runner whose lease ran out may find its work done by another)."""
+    return (
+        current.status == claimed.status
+        and current.due_at is not None
+        and current.due_at <= context.now()
+    )
 
 
 def renewable(subscription: Subscription, context: ServiceContext) -> bool:

@@ -642,9 +642,10 @@ _FAMILY: Final = {
 async def cancel_now(
     uow: UnitOfWork, context: ServiceContext, current: Subscription
 ) -> Subscription:
-    """``current`` canceled at ``uow.now``: nothing due on it any more (by ``cancel``, a
-    customer's deletion, and the job runner at the end of a period set to cancel)."""
-    return await _write(
+    """``current`` canceled at ``uow.now`` (by ``cancel``, a customer's deletion): nothing
+    due on it any more, and its draft of pending lines is deleted
+    (``invoicing.drop_upcoming``)."""
+    canceled = await _write(
         uow,
         context,
         current,
@@ -654,6 +655,8 @@ async def cancel_now(
         ended_at=uow.now,
         resumes_at=None,
     )
+    await invoicing.drop_upcoming(uow, canceled)
+    return canceled
 
 
 async def _schedule_cancel(

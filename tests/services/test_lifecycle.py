@@ -631,3 +631,49 @@ async def test_an_always_invoice_downgrade_carries_its_credit_to_the_next_invoic
     [draft] = (await billing.invoices.list(subscription_id=sub.id, status="draft")).items
     lines = (await billing.invoices.lines(draft.id)).items
     assert sorted(line.amount for line in lines) == [-1000, 500]
+
+
+# -- a subscription that ends bills nothing more --------------------------------------------
+
+
+async def test_canceling_now_deletes_the_draft_of_pending_prorations(
+    billing: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    setup = await _setup(billing)
+    clock.advance(_halfway(setup.subscription))
+    await billing.subscriptions.update_quantity(setup.subscription.id, 3)
+    [draft] = await _rows(billing, Invoice, subscription_id=setup.subscription.id, status="draft")
+    assert draft.total > 0  # the upgrade's prorations, waiting for the renewal
+    charged = len(fake.charges)
+
+    await billing.subscriptions.cancel(setup.subscription.id)
+
+    assert (
+        await _rows(billing, Invoice, subscription_id=setup.subscription.id, status="draft") == []
+    )
+    audits = (await billing.audit.list(entity_id=draft.id)).items
+    assert audits[0].action == "deleted"
+    clock.advance(timedelta(days=40))
+    await billing.jobs.run_due()
+    assert len(fake.charges) == charged  # nothing billed for a canceled subscription
+
+
+async def test_a_cancel_at_period_end_deletes_the_draft_when_the_period_ends(
+    billing: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    setup = await _setup(billing)
+    clock.advance(_halfway(setup.subscription))
+    await billing.subscriptions.update_quantity(setup.subscription.id, 2)
+    await billing.subscriptions.cancel(setup.subscription.id, at_period_end=True)
+    [draft] = await _rows(billing, Invoice, subscription_id=setup.subscription.id, status="draft")
+    charged = len(fake.charges)
+
+    clock.set(setup.subscription.current_period_end + timedelta(minutes=1))
+    report = await billing.jobs.run_due()
+
+    assert report.canceled == 1
+    ended = await billing.subscriptions.get(setup.subscription.id)
+    assert ended.status == SubscriptionStatus.CANCELED
+    assert await _rows(billing, Invoice, subscription_id=ended.id, status="draft") == []
+    assert (await billing.audit.list(entity_id=draft.id)).items[0].action == "deleted"
+    assert len(fake.charges) == charged

@@ -8,15 +8,19 @@ that the others renew once, the odd one ends right, and nothing is charged twice
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
+import anyio
 import attrs
 import pytest
 
 from qzpay import Billing, Scope
 from qzpay.adapters.clock import FrozenClock
 from qzpay.adapters.fake import FakeProvider
+from qzpay.contracts.storage import StoragePort
 from qzpay.domain.catalog import Price
 from qzpay.domain.enums import InvoiceStatus, PaymentStatus
 from qzpay.domain.invoices import Invoice
@@ -42,6 +46,17 @@ async def _book(billing: Billing, count: int, token: str = "pm_card_visa") -> li
         await billing.payment_methods.attach(customer.id, token=token, set_default=True)
         subscriptions.append(
             await billing.subscriptions.create(customer_id=customer.id, price_id=price.id)
+        )
+    return subscriptions
+
+
+async def _declining(billing: Billing, subscriptions: list[Subscription]) -> list[Subscription]:
+    """Each subscription's customer left with one card, which every charge declines."""
+    for sub in subscriptions:
+        for method in (await billing.payment_methods.list(sub.customer_id)).items:
+            await billing.payment_methods.detach(method.id)
+        await billing.payment_methods.attach(
+            sub.customer_id, token="pm_card_chargeDeclined", set_default=True
         )
     return subscriptions
 
@@ -106,14 +121,7 @@ async def test_rows_edited_after_the_claim_are_renewed_as_they_now_are(
 async def test_an_edit_while_the_batch_is_charged_lets_each_payment_settle_on_its_own(
     billing: Billing, fake: FakeProvider, clock: FrozenClock
 ) -> None:
-    subscriptions = await _book(billing, 3, token="pm_card_visa")
-    for sub in subscriptions:  # every renewal will be declined
-        customer = sub.customer_id
-        for method in (await billing.payment_methods.list(customer)).items:
-            await billing.payment_methods.detach(method.id)
-        await billing.payment_methods.attach(
-            customer, token="pm_card_chargeDeclined", set_default=True
-        )
+    subscriptions = await _declining(billing, await _book(billing, 3))  # renewals decline
     charge = fake.charge
     edited = subscriptions[0].id
 
@@ -169,3 +177,129 @@ async def test_a_renewal_with_a_draft_of_prorations_bills_them_with_the_period(
     assert fake.charges[-1].request.amount in (renewal.total, 2900)
     [plain] = await _rows(billing, Invoice, subscription_id=other.id)
     assert plain.total == 2900
+
+
+async def test_an_apps_one_off_invoices_for_a_subscription_are_never_taken_for_its_renewal(
+    billing: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    [sub] = await _book(billing, 1)
+    setup = await billing.invoices.create(
+        customer_id=sub.customer_id,
+        currency="USD",
+        subscription_id=sub.id,
+        lines=[{"description": "Setup fee", "unit_amount": 5000}],
+    )
+    kept = await billing.invoices.create(
+        customer_id=sub.customer_id,
+        currency="USD",
+        subscription_id=sub.id,
+        lines=[{"description": "Onboarding call", "unit_amount": 9000}],
+    )
+    opened = await billing.invoices.finalize(setup.id)  # open, unpaid: the app's to charge
+
+    clock.advance(timedelta(days=31))
+    report = await billing.jobs.run_due()
+
+    assert (report.renewals, report.charged) == (1, 1)
+    assert fake.charges[-1].request.amount == 2900  # the period, not the app's invoices
+    assert (await billing.invoices.get(opened.id)).status == InvoiceStatus.OPEN
+    assert (await billing.invoices.get(kept.id)).status == InvoiceStatus.DRAFT
+    await billing.subscriptions.cancel(sub.id)
+    assert (await billing.invoices.get(kept.id)).status == InvoiceStatus.DRAFT  # not deleted
+
+
+class _Gate:
+    """A store whose first read of invoices waits for ``release``: a runner that read its
+    subscriptions, then saw another runner's commit before reading their invoices."""
+
+    def __init__(self, inner: StoragePort) -> None:
+        self.inner = inner
+        self.reached = anyio.Event()
+        self.release = anyio.Event()
+        self.waited = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, scope: Scope, *, readonly: bool = False) -> AsyncIterator[Any]:
+        async with self.inner.transaction(scope, readonly=readonly) as tx:
+            yield _GatedTransaction(tx, self)
+
+
+class _GatedTransaction:
+    def __init__(self, inner: Any, gate: _Gate) -> None:
+        self._inner = inner
+        self._gate = gate
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def list(self, kind: type[Any], **options: Any) -> Any:
+        if kind is Invoice and not self._gate.waited:
+            self._gate.waited = True
+            self._gate.reached.set()
+            await self._gate.release.wait()
+        return await self._inner.list(kind, **options)
+
+
+async def test_a_runner_that_reads_its_rows_before_another_renews_them_charges_nothing(
+    billing: Billing, fake: FakeProvider, clock: FrozenClock, store_factory: Any
+) -> None:
+    """Two runners with the same rows (a lease ran out). One reads the subscriptions, the
+    other renews them (a declined charge), then the first reads their invoices: it finds
+    a renewal's open invoice on rows it read as not renewed yet, and must not charge it
+    again (PostgreSQL's reads each see the latest commit)."""
+    if store_factory.kind != "postgres":
+        pytest.skip("one transaction at a time on this store: no commit lands between reads")
+    subscriptions = await _declining(billing, await _book(billing, 3))
+    clock.advance(timedelta(days=31))
+    claimed = [await billing.subscriptions.get(sub.id) for sub in subscriptions]
+    before = len(fake.charges)
+    gate = _Gate(billing.storage)
+    late = attrs.evolve(billing._context, storage=cast(StoragePort, gate))
+    done: dict[Any, renewals.Renewed] = {}
+
+    async def reads_then_waits() -> None:
+        done.update(await renewals.renew_round(late, claimed, concurrency=2))
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:
+            group.start_soon(reads_then_waits)
+            await gate.reached.wait()
+            await renewals.renew_round(billing._context, claimed, concurrency=2)
+            gate.release.set()
+
+    assert len(fake.charges) - before == 3  # one attempt per period, never a second
+    assert done == {}  # the late runner found nothing left to renew or charge
+    for sub in subscriptions:
+        now = await billing.subscriptions.get(sub.id)
+        assert (now.status, now.dunning_attempts) == ("past_due", 0)
+        [invoice] = await _rows(billing, Invoice, subscription_id=sub.id)
+        assert invoice.attempt_count == 1
+
+
+async def test_two_rounds_on_the_same_claimed_rows_charge_each_period_once(
+    billing: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    """Two runners with the same rows (a lease ran out): one renews, the other finds the
+    rows renewed, even when it read them before and their invoices after the first commit,
+    and never charges the first one's declined invoice again."""
+    subscriptions = await _declining(billing, await _book(billing, 6))
+    clock.advance(timedelta(days=31))
+    claimed = [await billing.subscriptions.get(sub.id) for sub in subscriptions]
+    before = len(fake.charges)
+
+    async def runner() -> None:
+        await renewals.renew_round(billing._context, claimed, concurrency=4)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(2):
+            group.start_soon(runner)
+
+    assert len(fake.charges) - before == 6  # one attempt per period, never a second
+    for sub in subscriptions:
+        now = await billing.subscriptions.get(sub.id)
+        assert (now.status, now.dunning_attempts) == ("past_due", 0)
+        [invoice] = await _rows(billing, Invoice, subscription_id=sub.id)
+        assert invoice.attempt_count == 1
