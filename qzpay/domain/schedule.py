@@ -58,3 +58,9 @@ def next_due(subscription: Subscription, settings: Settings) -> datetime | None:
 def scheduled(subscription: Subscription, settings: Settings) -> Subscription:
     """``subscription`` with ``due_at`` set by ``next_due``: what every change of one writes."""
     return attrs.evolve(subscription, due_at=next_due(subscription, settings))
+
+
+def still_due(current: Subscription, claimed: Subscription, now: datetime) -> bool:
+    """Whether the row as it is now still has the work it was claimed for: the same status,
+    and due. A runner whose lease ran out may find its work done by another."""
+    return current.status == claimed.status and current.due_at is not None and current.due_at <= now

@@ -34,7 +34,7 @@ from qzpay.domain.enums import Interval, InvoiceStatus, PaymentStatus
 from qzpay.domain.invoice_states import PAYABLE, invoice_transition
 from qzpay.domain.invoice_totals import InvoiceTotals, from_subtotal
 from qzpay.domain.invoices import Invoice, InvoiceLine, InvoicePayment
-from qzpay.domain.payments import Payment
+from qzpay.domain.payments import Payment, PaymentMethod
 from qzpay.domain.promotions import PromoCode
 from qzpay.domain.subscriptions import Subscription
 from qzpay.errors import InvalidStateError
@@ -535,17 +535,7 @@ async def charge_invoice(
                     field="payment_method",
                     rule="payment_method",
                 )
-            payment = charging.pending_payment(
-                uow,
-                context,
-                customer_id=invoice.customer_id,
-                method=payable[0],
-                amount=invoice.amount_due,
-                currency=invoice.currency,
-                subscription_id=invoice.subscription_id,
-                invoice_id=invoice.id,
-                description=f"Invoice {invoice.number}",
-            )
+            payment = attempt_row(uow, context, invoice, payable[0])
             await charging.open_attempt(uow, payment)
             # Counting the attempt holds the invoice row to the end of this transaction and
             # returns it as last committed: a concurrent attempt that settled (paid it)
@@ -571,6 +561,23 @@ async def charge_invoice(
         result = await charging.call_provider(context, payment, *payable)
         await charging.settle_attempt(context, payment.id, result, then=after, known=payment)
     return seen[0]
+
+
+def attempt_row(
+    uow: UnitOfWork, context: ServiceContext, invoice: Invoice, method: PaymentMethod
+) -> Payment:
+    """The pending payment of one attempt to charge ``invoice``'s amount due (not stored)."""
+    return charging.pending_payment(
+        uow,
+        context,
+        customer_id=invoice.customer_id,
+        method=method,
+        amount=invoice.amount_due,
+        currency=invoice.currency,
+        subscription_id=invoice.subscription_id,
+        invoice_id=invoice.id,
+        description=f"Invoice {invoice.number}",
+    )
 
 
 async def apply_payment(

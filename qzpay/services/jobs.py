@@ -562,6 +562,10 @@ class JobsService:
                 rule="due_work",
             )
         async with context.unit_of_work(readonly=True) as uow:
+            current = await uow.tx.get(Subscription, subscription.id)
+            if current is None or not schedule.still_due(current, subscription, uow.now):
+                return "skipped"  # another runner ended it since this one claimed it
+            subscription = current
             payable = await charging.chargeable_method(
                 uow.tx,
                 subscription.customer_id,
@@ -585,18 +589,26 @@ class JobsService:
         elif amount == 0 or payable is None:
             return await self._end_unpaid_trial(context, subscription, paid=amount == 0)
         else:
-            async with context.unit_of_work() as uow:
-                payment = charging.pending_payment(
-                    uow,
-                    context,
-                    customer_id=subscription.customer_id,
-                    method=payable[0],
-                    amount=amount,
-                    currency=subscription.currency,
-                    subscription_id=subscription.id,
-                    description=f"Subscription {subscription.id}, first period after trial",
-                )
-                await charging.open_attempt(uow, payment)
+            try:
+                async with context.unit_of_work() as uow:
+                    payment = charging.pending_payment(
+                        uow,
+                        context,
+                        customer_id=subscription.customer_id,
+                        method=payable[0],
+                        amount=amount,
+                        currency=subscription.currency,
+                        subscription_id=subscription.id,
+                        description=f"Subscription {subscription.id}, first period after trial",
+                    )
+                    await charging.open_attempt(uow, payment)
+                    # The attempt takes the row at the version read: of two runners that
+                    # both found no attempt (a lease ran out), one charges, the other stops.
+                    subscription = await uow.tx.update(
+                        attrs.evolve(subscription, updated_at=uow.now)
+                    )
+            except ConflictError:
+                return "skipped"  # changed since it was read: due again, looked at afresh
             result = await charging.call_provider(context, payment, *payable)
             settled = await charging.settle(
                 context, payment.id, result, known=payment, subscription=subscription

@@ -250,17 +250,7 @@ async def _open_one(
     )
     payment = None
     if invoice.status == InvoiceStatus.OPEN and payable is not None:
-        payment = charging.pending_payment(
-            uow,
-            context,
-            customer_id=subscription.customer_id,
-            method=payable[0],
-            amount=invoice.amount_due,
-            currency=invoice.currency,
-            subscription_id=subscription.id,
-            invoice_id=invoice.id,
-            description=f"Invoice {invoice.number}",
-        )
+        payment = invoicing.attempt_row(uow, context, invoice, payable[0])
         await charging.open_attempt(uow, payment, new_invoice=True)
     moved = attrs.evolve(
         subscription, current_period_start=start, current_period_end=end, updated_at=uow.now
@@ -350,7 +340,7 @@ async def retry(context: ServiceContext, subscription: Subscription) -> Charged:
     attempt: a new payment row, a new provider key)."""
     async with context.unit_of_work(readonly=True) as uow:
         current = await uow.tx.get(Subscription, subscription.id)
-        if current is None or not _still_due(current, subscription, context):
+        if current is None or not schedule.still_due(current, subscription, context.now()):
             return "skipped"  # another runner retried it since this one claimed it
         invoice = await open_invoice(uow, current)
     if invoice is None:
@@ -414,16 +404,6 @@ async def open_invoice(uow: UnitOfWork, subscription: Subscription) -> Invoice |
     filters = invoicing.period_invoices(subscription.id, InvoiceStatus.OPEN)
     page = await uow.tx.list(Invoice, filters=filters, limit=1)
     return page.items[0] if page.items else None
-
-
-def _still_due(current: Subscription, claimed: Subscription, context: ServiceContext) -> bool:
-    """Whether the row as it is now still has the work it was claimed for: the same status,
-    and due (a runner whose lease ran out may find its work done by another)."""
-    return (
-        current.status == claimed.status
-        and current.due_at is not None
-        and current.due_at <= context.now()
-    )
 
 
 def renewable(subscription: Subscription, context: ServiceContext) -> bool:

@@ -72,14 +72,17 @@ async def test_a_users_edit_during_a_job_run_succeeds_and_the_job_still_applies(
     provider = _EditsDuringTheCharge()
     async with create_billing(storage=store_factory(), provider=provider, clock=clock) as billing:
         sub = await _trial(billing, "ann@example.com")
-        read_before_the_run = await billing.subscriptions.get(sub.id)
         clock.advance(timedelta(days=15))
         scope = Scope(livemode=False)
 
         async def edit() -> None:
-            # The user's copy was read before the job claimed the row: it must still write.
+            # The user reads and writes the row while the job's charge is at the provider
+            # (the claim moved no version; the attempt took the row, as a renewal's period
+            # move does): the edit writes, and the job's outcome is applied on top of it.
             async with billing.storage.transaction(scope) as tx:
-                await tx.update(attrs.evolve(read_before_the_run, metadata={"note": "edited"}))
+                current = await tx.get(Subscription, sub.id)
+                assert current is not None
+                await tx.update(attrs.evolve(current, metadata={"note": "edited"}))
 
         provider.edit = edit
         report = await billing.jobs.run_due()

@@ -29,6 +29,7 @@ from qzpay.domain.records import JobExecution
 from qzpay.domain.subscriptions import Subscription
 from qzpay.money import MAX_AMOUNT
 from qzpay.services import renewals
+from qzpay.services.jobs import JobsService
 
 pytestmark = pytest.mark.anyio
 TEST = Scope(livemode=False)
@@ -209,14 +210,22 @@ async def test_an_apps_one_off_invoices_for_a_subscription_are_never_taken_for_i
 
 
 class _Gate:
-    """A store whose first read of invoices waits for ``release``: a runner that read its
-    subscriptions, then saw another runner's commit before reading their invoices."""
+    """A store whose first read of ``kind`` (by ``list``, or ``find``) waits for
+    ``release``: a runner that read its subscriptions, then saw another runner's commit
+    before its next read."""
 
-    def __init__(self, inner: StoragePort) -> None:
+    def __init__(self, inner: StoragePort, kind: type[Any] = Invoice) -> None:
         self.inner = inner
+        self.kind = kind
         self.reached = anyio.Event()
         self.release = anyio.Event()
         self.waited = False
+
+    async def wait(self, kind: type[Any]) -> None:
+        if kind is self.kind and not self.waited:
+            self.waited = True
+            self.reached.set()
+            await self.release.wait()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -236,11 +245,12 @@ class _GatedTransaction:
         return getattr(self._inner, name)
 
     async def list(self, kind: type[Any], **options: Any) -> Any:
-        if kind is Invoice and not self._gate.waited:
-            self._gate.waited = True
-            self._gate.reached.set()
-            await self._gate.release.wait()
+        await self._gate.wait(kind)
         return await self._inner.list(kind, **options)
+
+    async def find(self, kind: type[Any], **options: Any) -> Any:
+        await self._gate.wait(kind)
+        return await self._inner.find(kind, **options)
 
 
 async def test_a_runner_that_reads_its_rows_before_another_renews_them_charges_nothing(
@@ -303,3 +313,46 @@ async def test_two_rounds_on_the_same_claimed_rows_charge_each_period_once(
         assert (now.status, now.dunning_attempts) == ("past_due", 0)
         [invoice] = await _rows(billing, Invoice, subscription_id=sub.id)
         assert invoice.attempt_count == 1
+
+
+async def test_a_trial_end_read_before_another_runner_ended_it_is_not_charged_again(
+    billing: Billing, fake: FakeProvider, clock: FrozenClock, store_factory: Any
+) -> None:
+    """The trial's end, by two runners with the same row: the late one read the trialing
+    row, the other ended the trial (a declined charge, settled), then the late one looks
+    for an attempt in flight, finds none, and must not charge the period again."""
+    if store_factory.kind != "postgres":
+        pytest.skip("one transaction at a time on this store: no commit lands between reads")
+    [customer] = [await billing.customers.create(email="ann@example.com")]
+    await billing.payment_methods.attach(
+        customer.id, token="pm_card_chargeDeclined", set_default=True
+    )
+    plan = await billing.plans.create(name="Pro")
+    price = await billing.prices.create(
+        plan_id=plan.id, unit_amount=2900, currency="USD", interval="month"
+    )
+    sub = await billing.subscriptions.create(
+        customer_id=customer.id, price_id=price.id, trial_days=7
+    )
+    assert sub.trial_end is not None
+    clock.set(sub.trial_end)
+    claimed = await billing.subscriptions.get(sub.id)
+    gate = _Gate(billing.storage, kind=Payment)
+    late = attrs.evolve(billing._context, storage=cast(StoragePort, gate))
+    outcomes: list[str] = []
+
+    async def reads_then_waits() -> None:
+        outcomes.append(await JobsService(late)._end_trial(late, claimed))
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:
+            group.start_soon(reads_then_waits)
+            await gate.reached.wait()
+            first = JobsService(billing._context)
+            outcomes.append(await first._end_trial(billing._context, claimed))
+            gate.release.set()
+
+    assert sorted(outcomes) == ["skipped", "trial_failed"]
+    assert [c.result.status for c in fake.charges] == ["failed"]  # one attempt, never two
+    ended = await billing.subscriptions.get(sub.id)
+    assert (ended.status, ended.dunning_attempts) == ("past_due", 0)
