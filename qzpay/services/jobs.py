@@ -16,11 +16,15 @@ and each tenant's work then runs in that tenant's own scope.
 
 What is due on a subscription follows its status (``qzpay.domain.schedule`` sets ``due_at``,
 ``_work`` dispatches): the trial-will-end reminder and the trial's end, the renewal of every
-period that ended (``qzpay.services.renewals``: invoiced, finalized, charged), dunning
-retries on the ``DunningPolicy``, a cancel at the period's end, a resume at ``resumes_at``,
-an incomplete subscription's expiry. What a charge comes to is applied where it settles
-(``charging``), so a reconciliation or a webhook that learns it later moves the subscription
-the same way. An item whose work raises is recorded (audit row, the run's
+period that ended (``qzpay.services.renewals``: a batch's renewals together, invoiced,
+finalized, charged and settled in two transactions), dunning retries on the
+``DunningPolicy``, a cancel at the period's end, a resume at ``resumes_at``, an incomplete
+subscription's expiry. A run keeps ``LANES`` batches in flight, and a runner whose lease
+ran out (another took its rows) finds the work done and leaves it: the work reads its rows
+afresh, and a charge takes its subscription's row (a renewal, a trial's end) or its
+invoice's (a dunning retry) with its attempt. What a charge comes to is applied where it
+settles (``charging``), so a reconciliation or a webhook that learns it later moves the
+subscription the same way. An item whose work raises is recorded (audit row, the run's
 ``job_executions`` row), backed off by ``BACK_OFF`` and never stops the others
 (docs/decisions/0015-job-runner-lifecycle.md).
 """
