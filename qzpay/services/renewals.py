@@ -299,8 +299,9 @@ async def _settle_all(
     opened: Sequence[_Opened],
     answers: dict[UUID, ChargeResult | None],
 ) -> tuple[dict[UUID, charging.Settled], dict[UUID, str]]:
-    """Every answer written in one transaction; each on its own (reading its rows) if a
-    concurrent edit made the batch stale."""
+    """Every answer written in one transaction; each on its own (reading its rows) if that
+    fails: a concurrent edit made the batch stale, or one row's outcome cannot be written
+    (reported on its subscription, its payment left pending for reconciliation)."""
     answered = [
         (item, result)
         for item in opened
@@ -318,7 +319,7 @@ async def _settle_all(
                     uow, context, item.payment, result, item.subscription, item.invoice
                 )
         return settled, errors
-    except ConflictError:
+    except Exception:  # one bad row, or a stale batch: each settled on its own below
         settled.clear()
     for item, result in answered:
         assert item.payment is not None

@@ -22,6 +22,7 @@ from qzpay.adapters.clock import FrozenClock
 from qzpay.adapters.fake import FakeProvider
 from qzpay.contracts.storage import StoragePort
 from qzpay.domain.catalog import Price
+from qzpay.domain.customers import CustomerProviderRef
 from qzpay.domain.enums import InvoiceStatus, PaymentStatus
 from qzpay.domain.invoices import Invoice
 from qzpay.domain.payments import Payment
@@ -356,3 +357,33 @@ async def test_a_trial_end_read_before_another_runner_ended_it_is_not_charged_ag
     assert [c.result.status for c in fake.charges] == ["failed"]  # one attempt, never two
     ended = await billing.subscriptions.get(sub.id)
     assert (ended.status, ended.dunning_attempts) == ("past_due", 0)
+
+
+async def test_an_answer_that_cannot_be_stored_fails_its_own_renewal_only(
+    billing: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    """One provider answer no database can store (a NUL in its message): the batch's settle
+    is refused, each payment is then settled on its own, and only that one is reported."""
+    subscriptions = await _declining(billing, await _book(billing, 3))
+    odd = subscriptions[1]
+    charge = fake.charge
+    async with billing.storage.transaction(TEST, readonly=True) as tx:
+        ref = await tx.find(CustomerProviderRef, customer_id=odd.customer_id, provider="fake")
+    assert ref is not None
+
+    async def garbled(request: Any) -> Any:
+        result = await charge(request)
+        if request.provider_customer_id == ref.provider_customer_id:
+            return attrs.evolve(result, failure_message="declined\x00garbled")
+        return result
+
+    fake.charge = garbled  # type: ignore[method-assign]
+    clock.advance(timedelta(days=31))
+    report = await billing.jobs.run_due()
+
+    assert (report.renewals, report.failed, report.errors) == (2, 2, 1)
+    for sub in subscriptions:
+        now = await billing.subscriptions.get(sub.id)
+        assert now.status == ("active" if sub.id == odd.id else "past_due")
+    [pending] = [p for p in await _rows(billing, Payment, subscription_id=odd.id) if p.invoice_id]
+    assert pending.status == PaymentStatus.PENDING  # left for reconciliation, never lost
