@@ -78,6 +78,7 @@ from qzpay.adapters.clock import FrozenClock
 from qzpay.adapters.fake import FakeProvider
 from qzpay.adapters.postgres import PostgresStorage, asyncpg_dsn
 from qzpay.adapters.sqlite import BUSY_TIMEOUT_MS, SQLiteStorage
+from qzpay.conformance.factories import drop_prefix
 from qzpay.contracts.provider import ChargeRequest
 from qzpay.contracts.storage import Scope, StoragePort
 from qzpay.domain.catalog import Plan, Price
@@ -598,25 +599,7 @@ class PostgresSide:
     async def close(self) -> None:
         if self.pool is not None:
             await self.pool.close()
-        connection = await asyncpg.connect(asyncpg_dsn(self.url))
-        try:
-            tables = await connection.fetch(
-                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
-                " AND left(tablename, length($1)) = $1",
-                self.prefix,
-            )
-            if tables:
-                names = ", ".join(f'"{row[0]}"' for row in tables)
-                await connection.execute(f"DROP TABLE IF EXISTS {names} CASCADE")
-            for row in await connection.fetch(
-                "SELECT p.oid::regprocedure::text FROM pg_proc p"
-                " JOIN pg_namespace n ON n.oid = p.pronamespace"
-                " WHERE n.nspname = current_schema() AND left(p.proname, length($1)) = $1",
-                self.prefix,
-            ):
-                await connection.execute(f"DROP FUNCTION IF EXISTS {row[0]} CASCADE")
-        finally:
-            await connection.close()
+        await drop_prefix(self.url, self.prefix)
 
     async def qzpay(self) -> float:
         await self.restore()

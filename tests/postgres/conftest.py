@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from qzpay.conformance.factories import drop_prefix
+
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -37,20 +39,8 @@ async def postgres_url() -> str:
 
 
 async def drop_prefixed(url: str, *prefixes: str) -> None:
-    connection = await asyncpg.connect(url)
-    try:
-        for prefix in prefixes:
-            pattern = prefix.replace("_", r"\_") + "%"
-            tables = await connection.fetch(
-                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
-                "AND tablename LIKE $1",
-                pattern,
-            )
-            for (table,) in tables:
-                await connection.execute(f'DROP TABLE IF EXISTS "{table}" CASCADE')
-            await connection.execute(f"DROP FUNCTION IF EXISTS {prefix}refuse_change() CASCADE")
-    finally:
-        await connection.close()
+    for prefix in prefixes:
+        await drop_prefix(url, prefix)
 
 
 @pytest.fixture
