@@ -118,6 +118,7 @@ from qzpay.adapters.memory import MemoryStorage
 from qzpay.adapters.postgres import PostgresStorage, asyncpg_dsn
 from qzpay.adapters.sqlite import BUSY_TIMEOUT_MS, SQLiteStorage
 from qzpay.billing import Billing
+from qzpay.conformance.factories import drop_prefix
 from qzpay.contracts.provider import ChargeRequest, ChargeResult, RefundRequest
 from qzpay.domain.enums import Interval
 from qzpay.ids import new_id
@@ -568,26 +569,7 @@ class PostgresDatabase:
             await connection.close()
 
     async def drop(self) -> None:
-        connection = await self.connect()
-        try:
-            tables = await connection.fetch(
-                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
-                " AND left(tablename, length($1)) = $1",
-                self.prefix,
-            )
-            if tables:
-                names = ", ".join(f'"{row[0]}"' for row in tables)
-                await connection.execute(f"DROP TABLE IF EXISTS {names} CASCADE")
-            functions = await connection.fetch(
-                "SELECT p.oid::regprocedure::text FROM pg_proc p"
-                " JOIN pg_namespace n ON n.oid = p.pronamespace"
-                " WHERE n.nspname = current_schema() AND left(p.proname, length($1)) = $1",
-                self.prefix,
-            )
-            for row in functions:
-                await connection.execute(f"DROP FUNCTION IF EXISTS {row[0]} CASCADE")
-        finally:
-            await connection.close()
+        await drop_prefix(self.url, self.prefix)
 
 
 async def _no_reset(connection: Any) -> None:
