@@ -120,12 +120,17 @@ from qzpay.adapters.sqlite import BUSY_TIMEOUT_MS, SQLiteStorage
 from qzpay.billing import Billing
 from qzpay.conformance.factories import drop_prefix
 from qzpay.contracts.provider import ChargeRequest, ChargeResult, RefundRequest
+from qzpay.domain import schedule
 from qzpay.domain.enums import Interval
 from qzpay.ids import new_id
+from qzpay.settings import DEFAULTS
 
 CONCURRENCY: Final = 32
 CUSTOMER_POOL: Final = 32  # subscriptions.create cycles over this many customers
 TRIAL_DAYS: Final = 14
+TRIAL_REMINDER: Final = timedelta(days=DEFAULTS.trial_will_end_days)
+"""A trialing subscription is due first for its trial-will-end reminder, this long before
+its trial ends (qzpay.domain.schedule)."""
 NOW: Final = datetime(2028, 1, 31, 9, 0, tzinfo=UTC)
 WARMUP: Final = 32  # untimed calls before each timed section (x4 on Postgres, see below)
 DEFAULT_N: Final = 1000
@@ -371,7 +376,7 @@ async def raw_subscriptions(directory: Path, calls: range) -> AsyncIterator[Op]:
             subscription_id = new_id().hex
             now = NOW
             trial_end = now + timedelta(days=TRIAL_DAYS)
-            created, ends = _ts(now), _ts(trial_end)
+            created, ends, due = _ts(now), _ts(trial_end), _ts(trial_end - TRIAL_REMINDER)
             async with lock, _raw_transaction(connection):
                 rows = await connection.execute_fetchall(
                     _SELECT_CUSTOMER, (customer_hexes[i % CUSTOMER_POOL], False)
@@ -384,7 +389,7 @@ async def raw_subscriptions(directory: Path, calls: range) -> AsyncIterator[Op]:
                     (
                         *(subscription_id, False, customer_id, plan_hex, price_hex, "trialing"),
                         *(1, "USD", 2900, "month", 1, ends, created, ends, created, ends, False),
-                        *(None, None, None, None, None, ends, None, None, "{}", 1),
+                        *(None, None, None, None, None, due, None, None, "{}", 1),
                         *(created, created, None),
                     ),
                 )
@@ -719,9 +724,10 @@ def _customer_audit_args(i: int) -> tuple[Any, ...]:
 def _subscription_args(plan_id: UUID, price_id: UUID) -> tuple[Any, ...]:
     """The subscription's values but ``id``, ``livemode`` and ``customer_id``."""
     ends = NOW + timedelta(days=TRIAL_DAYS)
+    due = ends - TRIAL_REMINDER
     return (
         *(plan_id, price_id, "trialing", 1, "USD", 2900, "month", 1, ends, NOW, ends, NOW),
-        *(ends, False, None, None, None, None, None, ends, None, None, "{}", 1, NOW, NOW, None),
+        *(ends, False, None, None, None, None, None, due, None, None, "{}", 1, NOW, NOW, None),
     )
 
 
@@ -1053,8 +1059,8 @@ _CHARGED_SQL: Final = {
         " WHERE id = ? AND livemode = ? AND deleted_at IS NULL AND version = ?"
     ),
     "activate": (
-        "UPDATE {t}subscriptions SET status = ?, version = version + 1, updated_at = ?"
-        " WHERE id = ? AND livemode = ? AND deleted_at IS NULL AND version = ?"
+        "UPDATE {t}subscriptions SET status = ?, due_at = ?, version = version + 1,"
+        " updated_at = ? WHERE id = ? AND livemode = ? AND deleted_at IS NULL AND version = ?"
     ),
     # The reservation: refundable, and never beyond the amount, in one statement.
     "reserve": (
@@ -1241,11 +1247,13 @@ class _RawCharged:
                 driver.time(start),
                 driver.time(end),
             )
+            # Due for its expiry while incomplete, for its renewal once active (schedule).
+            expires = driver.time(NOW + schedule.INCOMPLETE_EXPIRES_AFTER)
             await tx.run(
                 self.q["insert_subscription"],
                 *(subscription, False, customer, plan, driver.key(price_id), "incomplete", 1),
                 *(currency, unit_amount, interval, every, anchor, start_at, end_at, None, None),
-                *(False, None, None, None, method, None, None, None, None, "{}", 1, now, now),
+                *(False, None, None, None, method, None, expires, None, None, "{}", 1, now, now),
                 None,
             )
             created = {"price_id": str(price_id), "status": "incomplete"}
@@ -1277,7 +1285,7 @@ class _RawCharged:
             await self._audit(
                 tx, "payment", payment, "succeeded", {"status": ["pending", "succeeded"]}
             )
-            await self._checked(tx, "activate", "active", now, subscription, False, 1)
+            await self._checked(tx, "activate", "active", end_at, now, subscription, False, 1)
             activated = {"status": ["incomplete", "active"]}
             await self._audit(tx, "subscription", subscription, "activated", activated)
         return subscription_id
