@@ -375,7 +375,7 @@ class _MemoryTransaction:
         self._check_references(table, stored)
         self._put(table, stored)
         # What the caller wrote, at its new version: the same answer the SQL adapters give.
-        return attrs.evolve(entity, version=stored.version) if table.spec.versioned else entity  # type: ignore[misc,attr-defined]
+        return rules.at_version(entity, stored.version) if table.spec.versioned else entity  # type: ignore[attr-defined]
 
     async def soft_delete(
         self, kind: type[E], id: UUID, *, at: datetime, expected_version: int | None = None

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -32,6 +32,7 @@ from qzpay.errors import (
 from qzpay.timestamps import aware_utc
 from qzpay.validation import storable_text as storable_text  # one rule for services and stores
 
+E = TypeVar("E")
 _PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,30}$")
 MAX_PAGE_SIZE = 100
 
@@ -146,22 +147,76 @@ def _check_storable(value: Any, field: str) -> None:
 def check_values(entity: Any) -> None:
     """What every written row must hold: timezone-aware datetimes, and text (also inside
     metadata) that every database can store."""
-    columns = _columns(type(entity))
+    checker = _CHECKERS.get(type(entity))
+    if checker is None:
+        checker = _CHECKERS[type(entity)] = _checker(type(entity))
+    checker(entity)
+
+
+_CHECKERS: dict[type[Any], Any] = {}
+
+
+def _checker(kind: type[Any]) -> Any:
+    """``check_values`` for one kind, as straight-line code (generated once): it runs on every
+    row written, and a loop over the kind's columns costs more than the checks themselves."""
+    columns = _columns(kind)
+    lines = ["def check(entity):"]
     for name in columns.timestamps:
-        value = getattr(entity, name)
-        if value is not None and value.tzinfo is not UTC:
-            aware_utc(value, field=name)
+        lines += [
+            f"    value = entity.{name}",
+            "    if value is not None and value.tzinfo is not UTC:",
+            f"        aware_utc(value, field={name!r})",
+        ]
     for name in columns.texts:
-        value = getattr(entity, name)
-        if type(value) is str:
-            if not _plain(value):
-                storable_text(value, field=name)
-        elif value is not None:
-            _check_storable(value, name)
+        lines += [
+            f"    value = entity.{name}",
+            "    if type(value) is str:",
+            "        if not value.isascii() or '\\x00' in value:",
+            f"            storable_text(value, field={name!r})",
+            "    elif value is not None:",
+            f"        check_storable(value, {name!r})",
+        ]
     for name in columns.mappings:
-        value = getattr(entity, name)
-        if value:
-            _check_storable(value, name)
+        lines += [
+            f"    value = entity.{name}",
+            "    if value:",
+            f"        check_storable(value, {name!r})",
+        ]
+    lines.append("    return None")
+    names: dict[str, Any] = {
+        "UTC": UTC,
+        "aware_utc": aware_utc,
+        "storable_text": storable_text,
+        "check_storable": _check_storable,
+    }
+    exec(compile("\n".join(lines) + "\n", f"<check_values {kind.__name__}>", "exec"), names)
+    return names["check"]
+
+
+def at_version(entity: E, version: int) -> E:
+    """``entity`` as stored at ``version``: what an update returns.
+
+    A copy of every field, not ``attrs.evolve``: the values were checked and converted when
+    ``entity`` was made, and running its ``__init__`` again costs more than the update's SQL.
+    """
+    copier = _COPIERS.get(type(entity))
+    if copier is None:
+        copier = _COPIERS[type(entity)] = _copier(type(entity))
+    return copier(entity, version)  # type: ignore[no-any-return]
+
+
+_COPIERS: dict[type[Any], Any] = {}
+
+
+def _copier(kind: type[Any]) -> Any:
+    lines = ["def copy(entity, version):", "    made = new(kind)"]
+    for field in attrs.fields(kind):
+        value = "version" if field.name == "version" else f"entity.{field.name}"
+        lines.append(f"    put(made, {field.name!r}, {value})")
+    lines.append("    return made")
+    names: dict[str, Any] = {"new": object.__new__, "put": object.__setattr__, "kind": kind}
+    exec(compile("\n".join(lines) + "\n", f"<at_version {kind.__name__}>", "exec"), names)
+    return names["copy"]
 
 
 def check_column(spec: EntitySpec[Any], name: str) -> None:

@@ -260,7 +260,7 @@ class SqlTransaction:
             params["expected_version"] = expected
         statement = self._store.statements.update(spec)
         self._buffer(Write(spec, statement, params, True, entity_id, expected, "update"))
-        return entity if expected is None else attrs.evolve(entity, version=expected + 1)  # type: ignore[misc]
+        return entity if expected is None else rules.at_version(entity, expected + 1)
 
     async def soft_delete(
         self, kind: type[E], id: UUID, *, at: datetime, expected_version: int | None = None
