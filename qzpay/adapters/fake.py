@@ -634,7 +634,12 @@ class FakeProvider:
         return {SIGNATURE_HEADER: f"t={unix},v1={self._signature(unix, payload)}"}
 
     def verify_webhook(
-        self, *, payload: bytes, headers: Mapping[str, str], now: datetime
+        self,
+        *,
+        payload: bytes,
+        headers: Mapping[str, str],
+        now: datetime,
+        query: Mapping[str, str] | None = None,
     ) -> ProviderEvent:
         """Check the signature and that ``|now - t|`` is within the tolerance; parse the event.
 

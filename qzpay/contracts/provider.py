@@ -88,6 +88,9 @@ class ChargeRequest:
     idempotency_key: str
     description: str | None = None
     metadata: Mapping[str, str] = attrs.field(factory=dict)
+    off_session: bool = False
+    """The customer is not there to authenticate (a renewal, a dunning retry): providers
+    that tell the two apart (Stripe's ``off_session``) are told so."""
 
 
 @attrs.frozen(kw_only=True)
@@ -157,9 +160,33 @@ class ProviderCheckout:
     url: str
 
 
+WEBHOOK_KINDS = ("payment", "refund", "subscription", "checkout")
+"""What a neutral webhook ``type`` starts with, and what qzpay does with it.
+
+- ``payment.<what>`` (``payment.succeeded``, ``payment.failed``, ``payment.updated``...): a
+  charge changed at the provider. ``data`` has ``provider_payment_id`` and, where the
+  provider echoes it, ``idempotency_key`` (qzpay's key, sent as metadata). qzpay asks the
+  provider for the charge as it stands now (``retrieve_charge``) and settles the payment
+  as ``reconcile`` would: a late or repeated event can never move it backwards.
+- ``refund.<what>``: ``data`` has ``provider_refund_id``, and ``provider_payment_id`` and
+  ``idempotency_key`` where known; settled from ``retrieve_refund`` the same way.
+- ``subscription.<what>``: a provider-managed subscription changed; ``data`` has
+  ``provider_subscription_id`` and the provider's ``status``.
+- ``checkout.<what>``: ``data`` has ``provider_checkout_id``.
+
+Any other type is stored and acknowledged, and nothing is applied. ``ProviderEvent.
+provider_type`` keeps the provider's own name (``payment_intent.succeeded``).
+"""
+
+
 @attrs.frozen(kw_only=True)
 class ProviderEvent:
-    """A verified webhook, mapped to a provider-neutral ``type`` (e.g. ``payment.succeeded``)."""
+    """A verified webhook, mapped to a provider-neutral ``type`` (``WEBHOOK_KINDS``).
+
+    ``occurred_at`` is when the provider says the change happened (ordering evidence);
+    ``data`` holds the neutral keys ``WEBHOOK_KINDS`` names (strings), never the raw body,
+    which qzpay stores as received.
+    """
 
     provider: str
     provider_event_id: str
@@ -223,10 +250,18 @@ class PaymentProvider(Protocol):
     async def create_checkout(self, request: CheckoutRequest) -> ProviderCheckout: ...
 
     def verify_webhook(
-        self, *, payload: bytes, headers: Mapping[str, str], now: datetime
+        self,
+        *,
+        payload: bytes,
+        headers: Mapping[str, str],
+        now: datetime,
+        query: Mapping[str, str] | None = None,
     ) -> ProviderEvent:
         """Check the signature (and its timestamp against ``now``) and parse the event.
 
-        Raises ``SignatureError`` when the payload was not sent by the provider.
+        ``headers`` are matched case-insensitively; ``query`` holds the notification URL's
+        query parameters (MercadoPago signs the ``data.id`` it puts there). Raises
+        ``SignatureError`` when the payload was not sent by the provider, and
+        ``ValidationError`` (field ``payload``) for a signed body that is not an event.
         """
         ...

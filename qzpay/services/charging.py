@@ -69,9 +69,23 @@ AfterSettle = Callable[[UnitOfWork, "Settled"], Awaitable[None]]
 """More work in the settling transaction (an idempotency key completed with the result)."""
 
 
+PAYMENT_KEY = "qzpay-payment-"
+
+
 def payment_key(payment_id: UUID) -> str:
     """The provider idempotency key of one payment attempt: derived from the row's id."""
-    return f"qzpay-payment-{payment_id}"
+    return f"{PAYMENT_KEY}{payment_id}"
+
+
+def id_in_key(key: str, prefix: str) -> UUID | None:
+    """The row id a key derived with ``prefix`` (``PAYMENT_KEY``) names; ``None`` for any
+    other key (one an app or another system chose)."""
+    if not key.startswith(prefix):
+        return None
+    try:
+        return UUID(key[len(prefix) :])
+    except ValueError:
+        return None
 
 
 async def chargeable_method(
@@ -205,9 +219,16 @@ async def _open_invoice_attempt(uow: UnitOfWork, payment: Payment) -> None:
 
 
 async def call_provider(
-    context: ServiceContext, payment: Payment, method: PaymentMethod, provider_customer_id: str
+    context: ServiceContext,
+    payment: Payment,
+    method: PaymentMethod,
+    provider_customer_id: str,
+    *,
+    off_session: bool = False,
 ) -> ChargeResult | None:
     """Ask the provider to charge ``payment``; ``None`` when the outcome is unknown.
+
+    ``off_session``: the job runner charges, with no customer there to authenticate.
 
     A retryable failure is tried again with the same key, at most ``PROVIDER_ATTEMPTS``
     times; if none answers, the payment stays pending for ``reconcile``. A refusal of the
@@ -222,6 +243,7 @@ async def call_provider(
         idempotency_key=payment.idempotency_key,
         description=payment.description,
         metadata=dict(payment.metadata),
+        off_session=off_session,
     )
     return await with_retries(
         lambda: context.provider.charge(request),

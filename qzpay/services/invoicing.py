@@ -495,7 +495,11 @@ def check_payable(invoice: Invoice) -> None:
 
 
 async def charge_invoice(
-    context: ServiceContext, invoice_id: UUID, *, keyed: idempotency.Keyed | None = None
+    context: ServiceContext,
+    invoice_id: UUID,
+    *,
+    keyed: idempotency.Keyed | None = None,
+    off_session: bool = False,
 ) -> Invoice:
     """Charge the invoice's amount due to the customer's default payment method, intent
     first; returns the invoice as the outcome left it.
@@ -507,7 +511,8 @@ async def charge_invoice(
     The subscription's default payment method is preferred for its invoices. No method the
     provider can charge: ``InvalidStateError`` (rule ``payment_method``), nothing written.
     ``keyed``: the caller's idempotency key (``billing.invoices.pay``), claimed with the
-    attempt and completed with the invoice once it settles.
+    attempt and completed with the invoice once it settles. ``off_session``: the job runner
+    charges (a dunning retry), with no customer there to authenticate.
     """
     provider = context.provider.name
     async with context.unit_of_work() as uow:
@@ -558,7 +563,7 @@ async def charge_invoice(
         await charging.resume(context, resumed, then=after)
     else:
         assert payable is not None  # refused above when there is none
-        result = await charging.call_provider(context, payment, *payable)
+        result = await charging.call_provider(context, payment, *payable, off_session=off_session)
         await charging.settle_attempt(context, payment.id, result, then=after, known=payment)
     return seen[0]
 

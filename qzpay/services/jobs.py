@@ -54,6 +54,7 @@ from qzpay.ids import new_id
 from qzpay.services import charging, renewals
 from qzpay.services.context import ServiceContext, UnitOfWork
 from qzpay.services.reconciliation import reconcile
+from qzpay.services.side_by_side import at_most
 from qzpay.services.subscriptions import resume_now
 
 BATCH = 100
@@ -249,16 +250,13 @@ class JobsService:
         instead of queueing."""
         renewing = [item for item in batch if renewals.renewable(item, context)]
         others = [item for item in batch if not renewals.renewable(item, context)]
-        limiter = anyio.CapacityLimiter(CONCURRENCY)
 
         async def one(subscription: Subscription) -> None:
-            async with limiter:
-                done = await self._attempt(context, subscription, failures)
+            done = await self._attempt(context, subscription, failures)
             outcomes.update([done] if isinstance(done, str) else done)
 
         async with anyio.create_task_group() as group:
-            for subscription in others:
-                group.start_soon(one, subscription)
+            group.start_soon(at_most, CONCURRENCY, others, one)
             if renewing:
                 await self._renew(context, renewing, outcomes, failures)
 
@@ -613,7 +611,7 @@ class JobsService:
                     )
             except ConflictError:
                 return "skipped"  # changed since it was read: due again, looked at afresh
-            result = await charging.call_provider(context, payment, *payable)
+            result = await charging.call_provider(context, payment, *payable, off_session=True)
             settled = await charging.settle(
                 context, payment.id, result, known=payment, subscription=subscription
             )

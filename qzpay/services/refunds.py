@@ -29,9 +29,12 @@ AfterRefund = Callable[[UnitOfWork, Refund], Awaitable[None]]
 """More work in a refund's settling transaction (its idempotency key completed)."""
 
 
+REFUND_KEY = "qzpay-refund-"
+
+
 def refund_key(refund_id: UUID) -> str:
     """The provider idempotency key of one refund: derived from the row's id."""
-    return f"qzpay-refund-{refund_id}"
+    return f"{REFUND_KEY}{refund_id}"
 
 
 async def add_refund(

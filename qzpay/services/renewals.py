@@ -33,7 +33,6 @@ from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
-import anyio
 import attrs
 
 from qzpay.contracts.filters import one_of
@@ -48,6 +47,7 @@ from qzpay.errors import ConflictError, InvalidStateError
 from qzpay.money import format_amount
 from qzpay.services import charging, invoicing
 from qzpay.services.context import ServiceContext, UnitOfWork, every
+from qzpay.services.side_by_side import at_most
 
 Charged = Literal["charged", "failed", "skipped", "nothing"]
 """What charging an invoice came to: paid, declined, its outcome not known yet, or nothing
@@ -274,23 +274,18 @@ async def _charge_all(
     calls at once; and what raised, by subscription."""
     answers: dict[UUID, ChargeResult | None] = {}
     errors: dict[UUID, str] = {}
-    limiter = anyio.CapacityLimiter(concurrency)
 
     async def one(item: _Opened) -> None:
         assert item.payment is not None
         assert item.payable is not None
-        async with limiter:
-            try:
-                answers[item.payment.id] = await charging.call_provider(
-                    context, item.payment, *item.payable
-                )
-            except Exception as error:  # the payment stays pending: reconciled later
-                errors[item.subscription.id] = _failure(error)
+        try:
+            answers[item.payment.id] = await charging.call_provider(
+                context, item.payment, *item.payable, off_session=True
+            )
+        except Exception as error:  # the payment stays pending: reconciled later
+            errors[item.subscription.id] = _failure(error)
 
-    async with anyio.create_task_group() as group:
-        for item in opened:
-            if item.payment is not None:
-                group.start_soon(one, item)
+    await at_most(concurrency, [item for item in opened if item.payment is not None], one)
     return answers, errors
 
 
@@ -384,7 +379,7 @@ async def charge(context: ServiceContext, invoice: Invoice) -> Charged:
     if invoice.status == InvoiceStatus.PAID:
         return "charged"
     try:
-        charged = await invoicing.charge_invoice(context, invoice.id)
+        charged = await invoicing.charge_invoice(context, invoice.id, off_session=True)
     except InvalidStateError as refused:
         if refused.rule == "one_attempt_in_flight":
             return "skipped"  # reconciled, not charged again
