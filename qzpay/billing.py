@@ -22,6 +22,7 @@ from qzpay.services.payment_methods import PaymentMethodsService
 from qzpay.services.payments import PaymentsService
 from qzpay.services.promo_codes import PromoCodesService
 from qzpay.services.subscriptions import SubscriptionsService
+from qzpay.services.webhooks import WebhooksService
 
 Tenancy = Literal["single", "multi"]
 
@@ -45,6 +46,7 @@ class Billing:
         self.invoices = InvoicesService(context)
         self.promo_codes = PromoCodesService(context)
         self.jobs = JobsService(context)
+        self.webhooks = WebhooksService(context)
         self.audit = AuditService(context)
 
     @property

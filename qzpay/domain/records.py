@@ -12,7 +12,7 @@ from uuid import UUID
 
 import attrs
 
-from qzpay.domain.enums import JobStatus
+from qzpay.domain.enums import JobStatus, WebhookEventStatus
 from qzpay.domain.frozen import frozen_mapping, optional_frozen_mapping
 
 
@@ -44,6 +44,35 @@ class WebhookEvent:
     payload: Mapping[str, Any] = attrs.field(factory=dict, converter=frozen_mapping)
     received_at: datetime
     created_at: datetime
+
+
+@attrs.frozen(kw_only=True)
+class WebhookProcessing:
+    """Where applying one stored webhook stands (``webhook_events`` rows never change).
+
+    ``received`` until applied; then ``processed``, ``ignored`` (nothing of qzpay's to
+    apply), or ``failed`` with its ``error``, due again (``due_at``) for the job runner to
+    retry, ``attempts`` counting the tries. A ``received`` row is due too, a little after
+    it was stored: a process that died between storing and applying is finished by a run.
+    """
+
+    id: UUID
+    livemode: bool
+    tenant_id: str | None = None
+    webhook_event_id: UUID
+    provider: str
+    provider_event_id: str
+    type: str
+    status: WebhookEventStatus = WebhookEventStatus.RECEIVED
+    attempts: int = 0
+    error: str | None = None
+    processed_at: datetime | None = None
+    due_at: datetime | None = None
+    claimed_by: str | None = None
+    claimed_until: datetime | None = None
+    version: int = 1
+    created_at: datetime
+    updated_at: datetime
 
 
 @attrs.frozen(kw_only=True)

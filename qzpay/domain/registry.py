@@ -32,7 +32,13 @@ from qzpay.domain.invoices import Invoice, InvoiceLine, InvoicePayment
 from qzpay.domain.marketplace import Vendor, VendorPayout
 from qzpay.domain.payments import Payment, PaymentMethod, Refund
 from qzpay.domain.promotions import PromoCode, PromoCodeUsage
-from qzpay.domain.records import AuditLog, IdempotencyKey, JobExecution, WebhookEvent
+from qzpay.domain.records import (
+    AuditLog,
+    IdempotencyKey,
+    JobExecution,
+    WebhookEvent,
+    WebhookProcessing,
+)
 from qzpay.domain.subscriptions import Subscription, SubscriptionAddon
 
 E = TypeVar("E")
@@ -252,6 +258,15 @@ SPECS: tuple[EntitySpec[Any], ...] = (
         "webhook_event",
         unique=(("provider", "provider_event_id"),),
         append_only=True,
+    ),
+    _spec(
+        WebhookProcessing,
+        "webhook_processing",
+        "webhook_processing",
+        # No foreign key to webhook_events: one needs a (id, scope) key on that table, which
+        # SQLite cannot add to the existing append-only table without rebuilding it; the
+        # two rows are written together, in one transaction, and never deleted.
+        unique=(("webhook_event_id",),),
     ),
     _spec(JobExecution, "job_executions", "job_execution"),
     _spec(IdempotencyKey, "idempotency_keys", "idempotency_key", unique=(("operation", "key"),)),

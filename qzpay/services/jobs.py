@@ -8,7 +8,9 @@ moves ``due_at`` on. If a user's edit moved the version meanwhile, the outcome i
 again to the row as it now is. Charges go intent first (``qzpay.services.charging``): a
 pending payment is committed before the provider is called, with a key derived from its
 row, and a subscription whose attempt is still pending is reconciled, never charged again.
-Payments left pending past ``reconcile_after`` are reconciled (``qzpay.services.reconciliation``).
+Payments left pending past ``reconcile_after`` are reconciled (``qzpay.services.reconciliation``),
+and webhooks stored but not applied (a process died in between) or whose applying failed
+are applied again (``qzpay.services.webhooks``).
 
 In multi-tenant mode, ``billing.jobs.run_due()`` on the root billing sweeps every tenant:
 the storage's one cross-tenant read (``across_tenants``) says which tenants have due rows,
@@ -47,11 +49,11 @@ from qzpay.domain.enums import InvoiceStatus, JobStatus, PaymentStatus, Subscrip
 from qzpay.domain.invoices import Invoice
 from qzpay.domain.payments import Payment
 from qzpay.domain.promotions import PromoCodeUsage
-from qzpay.domain.records import JobExecution
+from qzpay.domain.records import JobExecution, WebhookProcessing
 from qzpay.domain.subscriptions import Subscription
 from qzpay.errors import ConflictError, InvalidStateError
 from qzpay.ids import new_id
-from qzpay.services import charging, renewals
+from qzpay.services import charging, renewals, webhooks
 from qzpay.services.context import ServiceContext, UnitOfWork
 from qzpay.services.reconciliation import reconcile
 from qzpay.services.side_by_side import at_most
@@ -63,7 +65,7 @@ CONCURRENCY = 8
 LANES = 2
 """Batches in flight at once in one run: while one batch's statements run in the database,
 the other's rows are built (a runner is as safe as two runners: claims are disjoint)."""
-Claimed = TypeVar("Claimed", Subscription, Payment)
+Claimed = TypeVar("Claimed", Subscription, Payment, WebhookProcessing)
 Outcome = Literal[
     "trial_charged",
     "trial_free",
@@ -79,6 +81,7 @@ Outcome = Literal[
     "skipped",
     "errored",
     "reconciled",
+    "webhook",
 ]
 """What one due item came to (``skipped``: nothing to do yet, or its outcome is not known
 yet; ``errored``: it raised, was recorded and backed off)."""
@@ -109,6 +112,7 @@ class JobRunReport:
     resumed: int = 0
     expired: int = 0
     errors: int = 0
+    webhooks_retried: int = 0
 
     @classmethod
     def of(cls, outcomes: Counter[Outcome]) -> JobRunReport:
@@ -127,6 +131,7 @@ class JobRunReport:
             resumed=outcomes["resumed"],
             expired=outcomes["expired"],
             errors=outcomes["errored"],
+            webhooks_retried=outcomes["webhook"],
         )
 
 
@@ -179,9 +184,10 @@ class JobsService:
         while limit is None or outcomes.total() < limit:
             async with context.storage.across_tenants(livemode=context.livemode) as sweep:
                 now = context.now()
-                due: list[Subscription | Payment] = [
+                due: list[Subscription | Payment | WebhookProcessing] = [
                     *await sweep.due(Subscription, now=now, limit=BATCH),
                     *await sweep.due(Payment, now=now, limit=BATCH),
+                    *await sweep.due(WebhookProcessing, now=now, limit=BATCH),
                 ]
             tenants = sorted({row.tenant_id or "" for row in due} - done)
             if not tenants:
@@ -227,6 +233,10 @@ class JobsService:
                 for payment in payments:
                     await reconcile(context, payment.id)
                     outcomes["reconciled"] += 1
+            while deliveries := await claim(WebhookProcessing):
+                for delivery in deliveries:  # stored but not applied yet, or failed: again
+                    await webhooks.process(context, delivery)
+                    outcomes["webhook"] += 1
         except BaseException as failure:
             status = JobStatus.FAILED
             failures.append(type(failure).__name__)

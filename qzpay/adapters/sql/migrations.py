@@ -319,6 +319,44 @@ def _v6_columns(layout: Layout, moment: str, rate: str) -> list[str]:
     )
 
 
+def _v7_webhook_processing(layout: Layout) -> list[str]:
+    """Where applying each stored webhook stands: ``webhook_events`` rows never change, so
+    the status, the error and the job runner's retries (``due_at`` with a lease) are kept
+    in a row of their own, one per event."""
+    sqlite = layout.dialect == "sqlite"
+    uuid = "CHAR(32)" if sqlite else "UUID"
+    moment = "DATETIME" if sqlite else "TIMESTAMP WITH TIME ZONE"
+    tenant = "\ttenant_id TEXT NOT NULL, \n" if layout.multi_tenant else ""
+    scope = layout.scope
+    return layout.render(
+        "CREATE TABLE IF NOT EXISTS {prefix}webhook_processing (\n"
+        f"\tid {uuid} NOT NULL, \n"
+        "\tlivemode BOOLEAN NOT NULL, \n"
+        f"{tenant}"
+        f"\twebhook_event_id {uuid} NOT NULL, \n"
+        "\tprovider TEXT NOT NULL, \n"
+        "\tprovider_event_id TEXT NOT NULL, \n"
+        "\ttype TEXT NOT NULL, \n"
+        "\tstatus TEXT NOT NULL, \n"
+        "\tattempts BIGINT NOT NULL, \n"
+        "\terror TEXT, \n"
+        f"\tprocessed_at {moment}, \n"
+        f"\tdue_at {moment}, \n"
+        "\tclaimed_by TEXT, \n"
+        f"\tclaimed_until {moment}, \n"
+        "\tversion BIGINT NOT NULL, \n"
+        f"\tcreated_at {moment} NOT NULL, \n"
+        f"\tupdated_at {moment} NOT NULL, \n"
+        "\tPRIMARY KEY (id), \n"
+        "\tCONSTRAINT {prefix}webhook_processing_version_ck CHECK (version >= 1)\n"
+        ")",
+        "CREATE INDEX IF NOT EXISTS {prefix}webhook_processing_due_at_idx "
+        f"ON {{prefix}}webhook_processing ({scope}, due_at)",
+        "CREATE UNIQUE INDEX IF NOT EXISTS {prefix}webhook_processing_webhook_event_id_key "
+        f"ON {{prefix}}webhook_processing ({scope}, webhook_event_id)",
+    )
+
+
 def _identity_row(layout: Layout) -> str:
     # The prefix was validated as [a-z_][a-z0-9_]* before any SQL: safe as a literal.
     table = identifier(layout.prefix, "schema_info")
@@ -340,6 +378,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         6, "subscription lifecycle and dunning; invoice tax rate and attempts", _v6_lifecycle
     ),
+    Migration(7, "webhook processing status and retries", _v7_webhook_processing),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
