@@ -106,6 +106,17 @@ class ServiceContext:
             )
         return Scope(livemode=self.livemode, tenant_id=self.tenant_id)
 
+    def require_capability(self, name: str) -> None:
+        """Refuse, before anything is written, what the provider says it cannot do
+        (``ProviderCapabilities``), naming the capability, instead of faking it."""
+        if not getattr(self.provider.capabilities, name):
+            raise ConfigurationError(
+                f"the {self.provider.name!r} provider cannot do this: its capabilities say "
+                f"{name}=False",
+                field="provider",
+                rule=f"capability:{name}",
+            )
+
     def now(self) -> datetime:
         """The clock's moment in UTC; a naive one (a third-party clock's bug) is refused."""
         return aware_utc(self.clock.now(), field="clock")

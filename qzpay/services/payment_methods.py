@@ -110,6 +110,7 @@ class PaymentMethodsService:
         entity_id = check.identifier(customer_id, field="customer_id")
         card_token = check.text(token, field="token", max_length=255)
         make_default = check.boolean(set_default, field="set_default")
+        self._context.require_capability("payment_methods")
         keyed = idempotency.keyed(
             self._context,
             "payment_methods.attach",

@@ -284,6 +284,7 @@ class PaymentsService:
         value = None if amount is None else money.amount(amount, field="amount", minimum=1)
         why = check.optional_text(reason, field="reason", max_length=MAX_TEXT)
         meta = check.metadata(metadata)
+        self._context.require_capability("refunds")
         keyed = idempotency.keyed(
             self._context,
             "payments.refund",

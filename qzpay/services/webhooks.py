@@ -182,6 +182,7 @@ class WebhooksService:
                 field="provider",
                 rule="known_provider",
             )
+        context.require_capability("webhooks")
         if not isinstance(body, bytes | bytearray):
             raise ValidationError("must be the raw request body (bytes)", field="body")
         if len(body) > MAX_BODY:
