@@ -92,10 +92,17 @@ class Fault:
 
 
 class LoopbackAPI:
-    """Serve ``app`` on ``http://127.0.0.1:<port>`` until ``stop`` (or the ``with`` ends)."""
+    """Serve ``app`` on ``http://127.0.0.1:<port>`` until ``stop`` (or the ``with`` ends).
 
-    def __init__(self, app: Callable[[Request], Response]) -> None:
+    ``nodelay=True`` sets ``TCP_NODELAY`` on each connection: the handler writes a
+    response's headers and body in two sends, and on a kept-alive connection Nagle's
+    algorithm then holds the body until the client's delayed ACK (about 40 ms on Linux).
+    Tests do not mind; a benchmark does (``benchmarks/providers.py``).
+    """
+
+    def __init__(self, app: Callable[[Request], Response], *, nodelay: bool = False) -> None:
         self._app = app
+        self.nodelay = nodelay
         self._lock = threading.Lock()
         self._faults: deque[tuple[str | None, Fault]] = deque()
         self.requests: list[Request] = []
@@ -166,6 +173,7 @@ class LoopbackAPI:
 def _handler(api: LoopbackAPI) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = api.nodelay
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # quiet: the tests read ``api.requests``
