@@ -509,11 +509,14 @@ class FakeProvider:
         await anyio.lowlevel.checkpoint()
         if provider_id is not None:
             state = self._charges.get(provider_id)
-            return None if state is None else state.result
-        use = self._keys.get(idempotency_key)
-        if use is None or use.operation != "charge" or not isinstance(use.result, ChargeResult):
+        else:
+            use = self._keys.get(idempotency_key)
+            if use is None or use.operation != "charge" or not isinstance(use.result, ChargeResult):
+                return None
+            state = self._charges[use.result.provider_id]
+        if state is None:
             return None
-        return self._charges[use.result.provider_id].result
+        return attrs.evolve(state.result, idempotency_key=state.request.idempotency_key)
 
     def complete_authentication(self, provider_id: str, *, succeed: bool = True) -> ChargeResult:
         """The customer finished (or failed) 3-D Secure on a ``requires_action`` charge.

@@ -108,6 +108,10 @@ class ChargeResult:
     provider_failure_code: str | None = None
     next_action_url: str | None = None
     client_secret: str | None = None
+    idempotency_key: str | None = None
+    """The key the charge was made with, where a retrieved charge says it (Stripe's
+    ``metadata.qzpay_key``, MercadoPago's ``external_reference``): a webhook that names a
+    charge only by the provider's id is matched to the payment whose answer was lost."""
 
 
 RefundStatusLiteral = Literal["succeeded", "pending", "failed"]

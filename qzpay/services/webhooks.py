@@ -264,8 +264,16 @@ def _text(data: Mapping[str, Any], key: str) -> str | None:
 
 
 async def _owner(context: ServiceContext, event: ProviderEvent) -> str | None:
-    """The tenant that holds what the event is about, by the cross-tenant ``owners`` read."""
-    keys = lookups(event.type, event.provider, event.data)
+    """The tenant that holds what the event is about, by the cross-tenant ``owners`` read
+    (for a charge known only by the provider's id, by the key the provider says it was
+    made with)."""
+    tenant = await _owner_by(context, lookups(event.type, event.provider, event.data))
+    if tenant is None:
+        tenant = await _owner_by(context, await _keyed_lookup(context, event.type, event.data))
+    return tenant
+
+
+async def _owner_by(context: ServiceContext, keys: Sequence[Lookup]) -> str | None:
     if not keys:
         return None
     async with context.storage.across_tenants(livemode=context.livemode) as sweep:
@@ -275,6 +283,22 @@ async def _owner(context: ServiceContext, event: ProviderEvent) -> str | None:
                 tenant: str | None = rows[0].tenant_id
                 return tenant
     return None
+
+
+async def _keyed_lookup(
+    context: ServiceContext, event_type: str, data: Mapping[str, Any]
+) -> list[Lookup]:
+    """A payment event names only the provider's charge id, and no payment of qzpay's has
+    it: the charge's answer was lost, so qzpay never learned the id (MercadoPago's
+    notifications carry nothing else). The provider is asked for the charge and the key it
+    was made with, which names the payment."""
+    provider_id = _text(data, "provider_payment_id")
+    if event_type.partition(".")[0] != "payment" or provider_id is None:
+        return []
+    found = await context.provider.retrieve_charge(idempotency_key="", provider_id=provider_id)
+    if found is None or found.idempotency_key is None:
+        return []
+    return lookups(event_type, context.provider.name, {"idempotency_key": found.idempotency_key})
 
 
 # -- storing --------------------------------------------------------------------------------
@@ -410,8 +434,17 @@ async def _payment_of(
     context: ServiceContext, event_type: str, data: Mapping[str, Any]
 ) -> Payment | None:
     """The payment an event is about (a refund's, for a refund event), if it is qzpay's."""
+    found = await _payment_by(context, lookups(event_type, context.provider.name, data))
+    if found is None:
+        found = await _payment_by(context, await _keyed_lookup(context, event_type, data))
+    return found
+
+
+async def _payment_by(context: ServiceContext, keys: Sequence[Lookup]) -> Payment | None:
+    if not keys:
+        return None
     async with context.unit_of_work(readonly=True) as uow:
-        for kind, key in lookups(event_type, context.provider.name, data):
+        for kind, key in keys:
             if kind is Refund:
                 refunds_found = (await uow.tx.list(Refund, filters=key, limit=1)).items
                 if refunds_found:

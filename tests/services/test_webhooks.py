@@ -266,3 +266,23 @@ async def test_stored_events_are_append_only(
     assert stored.payload["body"]["id"] == "evt_a"  # the body as received, kept
     assert stored.payload["provider_type"] == "customer.updated"
     assert rows.items == []  # storing an event changes no billing record
+
+
+async def test_an_event_naming_only_the_providers_id_finds_a_payment_whose_answer_was_lost(
+    make_billing: MakeBilling, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    # MercadoPago's notifications carry only its own payment id, which qzpay never learned
+    # when every answer was lost: the provider is asked which key the charge was made with.
+    async with make_billing(tenancy="multi") as root:
+        acme = root.for_tenant("acme")
+        payment = await _lost_charge(acme, fake)
+        charge = fake.charges[0].result.provider_id
+        assert (await acme.payments.get(payment.id)).provider_id is None
+
+        routed = await _deliver(
+            root, fake, clock, _event("evt_id", "payment.updated", provider_payment_id=charge)
+        )
+
+        assert (routed.status, routed.tenant_id) == ("processed", "acme")
+        settled = await acme.payments.get(payment.id)
+        assert (settled.status, settled.provider_id) == ("succeeded", charge)

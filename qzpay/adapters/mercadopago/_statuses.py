@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+import attrs
+
 from qzpay.contracts.provider import ChargeResult, ChargeStatus, RefundResult, RefundStatusLiteral
 from qzpay.errors import ProviderError
 
@@ -96,7 +98,12 @@ def payment_id(body: Mapping[str, Any]) -> str:
 
 
 def charge_result(body: Mapping[str, Any]) -> ChargeResult:
-    """A MercadoPago payment as a ``ChargeResult``."""
+    """A MercadoPago payment as a ``ChargeResult``, with the qzpay key it was made with (its
+    ``external_reference``)."""
+    return attrs.evolve(_charge_result(body), idempotency_key=_text(body, "external_reference"))
+
+
+def _charge_result(body: Mapping[str, Any]) -> ChargeResult:
     status = _text(body, "status") or ""
     mapped = PAYMENT_STATUSES.get(status)
     if mapped is None:

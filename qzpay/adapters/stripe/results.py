@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+import attrs
+
 from qzpay.contracts.provider import (
     ChargeResult,
     ChargeStatus,
@@ -115,6 +117,14 @@ def declined(error: Plain) -> ChargeResult:
 
 
 def charge(intent: Plain) -> ChargeResult:
+    """A PaymentIntent as it stands, as a charge result, with the qzpay key it was made with
+    (its ``metadata.qzpay_key``)."""
+    return attrs.evolve(
+        _charge(intent), idempotency_key=text(nested(intent, "metadata", "qzpay_key"))
+    )
+
+
+def _charge(intent: Plain) -> ChargeResult:
     """A PaymentIntent as it stands, as a charge result.
 
     ``requires_payment_method`` after a confirmation is a failed attempt (its
