@@ -94,13 +94,13 @@ class Fault:
 class LoopbackAPI:
     """Serve ``app`` on ``http://127.0.0.1:<port>`` until ``stop`` (or the ``with`` ends).
 
-    ``nodelay=True`` sets ``TCP_NODELAY`` on each connection: the handler writes a
+    ``nodelay`` (the default) sets ``TCP_NODELAY`` on each connection: the handler writes a
     response's headers and body in two sends, and on a kept-alive connection Nagle's
-    algorithm then holds the body until the client's delayed ACK (about 40 ms on Linux).
-    Tests do not mind; a benchmark does (``benchmarks/providers.py``).
+    algorithm would hold the body until the client's delayed ACK (about 40 ms on Linux, on
+    every call of a test or a benchmark).
     """
 
-    def __init__(self, app: Callable[[Request], Response], *, nodelay: bool = False) -> None:
+    def __init__(self, app: Callable[[Request], Response], *, nodelay: bool = True) -> None:
         self._app = app
         self.nodelay = nodelay
         self._lock = threading.Lock()
