@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from qzpay.adapters import generated
 from qzpay.contracts.filters import Condition, Op
 from qzpay.contracts.storage import Filters, Scope
 from qzpay.domain.registry import LEASE_COLUMNS, EntitySpec, UniqueKey
@@ -189,8 +190,7 @@ def _checker(kind: type[Any]) -> Any:
         "storable_text": storable_text,
         "check_storable": _check_storable,
     }
-    exec(compile("\n".join(lines) + "\n", f"<check_values {kind.__name__}>", "exec"), names)
-    return names["check"]
+    return generated.function("check", lines, names, label=f"check_values {kind.__name__}")
 
 
 def at_version(entity: E, version: int) -> E:
@@ -215,8 +215,7 @@ def _copier(kind: type[Any]) -> Any:
         lines.append(f"    put(made, {field.name!r}, {value})")
     lines.append("    return made")
     names: dict[str, Any] = {"new": object.__new__, "put": object.__setattr__, "kind": kind}
-    exec(compile("\n".join(lines) + "\n", f"<at_version {kind.__name__}>", "exec"), names)
-    return names["copy"]
+    return generated.function("copy", lines, names, label=f"at_version {kind.__name__}")
 
 
 def check_column(spec: EntitySpec[Any], name: str) -> None:

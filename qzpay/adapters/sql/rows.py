@@ -23,6 +23,7 @@ import attrs
 import cattrs
 from cattrs.fns import identity
 
+from qzpay.adapters import generated
 from qzpay.domain.registry import EntitySpec
 
 E = TypeVar("E")
@@ -218,9 +219,8 @@ def _row_reader(kind: type[E], converter: cattrs.Converter, columns: Sequence[st
             names[f"__t{index}"] = annotation
             value = f"__h{index}(row[{index}], __t{index})"
         arguments.append(f"{aliases[column]}={value}")
-    source = f"def read(row):\n    return __kind({', '.join(arguments)})\n"
-    exec(compile(source, f"<row reader {kind.__name__}>", "exec"), names)
-    return names["read"]
+    lines = ["def read(row):", f"    return __kind({', '.join(arguments)})"]
+    return generated.function("read", lines, names, label=f"row reader {kind.__name__}")
 
 
 class RowCodec(Generic[E]):
