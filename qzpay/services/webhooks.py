@@ -124,8 +124,12 @@ class WebhooksService:
         long ago or ahead of the clock), ``ValidationError`` for a provider this billing
         does not use or a body that is not an event; nothing is stored then.
         """
-        received = await self.receive(provider, headers, body, query)
-        return await self.apply(received) if received.status == "received" else received
+        received, stored, processing = await self._receive(provider, headers, body, query)
+        if stored is None or processing is None:
+            return received
+        scoped = attrs.evolve(self._context, tenant_id=received.tenant_id)
+        done = await process(scoped, processing, stored)
+        return attrs.evolve(received, status=_handled(done.status), error=done.error)
 
     async def receive(
         self,
@@ -141,15 +145,28 @@ class WebhooksService:
         once this returns, then ``apply``; an event never applied (the process died) is
         applied by the job runner. Raises as ``handle`` does.
         """
+        received, _, _ = await self._receive(provider, headers, body, query)
+        return received
+
+    async def _receive(
+        self,
+        provider: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        query: Mapping[str, str] | None,
+    ) -> tuple[WebhookResult, WebhookEvent | None, WebhookProcessing | None]:
+        """``receive``'s result, with the rows it stored (``None``: it stored none), so
+        ``handle`` applies the event without reading them back."""
         context = self._context
         event = self._verify(provider, headers, body, query)
         tenant = context.tenant_id
         if context.multi_tenant and tenant is None:
             tenant = await _owner(context, event)
             if tenant is None:
-                return _result("ignored", event)
-        stored, inserted = await _store(attrs.evolve(context, tenant_id=tenant), event, body)
-        return _result("received" if inserted else "duplicate", event, stored.id, tenant)
+                return _result("ignored", event), None, None
+        stored, processing = await _store(attrs.evolve(context, tenant_id=tenant), event, body)
+        status: HandledStatus = "duplicate" if processing is None else "received"
+        return _result(status, event, stored.id, tenant), stored, processing
 
     async def apply(self, received: WebhookResult) -> WebhookResult:
         """Apply an event ``receive`` stored; what that came to (``processed``,
@@ -306,9 +323,9 @@ async def _keyed_lookup(
 
 async def _store(
     context: ServiceContext, event: ProviderEvent, body: bytes
-) -> tuple[WebhookEvent, bool]:
-    """The event and its processing row, stored once; whether this delivery stored them
-    (``False``: an earlier one did)."""
+) -> tuple[WebhookEvent, WebhookProcessing | None]:
+    """The event and its processing row, stored once; the row ``None`` when an earlier
+    delivery stored the event."""
     async with context.unit_of_work() as uow:
         stored, inserted = await uow.tx.insert_or_get(
             WebhookEvent(
@@ -332,7 +349,7 @@ async def _store(
             on=("provider", "provider_event_id"),
         )
         if not inserted:
-            return stored, False
+            return stored, None
         processing = WebhookProcessing(
             id=new_id(),
             livemode=uow.scope.livemode,
@@ -346,7 +363,7 @@ async def _store(
             updated_at=uow.now,
         )
         await uow.tx.insert(processing)
-    return stored, True
+    return stored, processing
 
 
 def _body(body: bytes) -> Any:
@@ -361,13 +378,16 @@ def _body(body: bytes) -> Any:
 # -- applying -------------------------------------------------------------------------------
 
 
-async def process(context: ServiceContext, processing: WebhookProcessing) -> WebhookProcessing:
+async def process(
+    context: ServiceContext, processing: WebhookProcessing, stored: WebhookEvent | None = None
+) -> WebhookProcessing:
     """Apply one stored event and record how that went (on ``processing``, at its version);
-    ``context`` is the event's tenant's. Raises nothing of the apply: a failure is recorded
-    and the row is due again. A concurrent try that recorded first wins (its row is
-    returned)."""
-    async with context.unit_of_work(readonly=True) as uow:
-        stored: WebhookEvent | None = await uow.tx.get(WebhookEvent, processing.webhook_event_id)
+    ``context`` is the event's tenant's, ``stored`` the event when the caller has it (else it
+    is read). Raises nothing of the apply: a failure is recorded and the row is due again. A
+    concurrent try that recorded first wins (its row is returned)."""
+    if stored is None:
+        async with context.unit_of_work(readonly=True) as uow:
+            stored = await uow.tx.get(WebhookEvent, processing.webhook_event_id)
     error: str | None = None
     status = WebhookEventStatus.IGNORED
     if stored is not None:
