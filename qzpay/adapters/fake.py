@@ -17,7 +17,7 @@ import pickle
 import re
 import secrets
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, get_args
@@ -26,6 +26,7 @@ import anyio.lowlevel
 import attrs
 
 from qzpay.contracts.provider import (
+    SUBSCRIPTION_STATUSES,
     ChargeRequest,
     ChargeResult,
     CheckoutRequest,
@@ -40,7 +41,6 @@ from qzpay.contracts.provider import (
     RefundResult,
 )
 from qzpay.errors import (
-    ConfigurationError,
     IdempotencyError,
     ProviderError,
     SignatureError,
@@ -56,6 +56,7 @@ __all__ = [
     "FakePaymentMethod",
     "FakeProvider",
     "FakeRefund",
+    "FakeSubscription",
     "Operation",
 ]
 
@@ -74,6 +75,8 @@ Operation = Literal[
     "charge",
     "refund",
     "create_checkout",
+    "create_subscription",
+    "cancel_subscription",
 ]
 _OPERATIONS: Final[tuple[str, ...]] = get_args(Operation)
 
@@ -164,6 +167,14 @@ class FakeRefund:
 
     request: RefundRequest
     result: RefundResult
+
+
+@attrs.frozen(kw_only=True)
+class FakeSubscription:
+    """A provider-managed subscription as the fake provider has it now, with its request."""
+
+    request: ProviderSubscriptionRequest
+    subscription: ProviderSubscription
 
 
 @attrs.define(kw_only=True)
@@ -279,7 +290,7 @@ class FakeProvider:
         payment_methods=True,
         refunds=True,
         three_d_secure=True,
-        subscriptions=False,
+        subscriptions=True,
         checkout=True,
         webhooks=True,
     )
@@ -309,6 +320,7 @@ class FakeProvider:
         self._cards: dict[str, _TestCard] = {}
         self._charges: dict[str, _ChargeState] = {}
         self._refunds: list[FakeRefund] = []
+        self._subscriptions: dict[str, FakeSubscription] = {}
         self._keys: dict[str, _KeyUse] = {}
         self._faults: dict[str, deque[tuple[ProviderError, bool]]] = {}
         self._ledger = None if ledger is None else Path(ledger)
@@ -328,7 +340,8 @@ class FakeProvider:
 
     @property
     def capabilities(self) -> ProviderCapabilities:
-        """Everything but provider-side subscriptions (qzpay bills those itself)."""
+        """Everything the port names: payment methods, refunds, 3-D Secure, provider-managed
+        subscriptions, checkout and webhooks."""
         return self._CAPABILITIES
 
     # -- test controls ----------------------------------------------------------------------
@@ -342,7 +355,7 @@ class FakeProvider:
         (charges, refunds, binds the key) and then raises, like a response lost on its way
         back (a timeout after charging): the fault reconciliation exists for. Operations:
         ``create_customer``, ``attach_payment_method``, ``detach_payment_method``, ``charge``,
-        ``refund``, ``create_checkout``.
+        ``refund``, ``create_checkout``, ``create_subscription``, ``cancel_subscription``.
 
         >>> fake = FakeProvider()
         >>> fake.fail_next("charge", ProviderError("gateway timeout", retryable=True))
@@ -383,6 +396,54 @@ class FakeProvider:
     def refunds(self) -> list[FakeRefund]:
         """Every refund granted, oldest first (a snapshot)."""
         return list(self._refunds)
+
+    @property
+    def subscriptions(self) -> Mapping[str, FakeSubscription]:
+        """Provider-managed subscriptions by provider id, as they stand now (a snapshot)."""
+        return dict(self._subscriptions)
+
+    def update_subscription(
+        self,
+        provider_id: str,
+        *,
+        status: str | None = None,
+        current_period_start: datetime | None = None,
+        current_period_end: datetime | None = None,
+        cancel_at_period_end: bool | None = None,
+    ) -> ProviderSubscription:
+        """Move a subscription at the provider, as the provider's own billing would (a renewal,
+        a failed charge, a cancel from its dashboard); then send qzpay the webhook for it.
+
+        >>> fake = FakeProvider(namespace="")
+        >>> fake.update_subscription("sub_none", status="past_due")
+        Traceback (most recent call last):
+        ...
+        qzpay.errors.ValidationError: provider_id: no such subscription at the fake provider
+        """
+        stored = self._subscriptions.get(provider_id)
+        if stored is None:
+            raise ValidationError("no such subscription at the fake provider", field="provider_id")
+        if status is not None and status not in SUBSCRIPTION_STATUSES:
+            raise ValidationError(
+                f"must be one of: {', '.join(sorted(SUBSCRIPTION_STATUSES))}", field="status"
+            )
+        changes: dict[str, Any] = {}
+        if status is not None:
+            changes.update(status=status, provider_status=status)
+        if current_period_start is not None:
+            changes["current_period_start"] = _require_aware(
+                current_period_start, field="current_period_start"
+            )
+        if current_period_end is not None:
+            changes["current_period_end"] = _require_aware(
+                current_period_end, field="current_period_end"
+            )
+        if cancel_at_period_end is not None:
+            changes["cancel_at_period_end"] = bool(cancel_at_period_end)
+        updated = attrs.evolve(stored.subscription, **changes)
+        self._subscriptions[provider_id] = attrs.evolve(stored, subscription=updated)
+        self._save()
+        return updated
 
     # -- the port ---------------------------------------------------------------------------
 
@@ -591,14 +652,89 @@ class FakeProvider:
                 return granted.result
         return None
 
+    async def list_refunds(
+        self, *, provider_payment_id: str, currency: str
+    ) -> Sequence[RefundResult]:
+        """The charge's refunds, oldest first, with their amounts and keys."""
+        await anyio.lowlevel.checkpoint()
+        return [
+            attrs.evolve(
+                granted.result,
+                amount=granted.request.amount,
+                idempotency_key=granted.request.idempotency_key,
+            )
+            for granted in self._refunds
+            if granted.request.provider_payment_id == provider_payment_id
+        ]
+
     async def create_subscription(
         self, request: ProviderSubscriptionRequest
     ) -> ProviderSubscription:
-        """Always raises ``ConfigurationError``: the fake leaves subscriptions to qzpay."""
-        raise ConfigurationError(
-            "the fake provider does not manage subscriptions (capabilities.subscriptions is "
-            "False); qzpay bills them itself"
+        """Start a subscription on any price id: ``trialing`` with a ``trial_end``, else
+        ``active``. The fake keeps no calendar: periods are left for qzpay to compute until
+        ``update_subscription`` sets them."""
+        lost = await self._enter("create_subscription")
+        _check_key(request.idempotency_key)
+        prior = self._key_use("create_subscription", request.idempotency_key, request)
+        if prior is not None and prior.result is not None:
+            return self._leave(lost, self._replayed(prior, ProviderSubscription))
+        self._require_customer(request.provider_customer_id)
+        if not isinstance(request.provider_price_id, str) or not request.provider_price_id:
+            raise ProviderError(
+                "must be a non-empty string", retryable=False, field="provider_price_id"
+            )
+        if isinstance(request.quantity, bool) or not isinstance(request.quantity, int):
+            raise ProviderError("must be an integer", retryable=False, field="quantity")
+        if request.quantity < 1:
+            raise ProviderError("must be at least 1", retryable=False, field="quantity")
+        trial_end = (
+            None
+            if request.trial_end is None
+            else _require_aware(request.trial_end, field="trial_end")
         )
+        status = "trialing" if trial_end is not None else "active"
+        subscription = ProviderSubscription(
+            provider_id=self._next_id("sub"),
+            status=status,
+            provider_status=status,
+            trial_end=trial_end,
+            idempotency_key=request.idempotency_key,
+        )
+        self._subscriptions[subscription.provider_id] = FakeSubscription(
+            request=request, subscription=subscription
+        )
+        self._remember("create_subscription", request.idempotency_key, request, subscription)
+        return self._leave(lost, subscription)
+
+    async def retrieve_subscription(self, *, provider_id: str) -> ProviderSubscription | None:
+        """The subscription as it stands now, or ``None``."""
+        await anyio.lowlevel.checkpoint()
+        stored = self._subscriptions.get(provider_id)
+        return None if stored is None else stored.subscription
+
+    async def cancel_subscription(
+        self, *, provider_id: str, at_period_end: bool, idempotency_key: str
+    ) -> ProviderSubscription:
+        """Cancel now (``canceled``) or mark it to end with its period. The fake keeps no
+        clock, so it says no ``canceled_at``: qzpay records when it saw the cancel."""
+        lost = await self._enter("cancel_subscription")
+        _check_key(idempotency_key)
+        params = (provider_id, bool(at_period_end))
+        prior = self._key_use("cancel_subscription", idempotency_key, params)
+        if prior is not None and prior.result is not None:
+            return self._leave(lost, self._replayed(prior, ProviderSubscription))
+        stored = self._subscriptions.get(provider_id)
+        if stored is None:
+            raise ProviderError("no such subscription", retryable=False, field="provider_id")
+        current = stored.subscription
+        if current.status not in ("canceled", "incomplete_expired"):
+            if at_period_end:
+                current = attrs.evolve(current, cancel_at_period_end=True)
+            else:
+                current = attrs.evolve(current, status="canceled", provider_status="canceled")
+            self._subscriptions[provider_id] = attrs.evolve(stored, subscription=current)
+        self._remember("cancel_subscription", idempotency_key, params, current)
+        return self._leave(lost, current)
 
     async def create_checkout(self, request: CheckoutRequest) -> ProviderCheckout:
         """Open a checkout session at ``https://fake.qzpay.local/checkout/<id>``."""
@@ -717,6 +853,7 @@ class FakeProvider:
         "_cards",
         "_charges",
         "_refunds",
+        "_subscriptions",
         "_keys",
     )
 
@@ -737,7 +874,8 @@ class FakeProvider:
         with ledger.open("rb") as file:
             state = pickle.load(file)  # the fake's own file: written by _save above
         for name in self._STATE:
-            setattr(self, name, state[name])
+            # A ledger written before a field existed keeps that field's fresh value.
+            setattr(self, name, state.get(name, getattr(self, name)))
 
     def _next_id(self, prefix: str) -> str:
         count = self._counters.get(prefix, 0) + 1

@@ -16,7 +16,7 @@ key, never charges again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -128,24 +128,77 @@ class RefundRequest:
 
 @attrs.frozen(kw_only=True)
 class RefundResult:
+    """A refund's outcome, or its state now when retrieved or listed.
+
+    ``amount`` (minor units) and ``idempotency_key`` (the key it was made with) are filled
+    in where the provider says them; listing a payment's refunds fills ``amount`` always.
+    """
+
     provider_id: str
     status: RefundStatusLiteral
     failure_code: str | None = None
+    amount: int | None = None
+    idempotency_key: str | None = None
 
 
 @attrs.frozen(kw_only=True)
 class ProviderSubscriptionRequest:
+    """A subscription the provider bills itself (provider-managed mode): one item of the
+    provider's own price, with a trial until ``trial_end`` where given."""
+
     provider_customer_id: str
     provider_price_id: str
     quantity: int
     idempotency_key: str
     trial_end: datetime | None = None
+    provider_payment_method_id: str | None = None
+    """The card the provider should bill (the subscription's or the customer's default in
+    qzpay), where qzpay has one; else the provider's own default for the customer."""
+
+
+SUBSCRIPTION_STATUSES = frozenset(
+    {
+        "incomplete",
+        "incomplete_expired",
+        "trialing",
+        "active",
+        "past_due",
+        "paused",
+        "canceled",
+        "unpaid",
+    }
+)
+"""The neutral statuses a ``ProviderSubscription`` carries (Stripe Billing's vocabulary,
+the same as qzpay's own subscriptions). Adapters map their provider's onto these:
+MercadoPago's ``pending`` is ``incomplete``, ``authorized`` is ``active`` (``trialing``
+before its first charge), ``cancelled`` is ``canceled``."""
 
 
 @attrs.frozen(kw_only=True)
 class ProviderSubscription:
+    """A provider-managed subscription as the provider has it now.
+
+    qzpay mirrors these fields onto its own row; a field the provider does not say is
+    ``None`` and leaves qzpay's value as it is. Times are timezone-aware UTC.
+    """
+
     provider_id: str
     status: str
+    """One of ``SUBSCRIPTION_STATUSES``."""
+    provider_status: str = ""
+    """The provider's own word for it (``authorized``, ``past_due``...)."""
+    current_period_start: datetime | None = None
+    current_period_end: datetime | None = None
+    trial_end: datetime | None = None
+    cancel_at_period_end: bool = False
+    canceled_at: datetime | None = None
+    ended_at: datetime | None = None
+    idempotency_key: str | None = None
+    """The key it was created with, where the provider echoes it (Stripe's
+    ``metadata.qzpay_key``, MercadoPago's ``external_reference``)."""
+    next_action_url: str | None = None
+    """While ``incomplete``: where the customer goes to authorize it (MercadoPago's
+    ``init_point`` for a pending preapproval)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -175,7 +228,8 @@ WEBHOOK_KINDS = ("payment", "refund", "subscription", "checkout")
 - ``refund.<what>``: ``data`` has ``provider_refund_id``, and ``provider_payment_id`` and
   ``idempotency_key`` where known; settled from ``retrieve_refund`` the same way.
 - ``subscription.<what>``: a provider-managed subscription changed; ``data`` has
-  ``provider_subscription_id`` and the provider's ``status``.
+  ``provider_subscription_id`` and, where the provider echoes it, ``idempotency_key``.
+  qzpay asks ``retrieve_subscription`` and mirrors what it answers (``subscriptions.sync``).
 - ``checkout.<what>``: ``data`` has ``provider_checkout_id``.
 
 Any other type is stored and acknowledged, and nothing is applied. ``ProviderEvent.
@@ -247,9 +301,37 @@ class PaymentProvider(Protocol):
         ``None`` when the provider has none."""
         ...
 
+    async def list_refunds(
+        self, *, provider_payment_id: str, currency: str
+    ) -> Sequence[RefundResult]:
+        """Every refund of the charge ``provider_payment_id`` (in ``currency``, the charge's),
+        oldest first, each with its ``amount`` and, where the provider echoes it, the
+        ``idempotency_key`` it was made with; empty when the charge has none or is unknown.
+
+        Reconciliation asks this for a refund whose answer was lost before qzpay learned
+        its id: the provider's refunds of that one payment are few, and one of them is it.
+        """
+        ...
+
     async def create_subscription(
         self, request: ProviderSubscriptionRequest
-    ) -> ProviderSubscription: ...
+    ) -> ProviderSubscription:
+        """Create it, or with the same ``idempotency_key`` answer the one made before
+        (qzpay re-sends the same request after a crash or a lost answer)."""
+        ...
+
+    async def retrieve_subscription(self, *, provider_id: str) -> ProviderSubscription | None:
+        """The provider-managed subscription as it stands now; ``None`` when the provider has
+        none with that id. Webhooks and ``subscriptions.sync`` mirror from this."""
+        ...
+
+    async def cancel_subscription(
+        self, *, provider_id: str, at_period_end: bool, idempotency_key: str
+    ) -> ProviderSubscription:
+        """Cancel now (``at_period_end=False``) or at the end of the current period. A
+        provider that cannot cancel at period end raises a non-retryable ``ProviderError``
+        with ``rule="cancel_at_period_end"``. Cancelling a canceled one answers it as it is."""
+        ...
 
     async def create_checkout(self, request: CheckoutRequest) -> ProviderCheckout: ...
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 import anyio
+import attrs
 import pytest
 
 from qzpay.adapters.fake import FAKE_TEST_TOKENS, FakeProvider
@@ -22,7 +23,6 @@ from qzpay.contracts.provider import (
     RefundResult,
 )
 from qzpay.errors import (
-    ConfigurationError,
     IdempotencyError,
     ProviderError,
     SignatureError,
@@ -94,14 +94,14 @@ def test_the_fake_is_a_payment_provider_named_fake(fake: FakeProvider) -> None:
     assert provider.name == "fake"
 
 
-def test_capabilities_are_everything_but_subscriptions(fake: FakeProvider) -> None:
+def test_capabilities_are_everything_the_port_names(fake: FakeProvider) -> None:
     capabilities = fake.capabilities
     assert capabilities.payment_methods
     assert capabilities.refunds
     assert capabilities.three_d_secure
     assert capabilities.checkout
     assert capabilities.webhooks
-    assert not capabilities.subscriptions
+    assert capabilities.subscriptions
 
 
 @pytest.mark.anyio
@@ -649,15 +649,100 @@ async def test_checkout_returns_a_fake_url_and_replays_for_its_key(fake: FakePro
 
 
 @pytest.mark.anyio
-async def test_subscriptions_are_not_the_fakes_job(fake: FakeProvider) -> None:
+async def test_a_subscription_is_created_once_per_key_and_moves_only_when_told(
+    fake: FakeProvider,
+) -> None:
+    customer_id, _ = await customer_with_card(fake)
+    trial_end = datetime(2025, 2, 1, tzinfo=UTC)
     request = ProviderSubscriptionRequest(
-        provider_customer_id="cus_fake_000001",
+        provider_customer_id=customer_id,
+        provider_price_id="price_1",
+        quantity=2,
+        idempotency_key="s1",
+        trial_end=trial_end,
+    )
+
+    created = await fake.create_subscription(request)
+
+    assert created.status == "trialing"
+    assert created.trial_end == trial_end
+    assert created.idempotency_key == "s1"
+    assert await fake.create_subscription(request) == created
+    assert list(fake.subscriptions) == [created.provider_id]
+    with pytest.raises(IdempotencyError):
+        await fake.create_subscription(attrs.evolve(request, quantity=3))
+    end = datetime(2025, 3, 1, tzinfo=UTC)
+    moved = fake.update_subscription(created.provider_id, status="past_due", current_period_end=end)
+    assert await fake.retrieve_subscription(provider_id=created.provider_id) == moved
+    assert (moved.status, moved.current_period_end) == ("past_due", end)
+    assert await fake.retrieve_subscription(provider_id="sub_none") is None
+    with pytest.raises(ValidationError, match="status"):
+        fake.update_subscription(created.provider_id, status="gone")
+
+
+@pytest.mark.anyio
+async def test_a_subscription_cancels_at_period_end_or_now_and_a_second_cancel_answers_it(
+    fake: FakeProvider,
+) -> None:
+    customer_id, _ = await customer_with_card(fake)
+    created = await fake.create_subscription(
+        ProviderSubscriptionRequest(
+            provider_customer_id=customer_id,
+            provider_price_id="price_1",
+            quantity=1,
+            idempotency_key="s1",
+        )
+    )
+    assert created.status == "active"
+
+    later = await fake.cancel_subscription(
+        provider_id=created.provider_id, at_period_end=True, idempotency_key="c1"
+    )
+    assert (later.status, later.cancel_at_period_end) == ("active", True)
+    now = await fake.cancel_subscription(
+        provider_id=created.provider_id, at_period_end=False, idempotency_key="c2"
+    )
+    assert now.status == "canceled"
+    again = await fake.cancel_subscription(
+        provider_id=created.provider_id, at_period_end=False, idempotency_key="c3"
+    )
+    assert again == now
+    with pytest.raises(ProviderError):
+        await fake.cancel_subscription(
+            provider_id="sub_none", at_period_end=False, idempotency_key="c4"
+        )
+
+
+@pytest.mark.anyio
+async def test_a_subscription_for_an_unknown_customer_is_refused(fake: FakeProvider) -> None:
+    request = ProviderSubscriptionRequest(
+        provider_customer_id="cus_none",
         provider_price_id="price_1",
         quantity=1,
         idempotency_key="s1",
     )
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ProviderError, match="customer"):
         await fake.create_subscription(request)
+
+
+@pytest.mark.anyio
+async def test_a_charges_refunds_are_listed_with_their_amounts_and_keys(
+    fake: FakeProvider,
+) -> None:
+    customer_id, method_id = await customer_with_card(fake)
+    charge = await fake.charge(charge_request(customer_id, method_id))
+    other = await fake.charge(charge_request(customer_id, method_id, key="other"))
+    first = await fake.refund(refund_request(charge.provider_id, 100, "refund-1"))
+    await fake.refund(refund_request(other.provider_id, 50, "refund-other"))
+    second = await fake.refund(refund_request(charge.provider_id, 200, "refund-2"))
+
+    listed = await fake.list_refunds(provider_payment_id=charge.provider_id, currency="USD")
+
+    assert [(r.provider_id, r.amount, r.idempotency_key) for r in listed] == [
+        (first.provider_id, 100, "refund-1"),
+        (second.provider_id, 200, "refund-2"),
+    ]
+    assert await fake.list_refunds(provider_payment_id="ch_none", currency="USD") == []
 
 
 # -- webhooks ---------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """One set-up per payment provider for the provider-contract tests (``test_provider_contract``).
 
 A ``ProviderSetup`` is what a contract scenario needs to know about a provider beyond the
-port: how to make a card in the provider's own test vocabulary, how many customers and
-charges the provider holds (to prove an idempotent replay made nothing new), how the
-customer finishes 3-D Secure, how the provider signs a webhook about a charge, and how to
-lose a charge's answers on the way back. Each ``*_setup`` context manager starts what the
+port: how to make a card in the provider's own test vocabulary, how many customers, charges
+and subscriptions the provider holds (to prove an idempotent replay made nothing new), how
+the customer finishes 3-D Secure, how the provider signs a webhook about a charge or a
+subscription, how its own billing moves a subscription, and how to lose a charge's answers
+on the way back. Each ``*_setup`` context manager starts what the
 provider talks to (a loopback fake of its HTTP API for Stripe and MercadoPago) and stops it
 at the end.
 
@@ -74,7 +75,12 @@ class ProviderSetup:
       charge changed, signed at ``at``;
     - ``lose_charge_answers(n)``: the next ``n`` charge requests reach the provider (the
       first one charges) and every answer is lost on the way back;
-    - ``secrets``: what must never show in an error message.
+    - ``secrets``: what must never show in an error message;
+    - where ``capabilities.subscriptions``: ``price_id``, a price (plan) to subscribe to;
+      ``subscriptions()``, how many the provider holds; ``unknown_subscription_id``, an id
+      it never made; ``move_subscription(provider_id, status)``, the provider's own billing
+      moving it to the neutral ``status`` (its own word for it); and
+      ``subscription_delivery(provider_id, at)``, the signed webhook it sends about it.
     """
 
     name: str
@@ -91,6 +97,10 @@ class ProviderSetup:
     complete_authentication: Callable[[str], None] | None = None
     price_id: str | None = None
     """A price (plan) at the provider that ``create_subscription`` can use."""
+    subscriptions: Callable[[], int] | None = None
+    unknown_subscription_id: str | None = None
+    move_subscription: Callable[[str, str], None] | None = None
+    subscription_delivery: Callable[[str, datetime], Delivery] | None = None
 
 
 # -- FakeProvider -----------------------------------------------------------------------------
@@ -100,6 +110,9 @@ _FAKE_TOKENS: Mapping[Card, str] = {
     "declining": "pm_card_chargeDeclinedInsufficientFunds",
     "three_d_secure": "pm_card_authenticationRequired",
 }
+
+
+FAKE_PRICE = "price_fake_contract_monthly"
 
 
 @contextmanager
@@ -130,6 +143,20 @@ def fake_setup() -> Iterator[ProviderSetup]:
     def complete_authentication(provider_id: str) -> None:
         fake.complete_authentication(provider_id)
 
+    def move_subscription(provider_id: str, status: str) -> None:
+        fake.update_subscription(provider_id, status=status)
+
+    def subscription_delivery(provider_id: str, at: datetime) -> Delivery:
+        body = json.dumps(
+            {
+                "id": f"evt_{provider_id}_{int(at.timestamp())}",
+                "type": "subscription.updated",
+                "created": int(at.timestamp()),
+                "data": {"provider_subscription_id": provider_id},
+            }
+        ).encode()
+        return Delivery(body, fake.sign_webhook(body, at))
+
     yield ProviderSetup(
         name="fake",
         provider=fake,
@@ -143,6 +170,11 @@ def fake_setup() -> Iterator[ProviderSetup]:
         delivery=delivery,
         lose_charge_answers=lose_charge_answers,
         complete_authentication=complete_authentication,
+        price_id=FAKE_PRICE,
+        subscriptions=lambda: len(fake.subscriptions),
+        unknown_subscription_id="sub_fake_never_made",
+        move_subscription=move_subscription,
+        subscription_delivery=subscription_delivery,
     )
 
 
@@ -197,6 +229,13 @@ def stripe_setup() -> Iterator[ProviderSetup]:
         def complete_authentication(provider_id: str) -> None:
             stripe_api.complete_authentication(provider_id)
 
+        def move_subscription(provider_id: str, status: str) -> None:
+            stripe_api.move_subscription(provider_id, status=status)  # Stripe's words are ours
+
+        def subscription_delivery(provider_id: str, at: datetime) -> Delivery:
+            body = stripe_api.subscription_event(provider_id, created=int(at.timestamp()))
+            return Delivery(body, provider.sign_webhook(body, at))
+
         yield ProviderSetup(
             name="stripe",
             provider=provider,
@@ -211,6 +250,10 @@ def stripe_setup() -> Iterator[ProviderSetup]:
             lose_charge_answers=lose_charge_answers,
             complete_authentication=complete_authentication,
             price_id=STRIPE_PRICE,
+            subscriptions=lambda: len(stripe_api.subscriptions),
+            unknown_subscription_id="sub_never_made_0000",
+            move_subscription=move_subscription,
+            subscription_delivery=subscription_delivery,
         )
 
 
@@ -222,6 +265,13 @@ _MERCADOPAGO_HOLDERS: Mapping[Card, str | None] = {
     "three_d_secure": None,  # capabilities.three_d_secure is False
 }
 MERCADOPAGO_PLAN = "2c938084726fca480172750000000000"
+_PREAPPROVAL_STATUSES: Mapping[str, str] = {
+    "incomplete": "pending",
+    "active": "authorized",
+    "paused": "paused",
+    "canceled": "cancelled",
+}
+"""The neutral status a scenario asks for, in MercadoPago's words."""
 
 
 @contextmanager
@@ -268,6 +318,19 @@ def mercadopago_setup() -> Iterator[ProviderSetup]:
             # and its token are other paths, and the search by key comes after.
             api.inject(Fault(drop=True, after_work=True), path="/v1/payments", times=n)
 
+        def move_subscription(provider_id: str, status: str) -> None:
+            charged = 1 if status == "active" else None  # active: past its first charge
+            mp.move_preapproval(
+                provider_id, status=_PREAPPROVAL_STATUSES[status], charged_quantity=charged
+            )
+
+        def subscription_delivery(provider_id: str, at: datetime) -> Delivery:
+            body, query = mp.notification(provider_id)
+            headers = provider.sign_webhook(
+                data_id=provider_id, timestamp=at, request_id="contract-request-2"
+            )
+            return Delivery(body, headers, query)
+
         yield ProviderSetup(
             name="mercadopago",
             provider=provider,
@@ -281,6 +344,10 @@ def mercadopago_setup() -> Iterator[ProviderSetup]:
             delivery=delivery,
             lose_charge_answers=lose_charge_answers,
             price_id=MERCADOPAGO_PLAN,
+            subscriptions=lambda: len(mp.preapprovals),
+            unknown_subscription_id="0" * 32,
+            move_subscription=move_subscription,
+            subscription_delivery=subscription_delivery,
         )
 
 

@@ -6,9 +6,13 @@ use; a saved card is tokenized with ``card_id``), payments whose outcome follows
 MercadoPago's test cardholder names (``APRO`` approved, ``FUND`` insufficient amount,
 ``SECU`` bad security code, ``EXPI`` bad date, ``CALL`` call for authorize, ``OTHE``
 other reason, ``CONT`` pending), payment search by ``external_reference``, partial refunds
-never beyond what is left, checkout preferences and preapprovals. A ``POST``/``PUT``/
-``DELETE`` with an ``X-Idempotency-Key`` it has seen replays the first answer (whatever
-the body, as MercadoPago does); every answer carries an ``x-request-id``.
+never beyond what is left (listed per payment), checkout preferences and preapprovals
+(read, and cancelled or paused by a ``PUT``; a cancelled one cannot be changed: 400). A
+``POST``/``PUT``/``DELETE`` with an ``X-Idempotency-Key`` it has seen replays the first
+answer (whatever the body, as MercadoPago does); every answer carries an ``x-request-id``.
+``move_preapproval`` stands in for the payer and MercadoPago's billing (authorizing it,
+charging it, pausing it), and ``notification`` is the webhook body and query MercadoPago
+sends about an object.
 
 ``LoopbackHttpClient`` is the SDK's ``HttpClient`` with MercadoPago's fixed base URL
 rewritten to the fake's ``http://127.0.0.1:PORT`` (DESIGN §10).
@@ -32,6 +36,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Final
 
@@ -55,6 +60,14 @@ HOLDER_OUTCOMES: Final[Mapping[str, tuple[str, str]]] = {
     "OTHE": ("rejected", "cc_rejected_other_reason"),
 }
 """MercadoPago's test cardholder names and what a payment with their card does."""
+
+SITE_TIME: Final = timezone(timedelta(hours=-4))
+"""The offset MercadoPago writes its times in (its servers' local time)."""
+
+
+def mp_time(moment: datetime) -> str:
+    """A time as MercadoPago writes one: ``2028-01-31T05:00:00.000-04:00``."""
+    return moment.astimezone(SITE_TIME).isoformat(timespec="milliseconds")
 
 
 class LoopbackHttpClient(HttpClient):  # type: ignore[misc]  # the SDK is untyped
@@ -131,8 +144,15 @@ class MercadoPagoAPI:
     ``preapprovals``, and see every request in the ``LoopbackAPI``'s log.
     """
 
-    def __init__(self, *, access_token: str = ACCESS_TOKEN, currency: str = "BRL") -> None:
+    def __init__(
+        self,
+        *,
+        access_token: str = ACCESS_TOKEN,
+        currency: str = "BRL",
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.access_token = access_token
+        self.now = now
         self.currency = money.currency(currency)
         self._lock = threading.Lock()
         self._ids = itertools.count(1_000_000_001)
@@ -160,6 +180,7 @@ class MercadoPagoAPI:
             ("POST", ("checkout", "preferences"), self._create_preference),
             ("POST", ("preapproval",), self._create_preapproval),
             ("GET", ("preapproval", "*"), self._get_preapproval),
+            ("PUT", ("preapproval", "*"), self._update_preapproval),
         ]
 
     # -- test controls ----------------------------------------------------------------------
@@ -192,6 +213,53 @@ class MercadoPagoAPI:
                 for p in self.payments.values()
                 if p.body.get("external_reference") == external_reference
             ]
+
+    def refund_directly(self, payment_id: str, amount: Decimal) -> dict[str, Any]:
+        """A refund made outside qzpay (from MercadoPago's panel), of ``amount`` major units."""
+        with self._lock:
+            body = f'{{"amount": {amount}}}'.encode()  # a JSON number, exactly as given
+            request = Request("POST", f"/v1/payments/{payment_id}/refunds", {}, {}, body)
+            status, refund = self._create_refund(request, payment_id)
+            assert status == 201, refund
+            return dict(refund)
+
+    def move_preapproval(
+        self,
+        preapproval_id: str,
+        *,
+        status: str | None = None,
+        next_payment_date: datetime | None = None,
+        charged_quantity: int | None = None,
+    ) -> dict[str, Any]:
+        """Move a preapproval as the payer and MercadoPago would: authorized at its
+        ``init_point``, charged (``charged_quantity``, the next charge's date), paused or
+        cancelled from the panel. Send qzpay a ``notification`` about it afterwards."""
+        with self._lock:
+            found = self._preapproval(preapproval_id)
+            if status is not None:
+                found["status"] = status
+            if next_payment_date is not None:
+                found["next_payment_date"] = mp_time(next_payment_date)
+            if charged_quantity is not None:
+                found["summarized"]["charged_quantity"] = charged_quantity
+            found["last_modified"] = mp_time(self.now())
+            moved: dict[str, Any] = json.loads(json.dumps(found))
+            return moved
+
+    def notification(
+        self, data_id: str, kind: str = "subscription_preapproval"
+    ) -> tuple[bytes, dict[str, str]]:
+        """The body and the notification URL's query MercadoPago sends about ``data_id``
+        (sign it with ``MercadoPagoProvider.sign_webhook(data_id=...)``)."""
+        body = {
+            "id": self._next_id(),
+            "live_mode": False,
+            "type": kind,
+            "date_created": mp_time(self.now()),
+            "action": "updated",
+            "data": {"id": data_id},
+        }
+        return json.dumps(body).encode(), {"data.id": data_id, "type": kind}
 
     # -- the app ----------------------------------------------------------------------------
 
@@ -471,20 +539,47 @@ class MercadoPagoAPI:
         if not isinstance(body.get("payer_email"), str):
             raise _Answer(400, "payer_email is required", "payer_email")
         preapproval_id = secrets.token_hex(16)
+        now = mp_time(self.now())
+        recurring = body.get("auto_recurring") or {}
         created = {
             "id": preapproval_id,
             "status": body.get("status") or "pending",
             "payer_email": body["payer_email"],
             "preapproval_plan_id": body["preapproval_plan_id"],
             "external_reference": body.get("external_reference"),
-            "auto_recurring": body.get("auto_recurring"),
+            "auto_recurring": {
+                "frequency": 1,
+                "frequency_type": "months",
+                "transaction_amount": _number(Decimal("29.9")),  # as MercadoPago writes it
+                "currency_id": self.currency.code,
+                **recurring,
+            },
+            "summarized": {"charged_quantity": 0, "pending_charge_quantity": None},
+            "next_payment_date": recurring.get("start_date") or now,
+            "date_created": now,
+            "last_modified": now,
             "init_point": f"https://www.mercadopago.com/subscriptions/checkout?preapproval_id={preapproval_id}",
         }
         self.preapprovals[preapproval_id] = created
         return 201, created
 
-    def _get_preapproval(self, request: Request, preapproval_id: str) -> tuple[int, Any]:
+    def _preapproval(self, preapproval_id: str) -> dict[str, Any]:
         found = self.preapprovals.get(preapproval_id)
         if found is None:
             raise _Answer(404, "preapproval not found", "404")
+        return found
+
+    def _get_preapproval(self, request: Request, preapproval_id: str) -> tuple[int, Any]:
+        return 200, self._preapproval(preapproval_id)
+
+    def _update_preapproval(self, request: Request, preapproval_id: str) -> tuple[int, Any]:
+        found = self._preapproval(preapproval_id)
+        body = self._body(request)
+        if found["status"] == "cancelled":
+            raise _Answer(400, "You can not modify a cancelled preapproval", "cancelled")
+        status = body.get("status", found["status"])
+        if status not in ("pending", "authorized", "paused", "cancelled"):
+            raise _Answer(400, f"invalid status: {status}", "status")
+        found["status"] = status
+        found["last_modified"] = mp_time(self.now())
         return 200, found

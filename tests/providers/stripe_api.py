@@ -18,15 +18,26 @@ of Stripe's test mode that the adapter depends on:
 - idempotency: the same key with the same parameters replays the first answer (with
   ``Idempotent-Replayed: true``), with other parameters or on another endpoint it is a 400
   ``idempotency_error``; answers to requests that failed validation are not kept;
-- refunds never exceed what is left of the payment (400 ``amount_too_large``);
+- refunds never exceed what is left of the payment (400 ``amount_too_large``); they are
+  listed newest first, by ``payment_intent`` where asked, in pages (``limit``,
+  ``starting_after``);
+- subscriptions as API versions since 2025-03-31 shape them (the current period on the
+  item; ``legacy_periods=True`` puts it on the subscription, as older versions did): a
+  trial's period is the trial, else a calendar month. ``POST /v1/subscriptions/{id}``
+  sets ``cancel_at_period_end`` (and ``canceled_at``, the time of the request); ``DELETE``
+  cancels now. A canceled subscription can still be read, but a DELETE answers 404 "No such
+  subscription" and an update 400, as Stripe answers;
 - every answer carries a ``Request-Id``; a wrong API key is a 401 naming the key masked.
 
 With ``lagging_search=True``, a new PaymentIntent is not found by search until
-``index_search()``: Stripe's search is eventually consistent.
+``index_search()``: Stripe's search is eventually consistent. ``move_subscription`` moves a
+subscription as Stripe's own billing would, and ``subscription_event`` is the webhook body
+Stripe would send about it.
 """
 
 from __future__ import annotations
 
+import calendar
 import json
 import re
 import secrets
@@ -34,6 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from tests.providers.loopback import LoopbackAPI, Request, Response
@@ -135,6 +147,7 @@ class StripeAPI:
 
     api_key: str = API_KEY
     lagging_search: bool = False
+    legacy_periods: bool = False
     now: Callable[[], int] = field(default=lambda: int(time.time()))
     customers: dict[str, Obj] = field(default_factory=dict)
     payment_methods: dict[str, Obj] = field(default_factory=dict)
@@ -194,6 +207,50 @@ class StripeAPI:
         """Move an intent to ``status`` as Stripe would later (``processing`` settling)."""
         with self._lock:
             self.payment_intents[intent_id]["status"] = status
+
+    def refund_directly(self, intent_id: str, amount: int) -> Obj:
+        """A refund made outside qzpay (from Stripe's Dashboard): it carries no qzpay key."""
+        with self._lock:
+            return self._create_refund(form={"payment_intent": intent_id, "amount": str(amount)})
+
+    def move_subscription(
+        self,
+        subscription_id: str,
+        *,
+        status: str | None = None,
+        current_period_start: int | None = None,
+        current_period_end: int | None = None,
+        **fields: Any,
+    ) -> Obj:
+        """Move a subscription as Stripe's billing would (a renewal, a failed invoice, the
+        end of a trial): ``status`` and the period (unix seconds, on the item or, with
+        ``legacy_periods``, on the subscription), and any other field as given. Send qzpay
+        ``subscription_event`` about it afterwards."""
+        with self._lock:
+            subscription = self._find(self.subscriptions, subscription_id, noun="subscription")
+            if status is not None:
+                subscription["status"] = status
+            holder = self._period_holder(subscription)
+            if current_period_start is not None:
+                holder["current_period_start"] = current_period_start
+            if current_period_end is not None:
+                holder["current_period_end"] = current_period_end
+            subscription.update(fields)
+            return _copy(subscription)
+
+    def subscription_event(
+        self,
+        subscription_id: str,
+        event_type: str = "customer.subscription.updated",
+        *,
+        created: int | None = None,
+    ) -> bytes:
+        """The webhook body Stripe sends about the subscription as it stands now."""
+        with self._lock:
+            subscription = _copy(
+                self._find(self.subscriptions, subscription_id, noun="subscription")
+            )
+        return self.event(event_type, subscription, created=created)
 
     def index_search(self) -> None:
         """Search catches up: every PaymentIntent made so far can be found."""
@@ -294,6 +351,9 @@ class StripeAPI:
             ("GET refunds/*", lambda re, **_: self._find(self.refunds, re)),
             ("POST checkout/sessions", self._create_checkout),
             ("POST subscriptions", self._create_subscription),
+            ("GET subscriptions/*", lambda sub, **_: _copy(self._subscription(sub))),
+            ("POST subscriptions/*", self._update_subscription),
+            ("DELETE subscriptions/*", self._cancel_subscription),
             ("POST setup_intents", self._create_setup_intent),
         ]
 
@@ -625,32 +685,90 @@ class StripeAPI:
         customer = self._find(self.customers, self._require(form, "customer"), noun="customer")
         price = self._find(self.prices, self._require(form, "items[0][price]"), noun="price")
         trial_end = int(form["trial_end"]) if "trial_end" in form else None
+        card = form.get("default_payment_method")
+        if (
+            card is not None
+            and self.payment_methods.get(card, {}).get("customer") != customer["id"]
+        ):
+            raise StripeError(
+                400, f"No such PaymentMethod: '{card}'", param="default_payment_method"
+            )
         has_card = any(m["customer"] == customer["id"] for m in self.payment_methods.values())
-        if trial_end is not None and trial_end > self.now():
-            status = "trialing"
-        else:
-            status = "active" if has_card else "incomplete"
-        subscription = {
+        now = self.now()
+        trialing = trial_end is not None and trial_end > now
+        status = "trialing" if trialing else "active" if has_card else "incomplete"
+        period = {
+            "current_period_start": now,
+            "current_period_end": trial_end if trialing else _months_later(now, 1),
+        }
+        item: Obj = {
+            "id": self._new_id("si"),
+            "object": "subscription_item",
+            "price": dict(price),
+            "quantity": int(form.get("items[0][quantity]", "1")),
+        }
+        subscription: Obj = {
             "id": self._new_id("sub"),
             "object": "subscription",
             "customer": customer["id"],
             "status": status,
+            "start_date": now,
+            "trial_start": now if trialing else None,
             "trial_end": trial_end,
-            "items": {
-                "object": "list",
-                "data": [
-                    {
-                        "id": self._new_id("si"),
-                        "price": dict(price),
-                        "quantity": int(form.get("items[0][quantity]", "1")),
-                    }
-                ],
-            },
+            "default_payment_method": card,
+            "cancel_at_period_end": False,
+            "cancel_at": None,
+            "canceled_at": None,
+            "ended_at": None,
+            "items": {"object": "list", "data": [item]},
             "metadata": _metadata(form),
-            "created": self.now(),
+            "created": now,
+            "livemode": False,
         }
+        (subscription if self.legacy_periods else item).update(period)
         self.subscriptions[subscription["id"]] = subscription
-        return dict(subscription)
+        return _copy(subscription)
+
+    def _subscription(self, subscription_id: str) -> Obj:
+        return self._find(self.subscriptions, subscription_id, noun="subscription")
+
+    def _period_holder(self, subscription: Obj) -> Obj:
+        if self.legacy_periods:
+            return subscription
+        item: Obj = subscription["items"]["data"][0]
+        return item
+
+    def _update_subscription(self, sub: str, *, form: Mapping[str, str], **_: Any) -> Obj:
+        subscription = self._subscription(sub)
+        if subscription["status"] in ("canceled", "incomplete_expired"):
+            raise StripeError(
+                400,
+                "A canceled subscription can only update its cancellation_details and metadata.",
+            )
+        if "cancel_at_period_end" in form:
+            flag = form["cancel_at_period_end"]
+            if flag not in ("true", "false"):
+                raise StripeError(400, f"Invalid boolean: {flag}", param="cancel_at_period_end")
+            if flag == "true":
+                end = self._period_holder(subscription)["current_period_end"]
+                subscription.update(cancel_at_period_end=True, cancel_at=end,
+                                    canceled_at=self.now())  # fmt: skip
+            else:
+                subscription.update(cancel_at_period_end=False, cancel_at=None, canceled_at=None)
+        subscription["metadata"].update(_metadata(form))
+        return _copy(subscription)
+
+    def _cancel_subscription(self, sub: str, **_: Any) -> Obj:
+        subscription = self._subscription(sub)
+        if subscription["status"] in ("canceled", "incomplete_expired"):
+            # What Stripe answers: an ended subscription can be read but not canceled again.
+            raise StripeError(
+                404, f"No such subscription: '{sub}'", code="resource_missing", param="id"
+            )
+        now = self.now()
+        subscription.update(status="canceled", cancel_at_period_end=False, cancel_at=None,
+                            canceled_at=now, ended_at=now)  # fmt: skip
+        return _copy(subscription)
 
     def _create_setup_intent(self, *, form: Mapping[str, str], **_: Any) -> Obj:
         customer = form.get("customer")
@@ -709,6 +827,21 @@ def _match(pattern: str, method: str, route: list[str]) -> tuple[str, ...] | Non
         elif want != got:
             return None
     return tuple(captured)
+
+
+def _copy(obj: Obj) -> Obj:
+    """A deep copy, so an answer never shares its nested objects with the fake's state."""
+    copied: Obj = json.loads(json.dumps(obj))
+    return copied
+
+
+def _months_later(unix: int, months: int) -> int:
+    """``unix`` seconds plus calendar months, on the same day or the month's last one."""
+    moment = datetime.fromtimestamp(unix, UTC)
+    month_index = moment.month - 1 + months
+    year, month = moment.year + month_index // 12, month_index % 12 + 1
+    day = min(moment.day, calendar.monthrange(year, month)[1])
+    return int(moment.replace(year=year, month=month, day=day).timestamp())
 
 
 def _metadata(form: Mapping[str, str]) -> dict[str, str]:

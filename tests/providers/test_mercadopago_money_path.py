@@ -116,3 +116,52 @@ async def test_trial_renewal_decline_dunning_and_refund_through_mercadopago(
     payments = [r for r in api.sent("POST", "/v1/payments") if r.path == "/v1/payments"]
     keys = [r.header("X-Idempotency-Key") for r in payments]
     assert len(keys) == len(set(keys)) == 4  # one key per attempt, none reused
+
+
+async def test_a_preapproval_is_authorized_by_the_payer_mirrored_and_canceled(
+    tmp_path: Path, mp: MercadoPagoAPI, api: LoopbackAPI
+) -> None:
+    clock = FrozenClock(START)
+    provider = MercadoPagoProvider(
+        access_token=ACCESS_TOKEN,
+        webhook_secret="mp-webhook-secret-7f3a9c",
+        http_client=LoopbackHttpClient(api.url),
+        backoff=0.01,
+    )
+    storage = SQLiteStorage(tmp_path / "billing.db")
+    async with create_billing(storage=storage, provider=provider, clock=clock) as billing:
+        ann = await billing.customers.create(email="ann@example.com", name="Ann Lee")
+        plan = await billing.plans.create(name="Pro")
+        price = await billing.prices.create(
+            plan_id=plan.id,
+            unit_amount=4990,
+            currency="BRL",
+            interval="month",
+            provider_price_id="2c9380848f6d3a1f",  # the preapproval plan at MercadoPago
+        )
+
+        sub = await billing.subscriptions.create(
+            customer_id=ann.id, price_id=price.id, managed_by="provider"
+        )
+
+        assert (sub.status, sub.provider) == ("incomplete", "mercadopago")
+        assert sub.provider_id is not None
+        assert sub.next_action is not None  # where the payer authorizes it
+        assert sub.next_action["url"].endswith(f"preapproval_id={sub.provider_id}")
+        assert mp.preapprovals[sub.provider_id]["external_reference"] == (
+            f"qzpay-subscription-{sub.id}"
+        )
+
+        mp.move_preapproval(sub.provider_id, status="authorized")
+        body, query = mp.notification(sub.provider_id)
+        headers = provider.sign_webhook(data_id=sub.provider_id, timestamp=clock.now())
+        result = await billing.webhooks.handle("mercadopago", headers, body, query=query)
+
+        assert result.status == "processed"
+        active = await billing.subscriptions.get(sub.id)
+        assert (active.status, active.next_action) == ("active", None)
+
+        ended = await billing.subscriptions.cancel(sub.id)
+        assert ended.status == "canceled"
+        assert mp.preapprovals[sub.provider_id]["status"] == "cancelled"
+        assert mp.payments == {}  # MercadoPago bills it, not qzpay

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import anyio
@@ -22,12 +23,15 @@ import pytest
 from mercadopago.webhook.validator import WebhookSignatureValidator
 
 from qzpay.adapters.mercadopago import MercadoPagoProvider
+from qzpay.adapters.mercadopago import _statuses as mp_statuses
 from qzpay.contracts.provider import (
     FAILURE_CODES,
+    SUBSCRIPTION_STATUSES,
     WEBHOOK_KINDS,
     ChargeRequest,
     CheckoutRequest,
     ProviderPaymentMethod,
+    ProviderSubscription,
     ProviderSubscriptionRequest,
     RefundRequest,
 )
@@ -38,6 +42,7 @@ from tests.providers.mercadopago_api import (
     HOLDER_OUTCOMES,
     LoopbackHttpClient,
     MercadoPagoAPI,
+    mp_time,
 )
 
 pytestmark = pytest.mark.anyio
@@ -404,6 +409,19 @@ async def _operations(provider: MercadoPagoProvider, mp: MercadoPagoAPI) -> dict
     which a 404 means "none")."""
     customer, card = await customer_and_card(provider, mp)
     paid = await provider.charge(charge_request(customer, card, idempotency_key="paid"))
+    sub = await provider.create_subscription(
+        ProviderSubscriptionRequest(
+            provider_customer_id=customer,
+            provider_price_id="plan-0",
+            quantity=1,
+            idempotency_key="s-0",
+        )
+    )
+
+    async def refunds_or_none() -> object:
+        listed = await provider.list_refunds(provider_payment_id=paid.provider_id, currency="BRL")
+        return list(listed) or None
+
     return {
         "/v1/customers": lambda: provider.create_customer(
             email="new@example.com", name=None, idempotency_key="c-new"
@@ -444,6 +462,13 @@ async def _operations(provider: MercadoPagoProvider, mp: MercadoPagoAPI) -> dict
         ),
         f"/v1/customers/{customer}/cards/": lambda: provider.detach_payment_method(
             provider_payment_method_id=card.provider_id
+        ),
+        f"/v1/payments/{paid.provider_id}/refunds?": refunds_or_none,
+        f"/preapproval/{sub.provider_id}?": lambda: provider.retrieve_subscription(
+            provider_id=sub.provider_id
+        ),
+        f"/preapproval/{sub.provider_id}": lambda: provider.cancel_subscription(
+            provider_id=sub.provider_id, at_period_end=False, idempotency_key="cancel-1"
         ),
     }
 
@@ -529,6 +554,66 @@ async def test_partial_refunds_and_never_beyond_what_is_left(
     assert len(api.requests) == before  # by key alone: nothing asked, nothing refunded
 
 
+async def test_list_refunds_reads_the_payments_refunds_oldest_first_in_minor_units(
+    provider: MercadoPagoProvider, api: LoopbackAPI, mp: MercadoPagoAPI
+) -> None:
+    customer, card = await customer_and_card(provider, mp)
+    paid = await provider.charge(charge_request(customer, card))
+    assert await provider.list_refunds(provider_payment_id=paid.provider_id, currency="BRL") == []
+    mine = await provider.refund(
+        RefundRequest(provider_payment_id=paid.provider_id, amount=1000, currency="BRL",
+                      idempotency_key="qzpay-refund-1")
+    )  # fmt: skip
+    panel = mp.refund_directly(paid.provider_id, Decimal("0.99"))
+
+    listed = await provider.list_refunds(provider_payment_id=paid.provider_id, currency="BRL")
+
+    gets = api.sent("GET", f"/v1/payments/{paid.provider_id}/refunds")
+    assert [(r.path, r.query, r.body) for r in gets[-1:]] == [
+        (f"/v1/payments/{paid.provider_id}/refunds", {}, b"")
+    ]
+    assert [(r.provider_id, r.amount, r.status, r.idempotency_key) for r in listed] == [
+        (mine.provider_id, 1000, "succeeded", None),
+        (f"{paid.provider_id}:{panel['id']}", 99, "succeeded", None),
+    ]
+
+
+async def test_list_refunds_finds_a_refund_whose_answer_was_lost_by_its_amount(
+    api: LoopbackAPI, mp: MercadoPagoAPI
+) -> None:
+    provider = make_provider(api, max_retries=0)
+    customer, card = await customer_and_card(provider, mp)
+    paid = await provider.charge(charge_request(customer, card))
+    api.inject(Fault(drop=True, after_work=True), path=f"/v1/payments/{paid.provider_id}/refunds")
+    with pytest.raises(ProviderError) as lost:
+        await provider.refund(
+            RefundRequest(provider_payment_id=paid.provider_id, amount=1990, currency="BRL",
+                          idempotency_key="qzpay-refund-lost")
+        )  # fmt: skip
+    assert lost.value.retryable
+
+    [found] = await provider.list_refunds(provider_payment_id=paid.provider_id, currency="BRL")
+
+    assert (found.amount, found.status) == (1990, "succeeded")
+    assert found.provider_id.startswith(f"{paid.provider_id}:")
+
+
+async def test_list_refunds_is_empty_for_an_unknown_payment_and_refuses_a_foreign_currency(
+    provider: MercadoPagoProvider, api: LoopbackAPI
+) -> None:
+    assert await provider.list_refunds(provider_payment_id="424242", currency="BRL") == []
+    before = len(api.requests)
+    with pytest.raises(ProviderError) as refused:
+        await provider.list_refunds(provider_payment_id="424242", currency="USD")
+    assert (refused.value.field, refused.value.rule) == ("currency", "currency_not_supported")
+    assert len(api.requests) == before
+    cut = {"id": 1, "status": "approved", "amount": 0.005}  # not whole centavos
+    api.inject(Fault(status=200, body=[cut]), path="/v1/payments/424242/refunds")
+    with pytest.raises(ProviderError) as inexact:
+        await provider.list_refunds(provider_payment_id="424242", currency="BRL")
+    assert (inexact.value.retryable, inexact.value.rule) == (False, "exact_decimal")
+
+
 async def test_retrieve_charge_is_none_for_a_payment_mercadopago_never_saw(
     provider: MercadoPagoProvider, mp: MercadoPagoAPI
 ) -> None:
@@ -579,6 +664,7 @@ async def test_create_checkout_makes_a_preference_whose_url_is_its_init_point(
 async def test_create_subscription_makes_a_pending_preapproval_on_the_plan(
     provider: MercadoPagoProvider, api: LoopbackAPI, mp: MercadoPagoAPI
 ) -> None:
+    mp.now = lambda: NOW
     customer = await provider.create_customer(
         email="ann@example.com", name=None, idempotency_key="qzpay-customer-1"
     )
@@ -599,8 +685,20 @@ async def test_create_subscription_makes_a_pending_preapproval_on_the_plan(
         "status": "pending",
         "auto_recurring": {"start_date": "2028-02-14T09:00:00.000+00:00"},
     }
-    assert subscription.status == "pending"
+    assert subscription == ProviderSubscription(
+        provider_id=subscription.provider_id,
+        status="incomplete",  # until the payer authorizes it at its init_point
+        provider_status="pending",
+        current_period_end=datetime(2028, 2, 14, 9, tzinfo=UTC),
+        idempotency_key="qzpay-subscription-1",
+        next_action_url=(
+            "https://www.mercadopago.com/subscriptions/checkout?preapproval_id="
+            + subscription.provider_id
+        ),
+    )
     assert subscription.provider_id in mp.preapprovals
+    assert await provider.create_subscription(request) == subscription  # a replay
+    assert len(mp.preapprovals) == 1
     with pytest.raises(ProviderError) as refused:
         await provider.create_subscription(
             ProviderSubscriptionRequest(
@@ -611,6 +709,223 @@ async def test_create_subscription_makes_a_pending_preapproval_on_the_plan(
             )
         )
     assert (refused.value.field, refused.value.rule) == ("quantity", "quantity_one")
+
+
+async def preapproval_of(
+    provider: MercadoPagoProvider, mp: MercadoPagoAPI, *, trial_end: datetime | None = None
+) -> str:
+    mp.now = lambda: NOW
+    customer = await provider.create_customer(
+        email="ann@example.com", name=None, idempotency_key="qzpay-customer-1"
+    )
+    made = await provider.create_subscription(
+        ProviderSubscriptionRequest(
+            provider_customer_id=customer.provider_id,
+            provider_price_id="2c9380848f6d3a1f",
+            quantity=1,
+            idempotency_key="qzpay-subscription-1",
+            trial_end=trial_end,
+        )
+    )
+    return made.provider_id
+
+
+async def test_retrieve_subscription_mirrors_the_preapproval_as_the_payer_and_billing_move_it(
+    provider: MercadoPagoProvider, api: LoopbackAPI, mp: MercadoPagoAPI
+) -> None:
+    trial_end = NOW + timedelta(days=14)
+    sub = await preapproval_of(provider, mp, trial_end=trial_end)
+
+    mp.move_preapproval(sub, status="authorized")  # the payer authorized it; no charge yet
+    trialing = await provider.retrieve_subscription(provider_id=sub)
+
+    (sent,) = api.sent("GET", "/preapproval/")
+    assert (sent.path, sent.query, sent.body) == (f"/preapproval/{sub}", {}, b"")
+    assert trialing is not None
+    assert (trialing.status, trialing.provider_status) == ("trialing", "authorized")
+    assert trialing.trial_end == trialing.current_period_end == trial_end
+    assert trialing.idempotency_key == "qzpay-subscription-1"
+
+    renewal = trial_end + timedelta(days=29)
+    mp.move_preapproval(sub, charged_quantity=1, next_payment_date=renewal)
+    active = await provider.retrieve_subscription(provider_id=sub)
+    assert active is not None
+    assert (active.status, active.trial_end, active.current_period_end) == (
+        "active",
+        None,
+        renewal,
+    )
+    assert active.current_period_start is None  # MercadoPago says none: qzpay keeps its own
+
+    mp.move_preapproval(sub, status="paused")
+    paused = await provider.retrieve_subscription(provider_id=sub)
+    assert paused is not None
+    assert (paused.status, paused.provider_status) == ("paused", "paused")
+    assert await provider.retrieve_subscription(provider_id="0" * 32) is None
+
+
+async def test_retrieve_subscription_fails_honestly(api: LoopbackAPI, mp: MercadoPagoAPI) -> None:
+    provider = make_provider(api, max_retries=0)
+    sub = await preapproval_of(provider, mp)
+    api.inject(Fault(status=500, body={"message": "boom"}), path=f"/preapproval/{sub}")
+    with pytest.raises(ProviderError) as failed:
+        await provider.retrieve_subscription(provider_id=sub)
+    assert failed.value.retryable
+    mp.preapprovals[sub]["status"] = "frozen"
+    with pytest.raises(ProviderError) as unknown:
+        await provider.retrieve_subscription(provider_id=sub)
+    assert (unknown.value.retryable, unknown.value.rule) == (False, "subscription_status")
+
+
+async def test_cancel_at_period_end_is_refused_by_rule_without_asking_mercadopago(
+    provider: MercadoPagoProvider, api: LoopbackAPI, mp: MercadoPagoAPI
+) -> None:
+    sub = await preapproval_of(provider, mp)
+    before = len(api.requests)
+    with pytest.raises(ProviderError) as refused:
+        await provider.cancel_subscription(
+            provider_id=sub, at_period_end=True, idempotency_key="qzpay-cancel-1"
+        )
+    assert (refused.value.retryable, refused.value.field, refused.value.rule) == (
+        False,
+        "at_period_end",
+        "cancel_at_period_end",
+    )
+    assert len(api.requests) == before
+    assert mp.preapprovals[sub]["status"] == "pending"
+
+
+async def test_cancel_now_puts_cancelled_under_qzpays_key_and_again_answers_it_as_it_is(
+    provider: MercadoPagoProvider, api: LoopbackAPI, mp: MercadoPagoAPI
+) -> None:
+    sub = await preapproval_of(provider, mp)
+    mp.move_preapproval(sub, status="authorized", charged_quantity=1)
+    mp.now = lambda: NOW + timedelta(days=3)
+
+    canceled = await provider.cancel_subscription(
+        provider_id=sub, at_period_end=False, idempotency_key="qzpay-cancel-1"
+    )
+
+    (sent,) = api.sent("PUT")
+    assert (sent.path, sent.json) == (f"/preapproval/{sub}", {"status": "cancelled"})
+    assert sent.header("X-Idempotency-Key") == "qzpay-cancel-1"
+    assert (canceled.status, canceled.provider_status) == ("canceled", "cancelled")
+    assert canceled.canceled_at == canceled.ended_at == NOW + timedelta(days=3)
+    assert canceled.cancel_at_period_end is False
+
+    replayed = await provider.cancel_subscription(
+        provider_id=sub, at_period_end=False, idempotency_key="qzpay-cancel-1"
+    )
+    again = await provider.cancel_subscription(
+        provider_id=sub, at_period_end=False, idempotency_key="qzpay-cancel-2"
+    )
+    assert replayed == again == canceled
+    assert [(r.method, r.path) for r in api.requests[-3:]] == [
+        ("PUT", f"/preapproval/{sub}"),  # replayed by MercadoPago
+        ("PUT", f"/preapproval/{sub}"),  # refused: a cancelled preapproval cannot change
+        ("GET", f"/preapproval/{sub}"),  # so read: cancelled, answered as it is
+    ]
+    assert [r.header("X-Idempotency-Key") for r in api.sent("PUT")] == [
+        "qzpay-cancel-1",
+        "qzpay-cancel-1",
+        "qzpay-cancel-2",
+    ]
+
+
+async def test_cancelling_a_preapproval_mercadopago_does_not_have_is_refused(
+    provider: MercadoPagoProvider,
+) -> None:
+    with pytest.raises(ProviderError) as refused:
+        await provider.cancel_subscription(
+            provider_id="0" * 32, at_period_end=False, idempotency_key="qzpay-cancel-1"
+        )
+    assert not refused.value.retryable
+    assert "404" in str(refused.value)
+
+
+async def test_a_cancel_whose_outcome_is_unknown_is_retryable_and_not_read_back(
+    api: LoopbackAPI, mp: MercadoPagoAPI
+) -> None:
+    provider = make_provider(api, max_retries=0)
+    sub = await preapproval_of(provider, mp)
+    api.inject(Fault(drop=True, after_work=True), path=f"/preapproval/{sub}")
+    with pytest.raises(ProviderError) as lost:
+        await provider.cancel_subscription(
+            provider_id=sub, at_period_end=False, idempotency_key="qzpay-cancel-1"
+        )
+    assert lost.value.retryable
+    assert api.sent("GET", "/preapproval") == []
+    again = await provider.cancel_subscription(
+        provider_id=sub, at_period_end=False, idempotency_key="qzpay-cancel-1"
+    )
+    assert again.status == "canceled"
+
+
+def preapproval(**fields: Any) -> dict[str, Any]:
+    return {
+        "id": "2c93808a",
+        "status": "authorized",
+        "external_reference": "qzpay-subscription-1",
+        "date_created": mp_time(NOW),
+        "last_modified": mp_time(NOW + timedelta(days=1)),
+        "next_payment_date": mp_time(NOW + timedelta(days=14)),
+        "auto_recurring": {"start_date": mp_time(NOW + timedelta(days=14))},
+        "summarized": {"charged_quantity": 0},
+        **fields,
+    }
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "trial_end"),
+    [
+        ({}, "trialing", NOW + timedelta(days=14)),
+        ({"summarized": {"charged_quantity": 1}}, "active", None),
+        ({"summarized": None}, "trialing", NOW + timedelta(days=14)),
+        ({"auto_recurring": {"start_date": mp_time(NOW)}}, "active", None),
+        ({"auto_recurring": {}}, "active", None),
+        ({"auto_recurring": {"free_trial": {"frequency": 7, "frequency_type": "days"}}},
+         "trialing", NOW + timedelta(days=14)),
+        ({"next_payment_date": None}, "trialing", NOW + timedelta(days=14)),
+        ({"status": "pending"}, "incomplete", None),
+        ({"status": "paused"}, "paused", None),
+        ({"status": "cancelled"}, "canceled", None),
+    ],
+)  # fmt: skip
+def test_a_preapproval_maps_to_a_neutral_status_by_its_own_fields_alone(
+    fields: dict[str, Any], status: str, trial_end: datetime | None
+) -> None:
+    mapped = mp_statuses.subscription(preapproval(**fields))
+    assert mapped.status in SUBSCRIPTION_STATUSES
+    assert (mapped.status, mapped.trial_end) == (status, trial_end)
+    assert mapped.provider_status == fields.get("status", "authorized")
+    ended = NOW + timedelta(days=1) if status == "canceled" else None
+    assert (mapped.canceled_at, mapped.ended_at) == (ended, ended)
+
+
+def test_a_preapproval_with_an_unknown_status_or_an_unreadable_time_is_refused() -> None:
+    for fields, rule in (
+        ({"status": "finished"}, "subscription_status"),
+        ({"next_payment_date": "tomorrow"}, "timestamp"),
+        ({"date_created": "2028-01-31T05:00:00"}, "timestamp"),  # no offset: which time?
+    ):
+        with pytest.raises(ProviderError) as refused:
+            mp_statuses.subscription(preapproval(**fields))
+        assert (refused.value.retryable, refused.value.rule) == (False, rule)
+
+
+async def test_the_notification_mercadopago_sends_about_a_preapproval_names_it(
+    provider: MercadoPagoProvider, mp: MercadoPagoAPI
+) -> None:
+    sub = await preapproval_of(provider, mp)
+    body, query = mp.notification(sub)
+    headers = provider.sign_webhook(data_id=sub, timestamp=NOW, request_id="req-9")
+
+    event = provider.verify_webhook(payload=body, headers=headers, now=NOW, query=query)
+
+    assert (event.type, dict(event.data)) == (
+        "subscription.updated",
+        {"provider_subscription_id": sub},
+    )
 
 
 # -- threads and concurrency --------------------------------------------------------------

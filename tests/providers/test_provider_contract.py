@@ -20,11 +20,13 @@ from qzpay import create_billing
 from qzpay.adapters.clock import FrozenClock
 from qzpay.contracts.provider import (
     FAILURE_CODES,
+    SUBSCRIPTION_STATUSES,
     WEBHOOK_KINDS,
     ChargeRequest,
     ChargeResult,
     CheckoutRequest,
     PaymentProvider,
+    ProviderSubscription,
     ProviderSubscriptionRequest,
     RefundRequest,
 )
@@ -298,6 +300,48 @@ async def test_a_charge_is_refunded_in_parts_and_never_beyond_what_is_left(
         assert (found.provider_id, found.status) == (made.provider_id, "succeeded")
 
 
+async def test_list_refunds_answers_every_refund_of_the_charge_oldest_first_with_its_amount(
+    provider_setup: ProviderSetup,
+) -> None:
+    require(provider_setup, "refunds")
+    provider = provider_setup.provider
+    charge = await succeeded_charge(provider_setup, key="contract-listed-1")
+    other = await succeeded_charge(provider_setup, key="contract-listed-2")
+    assert await provider.list_refunds(
+        provider_payment_id=charge.provider_id, currency=provider_setup.currency
+    ) == []  # fmt: skip
+    made = []
+    for payment, amount, key in (
+        (charge, 1000, "contract-listed-refund-1"),
+        (other, 700, "contract-listed-refund-2"),
+        (charge, 500, "contract-listed-refund-3"),
+    ):
+        refund = await provider.refund(
+            RefundRequest(
+                provider_payment_id=payment.provider_id,
+                amount=amount,
+                currency=provider_setup.currency,
+                idempotency_key=key,
+            )
+        )
+        made.append((refund.provider_id, amount, key))
+
+    listed = await provider.list_refunds(
+        provider_payment_id=charge.provider_id, currency=provider_setup.currency
+    )
+
+    assert [(r.provider_id, r.amount, r.status) for r in listed] == [
+        (made[0][0], 1000, "succeeded"),
+        (made[2][0], 500, "succeeded"),
+    ]
+    for refund, (_, _, key) in zip(listed, (made[0], made[2]), strict=True):
+        assert refund.idempotency_key in (None, key)  # only where the provider echoes it
+    unknown = await provider.list_refunds(
+        provider_payment_id=provider_setup.unknown_charge_id, currency=provider_setup.currency
+    )
+    assert list(unknown) == []
+
+
 # -- checkout and subscriptions ---------------------------------------------------------------
 
 
@@ -324,16 +368,57 @@ async def test_checkout_opens_one_session_per_key(provider_setup: ProviderSetup)
     assert again == first
 
 
+def subscribable(setup: ProviderSetup) -> ProviderSetup:
+    """Skip unless the provider manages subscriptions; then its set-up must say how."""
+    require(setup, "subscriptions")
+    missing = [
+        name
+        for name in ("price_id", "subscriptions", "unknown_subscription_id",
+                     "move_subscription", "subscription_delivery")
+        if getattr(setup, name) is None
+    ]  # fmt: skip
+    assert not missing, f"{setup.name}'s set-up has subscriptions but no {', '.join(missing)}"
+    return setup
+
+
+async def subscribed(setup: ProviderSetup, key: str) -> ProviderSubscription:
+    customer, _ = await customer_with(setup, "chargeable")
+    assert setup.price_id is not None
+    return await setup.provider.create_subscription(
+        ProviderSubscriptionRequest(
+            provider_customer_id=customer,
+            provider_price_id=setup.price_id,
+            quantity=1,
+            idempotency_key=key,
+        )
+    )
+
+
+def assert_neutral(subscription: ProviderSubscription, key: str) -> None:
+    assert subscription.provider_id
+    assert subscription.status in SUBSCRIPTION_STATUSES
+    assert subscription.provider_status
+    assert subscription.idempotency_key in (None, key)
+    for moment in (
+        subscription.current_period_start,
+        subscription.current_period_end,
+        subscription.trial_end,
+        subscription.canceled_at,
+        subscription.ended_at,
+    ):
+        assert moment is None or moment.utcoffset() == timedelta(0)
+
+
 async def test_a_provider_managed_subscription_is_created_once_per_key(
     provider_setup: ProviderSetup,
 ) -> None:
-    require(provider_setup, "subscriptions")
-    provider = provider_setup.provider
-    customer, _ = await customer_with(provider_setup, "chargeable")
-    assert provider_setup.price_id is not None
+    setup = subscribable(provider_setup)
+    provider = setup.provider
+    customer, _ = await customer_with(setup, "chargeable")
+    assert setup.price_id is not None
     request = ProviderSubscriptionRequest(
         provider_customer_id=customer,
-        provider_price_id=provider_setup.price_id,
+        provider_price_id=setup.price_id,
         quantity=1,
         idempotency_key="contract-subscription-1",
     )
@@ -341,9 +426,116 @@ async def test_a_provider_managed_subscription_is_created_once_per_key(
     first = await provider.create_subscription(request)
     again = await provider.create_subscription(request)
 
-    assert first.provider_id
-    assert first.status
+    assert_neutral(first, "contract-subscription-1")
+    assert first.status not in ("canceled", "incomplete_expired")
     assert again.provider_id == first.provider_id
+    assert setup.subscriptions is not None
+    assert setup.subscriptions() == 1
+
+
+async def test_retrieve_subscription_answers_it_as_the_provider_moved_it_and_none_if_unknown(
+    provider_setup: ProviderSetup,
+) -> None:
+    setup = subscribable(provider_setup)
+    provider = setup.provider
+    made = await subscribed(setup, "contract-subscription-2")
+
+    found = await provider.retrieve_subscription(provider_id=made.provider_id)
+    assert found is not None
+    assert (found.provider_id, found.status) == (made.provider_id, made.status)
+    assert_neutral(found, "contract-subscription-2")
+
+    assert setup.move_subscription is not None
+    setup.move_subscription(made.provider_id, "paused")
+    moved = await provider.retrieve_subscription(provider_id=made.provider_id)
+    assert moved is not None
+    assert moved.status == "paused"
+    assert setup.unknown_subscription_id is not None
+    assert await provider.retrieve_subscription(provider_id=setup.unknown_subscription_id) is None
+
+
+async def test_the_providers_signed_delivery_about_a_subscription_names_it(
+    provider_setup: ProviderSetup,
+) -> None:
+    setup = subscribable(provider_setup)
+    require(setup, "webhooks")
+    made = await subscribed(setup, "contract-subscription-3")
+    assert setup.move_subscription is not None
+    assert setup.subscription_delivery is not None
+    setup.move_subscription(made.provider_id, "paused")
+    delivery = setup.subscription_delivery(made.provider_id, NOW)
+
+    event = setup.provider.verify_webhook(
+        payload=delivery.payload, headers=delivery.headers, now=NOW, query=delivery.query
+    )
+
+    assert event.type.partition(".")[0] == "subscription"
+    assert event.data["provider_subscription_id"] == made.provider_id
+    assert event.data.get("idempotency_key") in (None, "contract-subscription-3")
+    assert all(isinstance(value, str | None) for value in event.data.values())
+
+
+async def test_cancel_now_ends_it_and_cancelling_it_again_answers_it_as_it_is(
+    provider_setup: ProviderSetup,
+) -> None:
+    setup = subscribable(provider_setup)
+    provider = setup.provider
+    made = await subscribed(setup, "contract-subscription-4")
+
+    canceled = await provider.cancel_subscription(
+        provider_id=made.provider_id, at_period_end=False, idempotency_key="contract-cancel-1"
+    )
+
+    assert (canceled.provider_id, canceled.status) == (made.provider_id, "canceled")
+    assert_neutral(canceled, "contract-subscription-4")
+    found = await provider.retrieve_subscription(provider_id=made.provider_id)
+    assert found is not None
+    assert found.status == "canceled"
+    replayed = await provider.cancel_subscription(
+        provider_id=made.provider_id, at_period_end=False, idempotency_key="contract-cancel-1"
+    )
+    again = await provider.cancel_subscription(
+        provider_id=made.provider_id, at_period_end=False, idempotency_key="contract-cancel-2"
+    )
+    for answer in (replayed, again):
+        assert (answer.provider_id, answer.status) == (made.provider_id, "canceled")
+    assert setup.subscriptions is not None
+    assert setup.subscriptions() == 1
+
+
+async def test_cancel_at_period_end_keeps_it_until_then_or_is_refused_by_rule(
+    provider_setup: ProviderSetup,
+) -> None:
+    setup = subscribable(provider_setup)
+    provider = setup.provider
+    made = await subscribed(setup, "contract-subscription-5")
+
+    marked: ProviderSubscription | ProviderError
+    try:
+        marked = await provider.cancel_subscription(
+            provider_id=made.provider_id, at_period_end=True, idempotency_key="contract-cancel-3"
+        )
+    except ProviderError as refused:
+        marked = refused
+    if isinstance(marked, ProviderError):
+        assert marked.rule == "cancel_at_period_end", marked
+        assert marked.retryable is False
+        assert_no_secret(setup, marked)
+        unchanged = await provider.retrieve_subscription(provider_id=made.provider_id)
+        assert unchanged is not None
+        assert (unchanged.status, unchanged.cancel_at_period_end) == (made.status, False)
+        pytest.skip(f"{setup.name} cannot cancel at period end (rule cancel_at_period_end)")
+
+    assert marked.provider_id == made.provider_id
+    assert marked.cancel_at_period_end is True
+    assert marked.status == made.status  # it runs until the period ends
+    found = await provider.retrieve_subscription(provider_id=made.provider_id)
+    assert found is not None
+    assert (found.status, found.cancel_at_period_end) == (made.status, True)
+    again = await provider.cancel_subscription(
+        provider_id=made.provider_id, at_period_end=True, idempotency_key="contract-cancel-3"
+    )
+    assert (again.provider_id, again.cancel_at_period_end) == (made.provider_id, True)
 
 
 # -- webhooks ---------------------------------------------------------------------------------

@@ -143,3 +143,50 @@ async def test_3ds_finished_at_stripe_is_settled_by_its_signed_webhook_once(
         assert (first.status, again.status) == ("processed", "duplicate")
         assert (await billing.payments.get(payment.id)).status == "succeeded"
     await provider.aclose()
+
+
+async def test_a_provider_managed_subscription_through_stripe_is_mirrored_and_canceled(
+    store_factory: StoreFactory, clock: FrozenClock, fake: StripeAPI, api: LoopbackAPI
+) -> None:
+    provider = StripeProvider(api_key=API_KEY, webhook_secret="whsec_money", api_base=api.url)
+    fake.add_price("price_pro", unit_amount=2900)
+    async with create_billing(storage=store_factory(), provider=provider, clock=clock) as billing:
+        ann = await billing.customers.create(email="ann@example.com", name="Ann")
+        card = await billing.payment_methods.attach(ann.id, token="pm_card_visa", set_default=True)
+        plan = await billing.plans.create(name="Pro")
+        price = await billing.prices.create(
+            plan_id=plan.id,
+            unit_amount=2900,
+            currency="USD",
+            interval="month",
+            provider_price_id="price_pro",
+        )
+
+        sub = await billing.subscriptions.create(
+            customer_id=ann.id, price_id=price.id, managed_by="provider"
+        )
+
+        assert (sub.status, sub.provider) == ("active", "stripe")
+        assert sub.provider_id is not None
+        at_stripe = fake.subscriptions[sub.provider_id]
+        assert at_stripe["default_payment_method"] == card.provider_id
+        assert at_stripe["metadata"]["qzpay_key"] == f"qzpay-subscription-{sub.id}"
+        assert fake.payment_intents == {}  # Stripe bills it, not qzpay
+
+        fake.move_subscription(sub.provider_id, status="past_due")
+        stale = fake.subscription_event(sub.provider_id)  # sent now, delivered late
+        fresh = fake.subscription_event(sub.provider_id)
+        for body in (fresh, fresh):
+            await billing.webhooks.handle("stripe", provider.sign_webhook(body, clock.now()), body)
+        assert (await billing.subscriptions.get(sub.id)).status == "past_due"
+
+        ended = await billing.subscriptions.cancel(sub.id)
+        assert (ended.status, ended.ended_at is not None) == ("canceled", True)
+        assert fake.subscriptions[sub.provider_id]["status"] == "canceled"
+        late = await billing.webhooks.handle(
+            "stripe", provider.sign_webhook(stale, clock.now()), stale
+        )
+        assert late.status == "processed"
+        assert (await billing.subscriptions.get(sub.id)).status == "canceled"  # not past_due
+        await billing.jobs.run_due()
+        assert fake.payment_intents == {}

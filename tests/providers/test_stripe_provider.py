@@ -23,11 +23,14 @@ from qzpay.adapters.stripe import (
     StripeProviderError,
 )
 from qzpay.adapters.stripe import errors as stripe_errors
+from qzpay.adapters.stripe import results as stripe_results
 from qzpay.contracts.provider import (
     FAILURE_CODES,
+    SUBSCRIPTION_STATUSES,
     ChargeRequest,
     CheckoutRequest,
     PaymentProvider,
+    ProviderSubscription,
     ProviderSubscriptionRequest,
     RefundRequest,
 )
@@ -574,6 +577,75 @@ async def test_refunding_more_than_is_left_is_refused(provider: StripeProvider) 
     assert raised.value.field == "amount"
 
 
+@on_both_loops
+async def test_list_refunds_reads_every_page_of_the_intents_refunds_oldest_first(
+    provider: StripeProvider, api: LoopbackAPI, fake: StripeAPI
+) -> None:
+    intent = await paid(provider)
+    mine = await provider.refund(
+        RefundRequest(provider_payment_id=intent, amount=7, currency="USD",
+                      idempotency_key="qzpay-refund-1")
+    )  # fmt: skip
+    dashboard = [fake.refund_directly(intent, 1)["id"] for _ in range(150)]
+    other = await paid_again(provider)
+    fake.refund_directly(other, 5)
+
+    listed = await provider.list_refunds(provider_payment_id=intent, currency="USD")
+
+    assert [r.provider_id for r in listed] == [mine.provider_id, *dashboard]
+    assert (listed[0].amount, listed[0].idempotency_key) == (7, "qzpay-refund-1")
+    assert {(r.amount, r.idempotency_key, r.status) for r in listed[1:]} == {(1, None, "succeeded")}
+    first, second = api.sent("GET", "/v1/refunds")
+    assert first.query == {"payment_intent": intent, "limit": "100"}
+    assert second.query == {
+        "payment_intent": intent,
+        "limit": "100",
+        "starting_after": dashboard[-100],
+    }
+
+
+async def paid_again(provider: StripeProvider) -> str:
+    customer, card = await customer_with_card(provider, "pm_card_mastercard")
+    return (await provider.charge(charge_of(customer, card, key="qzpay-payment-2"))).provider_id
+
+
+@on_both_loops
+async def test_list_refunds_finds_a_refund_whose_answer_was_lost(api: LoopbackAPI) -> None:
+    provider = provider_for(api, max_network_retries=0)
+    intent = await paid(provider)
+    api.inject(Fault(drop=True, after_work=True), path="/v1/refunds")
+    with pytest.raises(StripeProviderError) as lost:
+        await provider.refund(
+            RefundRequest(provider_payment_id=intent, amount=900, currency="USD",
+                          idempotency_key="qzpay-refund-lost")
+        )  # fmt: skip
+    assert lost.value.retryable is True
+
+    [found] = await provider.list_refunds(provider_payment_id=intent, currency="USD")
+
+    assert (found.amount, found.idempotency_key, found.status) == (
+        900,
+        "qzpay-refund-lost",
+        "succeeded",
+    )
+
+
+@on_both_loops
+async def test_list_refunds_is_empty_for_an_intent_stripe_does_not_know_and_fails_honestly(
+    api: LoopbackAPI,
+) -> None:
+    provider = provider_for(api, max_network_retries=0)
+    assert await provider.list_refunds(provider_payment_id="pi_never", currency="USD") == []
+    missing = {"error": {"type": "invalid_request_error", "code": "resource_missing",
+                         "message": "No such payment_intent: 'pi_never'"}}  # fmt: skip
+    api.inject(Fault(status=404, body=missing), path="/v1/refunds")
+    assert await provider.list_refunds(provider_payment_id="pi_never", currency="USD") == []
+    api.inject(Fault(status=500, body=_server_error()), path="/v1/refunds")
+    with pytest.raises(StripeProviderError) as failed:
+        await provider.list_refunds(provider_payment_id="pi_never", currency="USD")
+    assert (failed.value.retryable, failed.value.http_status) == (True, 500)
+
+
 # -- checkout, subscriptions, setup intents ----------------------------------------------------
 
 
@@ -614,7 +686,7 @@ async def test_a_provider_managed_subscription_has_its_price_quantity_and_trial(
     provider: StripeProvider, api: LoopbackAPI, fake: StripeAPI
 ) -> None:
     fake.add_price("price_pro", unit_amount=2900)
-    customer, _ = await customer_with_card(provider)
+    customer, card = await customer_with_card(provider)
     trial_end = datetime.now(UTC).replace(microsecond=0) + timedelta(days=14)
     created = await provider.create_subscription(
         ProviderSubscriptionRequest(
@@ -623,6 +695,7 @@ async def test_a_provider_managed_subscription_has_its_price_quantity_and_trial(
             quantity=3,
             idempotency_key="qzpay-subscription-1",
             trial_end=trial_end,
+            provider_payment_method_id=card,
         )
     )
 
@@ -632,11 +705,22 @@ async def test_a_provider_managed_subscription_has_its_price_quantity_and_trial(
         "items[0][price]": "price_pro",
         "items[0][quantity]": "3",
         "trial_end": str(int(trial_end.timestamp())),
+        "default_payment_method": card,
         "metadata[qzpay_key]": "qzpay-subscription-1",
     }
     assert sent.header("Idempotency-Key") == "qzpay-subscription-1"
-    assert created.status == "trialing"
     assert created.provider_id.startswith("sub_")
+    stored = fake.subscriptions[created.provider_id]
+    started = datetime.fromtimestamp(stored["created"], UTC)
+    assert created == ProviderSubscription(
+        provider_id=created.provider_id,
+        status="trialing",
+        provider_status="trialing",
+        current_period_start=started,
+        current_period_end=trial_end,  # a trial's period is the trial
+        trial_end=trial_end,
+        idempotency_key="qzpay-subscription-1",
+    )
     with pytest.raises(StripeProviderError) as raised:
         await provider.create_subscription(
             ProviderSubscriptionRequest(provider_customer_id=customer,
@@ -644,6 +728,204 @@ async def test_a_provider_managed_subscription_has_its_price_quantity_and_trial(
                                         idempotency_key="qzpay-subscription-2")
         )  # fmt: skip
     assert (raised.value.retryable, raised.value.http_status) == (False, 404)
+
+
+async def subscription_of(
+    provider: StripeProvider, fake: StripeAPI, key: str = "qzpay-sub-1"
+) -> str:
+    fake.add_price("price_pro", unit_amount=2900)
+    customer, _ = await customer_with_card(provider)
+    created = await provider.create_subscription(
+        ProviderSubscriptionRequest(provider_customer_id=customer, provider_price_id="price_pro",
+                                    quantity=1, idempotency_key=key)
+    )  # fmt: skip
+    assert created.status == "active"
+    return created.provider_id
+
+
+@on_both_loops
+async def test_retrieve_subscription_mirrors_what_stripe_moved_and_a_404_is_none(
+    provider: StripeProvider, api: LoopbackAPI, fake: StripeAPI
+) -> None:
+    sub = await subscription_of(provider, fake)
+    renewed_from, renewed_to = int(NOW.timestamp()), int((NOW + timedelta(days=29)).timestamp())
+    fake.move_subscription(
+        sub, status="past_due", current_period_start=renewed_from, current_period_end=renewed_to
+    )
+
+    found = await provider.retrieve_subscription(provider_id=sub)
+
+    [sent] = api.sent("GET", "/v1/subscriptions/")
+    assert (sent.path, sent.query) == (f"/v1/subscriptions/{sub}", {})
+    assert found is not None
+    assert (found.status, found.provider_status) == ("past_due", "past_due")
+    assert (found.current_period_start, found.current_period_end) == (
+        NOW,
+        NOW + timedelta(days=29),
+    )
+    assert found.idempotency_key == "qzpay-sub-1"
+    assert await provider.retrieve_subscription(provider_id="sub_never") is None
+
+
+@on_both_loops
+async def test_retrieve_subscription_fails_honestly_when_stripe_does(api: LoopbackAPI) -> None:
+    provider = provider_for(api, max_network_retries=0)
+    api.inject(Fault(status=500, body=_server_error()), path="/v1/subscriptions")
+    with pytest.raises(StripeProviderError) as failed:
+        await provider.retrieve_subscription(provider_id="sub_1")
+    assert (failed.value.retryable, failed.value.http_status) == (True, 500)
+    api.inject(Fault(status=401, body={"error": {"type": "invalid_request_error",
+                                                 "message": "Invalid API Key provided"}}))  # fmt: skip
+    with pytest.raises(StripeProviderError) as refused:
+        await provider.retrieve_subscription(provider_id="sub_1")
+    assert (refused.value.retryable, refused.value.http_status) == (False, 401)
+
+
+@on_both_loops
+async def test_cancel_now_is_a_delete_under_qzpays_key_and_again_answers_it_as_it_is(
+    provider: StripeProvider, api: LoopbackAPI, fake: StripeAPI
+) -> None:
+    sub = await subscription_of(provider, fake)
+
+    canceled = await provider.cancel_subscription(
+        provider_id=sub, at_period_end=False, idempotency_key="qzpay-cancel-1"
+    )
+
+    [sent] = api.sent("DELETE")
+    assert (sent.path, sent.query, sent.body) == (f"/v1/subscriptions/{sub}", {}, b"")
+    assert sent.header("Idempotency-Key") == "qzpay-cancel-1"
+    ended = datetime.fromtimestamp(fake.subscriptions[sub]["ended_at"], UTC)
+    assert (canceled.status, canceled.canceled_at, canceled.ended_at) == ("canceled", ended, ended)
+    assert canceled.cancel_at_period_end is False
+
+    again = await provider.cancel_subscription(
+        provider_id=sub, at_period_end=False, idempotency_key="qzpay-cancel-2"
+    )
+    later = await provider.cancel_subscription(
+        provider_id=sub, at_period_end=True, idempotency_key="qzpay-cancel-3"
+    )
+
+    assert again == later == canceled
+    # Stripe refused both (404 on DELETE, 400 on the update); the read answered them.
+    assert [(r.method, r.path) for r in api.requests[-5:]] == [
+        ("DELETE", f"/v1/subscriptions/{sub}"),
+        ("DELETE", f"/v1/subscriptions/{sub}"),
+        ("GET", f"/v1/subscriptions/{sub}"),
+        ("POST", f"/v1/subscriptions/{sub}"),
+        ("GET", f"/v1/subscriptions/{sub}"),
+    ]
+
+
+@on_both_loops
+async def test_cancel_at_period_end_is_an_update_under_qzpays_key_and_a_replay_is_the_same(
+    provider: StripeProvider, api: LoopbackAPI, fake: StripeAPI
+) -> None:
+    sub = await subscription_of(provider, fake)
+
+    marked = await provider.cancel_subscription(
+        provider_id=sub, at_period_end=True, idempotency_key="qzpay-cancel-1"
+    )
+    replayed = await provider.cancel_subscription(
+        provider_id=sub, at_period_end=True, idempotency_key="qzpay-cancel-1"
+    )
+
+    first, second = posted(api, f"/v1/subscriptions/{sub}")
+    assert first.form == {"cancel_at_period_end": "true"}
+    assert first.header("Idempotency-Key") == second.header("Idempotency-Key") == "qzpay-cancel-1"
+    stored = fake.subscriptions[sub]
+    assert (marked.status, marked.cancel_at_period_end) == ("active", True)
+    assert marked.canceled_at == datetime.fromtimestamp(stored["canceled_at"], UTC)
+    assert marked.ended_at is None
+    assert marked.current_period_end == datetime.fromtimestamp(
+        stored["items"]["data"][0]["current_period_end"], UTC
+    )
+    assert replayed == marked
+
+
+@on_both_loops
+async def test_cancelling_a_subscription_stripe_does_not_have_is_refused_not_retryable(
+    provider: StripeProvider, api: LoopbackAPI
+) -> None:
+    for at_period_end in (False, True):
+        with pytest.raises(StripeProviderError) as refused:
+            await provider.cancel_subscription(
+                provider_id="sub_never", at_period_end=at_period_end, idempotency_key="k"
+            )
+        assert (refused.value.retryable, refused.value.http_status) == (False, 404)
+        assert refused.value.stripe_code == "resource_missing"
+
+
+@on_both_loops
+async def test_a_cancel_whose_outcome_is_unknown_is_retryable_and_not_read_back(
+    api: LoopbackAPI, fake: StripeAPI
+) -> None:
+    provider = provider_for(api, max_network_retries=0)
+    sub = await subscription_of(provider, fake)
+    api.inject(Fault(drop=True, after_work=True), path=f"/v1/subscriptions/{sub}")
+    with pytest.raises(StripeProviderError) as lost:
+        await provider.cancel_subscription(
+            provider_id=sub, at_period_end=False, idempotency_key="qzpay-cancel-1"
+        )
+    assert lost.value.retryable is True
+    assert api.sent("GET", "/v1/subscriptions") == []
+    assert fake.subscriptions[sub]["status"] == "canceled"  # done: qzpay's retry reads it
+    again = await provider.cancel_subscription(
+        provider_id=sub, at_period_end=False, idempotency_key="qzpay-cancel-1"
+    )
+    assert again.status == "canceled"
+
+
+@on_both_loops
+async def test_periods_are_read_from_the_subscription_on_api_versions_before_the_item(
+    api: LoopbackAPI, fake: StripeAPI
+) -> None:
+    fake.legacy_periods = True
+    provider = provider_for(api)
+    sub = await subscription_of(provider, fake)
+    stored = fake.subscriptions[sub]
+    assert "current_period_end" not in stored["items"]["data"][0]
+
+    found = await provider.retrieve_subscription(provider_id=sub)
+
+    assert found is not None
+    assert found.current_period_start == datetime.fromtimestamp(stored["current_period_start"], UTC)
+    assert found.current_period_end == datetime.fromtimestamp(stored["current_period_end"], UTC)
+
+
+def test_the_item_period_wins_and_a_status_stripe_adds_later_is_refused() -> None:
+    both = {"id": "sub_1", "status": "active", "current_period_end": 1,
+            "items": {"data": [{"current_period_end": 1801386000}]}}  # fmt: skip
+    read = stripe_results.subscription(both)
+    assert read.current_period_end == datetime(2027, 1, 31, 9, tzinfo=UTC)
+    assert (read.current_period_start, read.trial_end, read.idempotency_key) == (None, None, None)
+    for status in SUBSCRIPTION_STATUSES:
+        assert stripe_results.subscription({"id": "sub_1", "status": status}).status == status
+    with pytest.raises(ProviderError) as refused:
+        stripe_results.subscription({"id": "sub_1", "status": "frozen"})
+    assert (refused.value.retryable, refused.value.rule) == (False, "subscription_status")
+
+
+@on_both_loops
+async def test_the_event_stripe_sends_about_a_subscription_is_a_neutral_subscription_update(
+    provider: StripeProvider, fake: StripeAPI
+) -> None:
+    sub = await subscription_of(provider, fake)
+    fake.move_subscription(sub, status="past_due")
+    body = fake.subscription_event(sub, created=int(NOW.timestamp()))
+
+    event = provider.verify_webhook(payload=body, headers=provider.sign_webhook(body, NOW), now=NOW)
+
+    assert (event.type, event.provider_type) == (
+        "subscription.updated",
+        "customer.subscription.updated",
+    )
+    assert event.occurred_at == NOW
+    assert event.data == {
+        "provider_subscription_id": sub,
+        "status": "past_due",
+        "idempotency_key": "qzpay-sub-1",
+        "provider_customer_id": fake.subscriptions[sub]["customer"],
+    }
 
 
 @on_both_loops

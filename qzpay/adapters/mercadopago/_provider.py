@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+import attrs
 import mercadopago
 from mercadopago.http import HttpClient
 
@@ -114,9 +115,14 @@ class MercadoPagoProvider:
       ``GET /v1/payments/search?external_reference=<key>``.
     - ``refund``: ``POST /v1/payments/{id}/refunds`` with ``amount``; the refund's
       ``provider_id`` is ``"{payment id}:{refund id}"``. ``retrieve_refund`` reads it by that
-      id; MercadoPago has no lookup of a refund by key, so by key alone it answers ``None``
+      id; MercadoPago has no lookup of a refund by key, so by key alone it answers ``None``;
+      ``list_refunds`` reads ``GET /v1/payments/{id}/refunds``
       (docs/decisions/0033-mercadopago-refund-lookup.md).
-    - ``create_subscription``: ``POST /preapproval`` on the plan ``provider_price_id``.
+    - ``create_subscription``: ``POST /preapproval`` on the plan ``provider_price_id``;
+      ``retrieve_subscription``: ``GET /preapproval/{id}``; ``cancel_subscription``: ``PUT
+      /preapproval/{id}`` with ``status: cancelled`` (now only: MercadoPago cannot cancel
+      at period end). Statuses: docs/decisions/0025-provider-managed-subscriptions-at-
+      stripe-and-mercadopago.md.
     - ``create_checkout``: ``POST /checkout/preferences``; the url is its ``init_point``.
 
     ``http_client`` is the SDK's transport (a ``mercadopago.http.HttpClient``): tests pass
@@ -414,6 +420,45 @@ class MercadoPagoProvider:
         )
         return None if found is None else _statuses.refund_result(found, provider_id)
 
+    async def list_refunds(
+        self, *, provider_payment_id: str, currency: str
+    ) -> Sequence[RefundResult]:
+        """Every refund of the payment (``GET /v1/payments/{id}/refunds``), oldest first,
+        amounts turned exactly into minor units of ``currency``; ``[]`` for a payment
+        MercadoPago does not have.
+
+        ``idempotency_key`` is ``None`` on each: a MercadoPago refund carries nothing of the
+        caller's (docs/decisions/0033), so a refund whose answer was lost can be told from
+        the others by its amount only.
+        """
+        code = _amounts.check_currency(currency).code
+        found = await self._transport.call(
+            "list the payment's refunds",
+            lambda o: self._sdk.refund().list_all(provider_payment_id, request_options=o),
+            missing_ok=True,
+        )
+        if found is None:
+            return []
+        if not isinstance(found, list):
+            raise ProviderError(
+                "MercadoPago answered the payment's refunds with something not a list",
+                retryable=True,
+            )
+        listed: list[tuple[datetime, int, RefundResult]] = []
+        for refund in found:
+            if not isinstance(refund, Mapping):
+                continue
+            refund_id = _required(refund, "id", "a refund")
+            result = _statuses.refund_result(
+                refund, f"{provider_payment_id}{ID_SEPARATOR}{refund_id}"
+            )
+            amount = _amounts.from_major(refund.get("amount"), code)
+            made = _statuses.moment(refund.get("date_created"), field="date_created")
+            order = int(refund_id) if refund_id.isdigit() else 0
+            listed.append((made or _EPOCH, order, attrs.evolve(result, amount=amount)))
+        listed.sort(key=lambda entry: entry[:2])
+        return [result for _, _, result in listed]
+
     # -- subscriptions and checkout ---------------------------------------------------------
 
     async def _customer_email(self, provider_customer_id: str) -> str:
@@ -436,10 +481,12 @@ class MercadoPagoProvider:
         self, request: ProviderSubscriptionRequest
     ) -> ProviderSubscription:
         """A preapproval on the MercadoPago plan ``provider_price_id`` for the customer's
-        email, ``pending`` until the payer authorizes it; ``status`` is MercadoPago's.
+        email, ``pending`` (``incomplete``) until the payer authorizes it.
 
         A preapproval bills one unit: a ``quantity`` other than 1 is refused. ``trial_end``
-        becomes ``auto_recurring.start_date`` (the first charge's date).
+        becomes ``auto_recurring.start_date`` (the first charge's date). The same key
+        answers the preapproval made before through MercadoPago's replay of the same
+        ``X-Idempotency-Key``, with the answer it gave then.
         """
         if request.quantity != 1:
             raise ProviderError(
@@ -463,10 +510,68 @@ class MercadoPagoProvider:
             lambda o: self._sdk.preapproval().create(body, request_options=o),
             idempotency_key=_key(request.idempotency_key),
         )
-        return ProviderSubscription(
-            provider_id=_required(created, "id", "the preapproval"),
-            status=_required(created, "status", "the preapproval"),
+        if not isinstance(created, Mapping):
+            raise ProviderError(
+                "MercadoPago answered the preapproval without a body", retryable=True
+            )
+        return _statuses.subscription(created)
+
+    async def retrieve_subscription(self, *, provider_id: str) -> ProviderSubscription | None:
+        """The preapproval as MercadoPago has it now (``GET /preapproval/{id}``); ``None``
+        when it has none with that id."""
+        found = await self._transport.call(
+            "read the preapproval",
+            lambda o: self._sdk.preapproval().get(provider_id, request_options=o),
+            missing_ok=True,
         )
+        if found is None:
+            return None
+        if not isinstance(found, Mapping):
+            raise ProviderError(
+                "MercadoPago answered the preapproval without a body", retryable=True
+            )
+        return _statuses.subscription(found)
+
+    async def cancel_subscription(
+        self, *, provider_id: str, at_period_end: bool, idempotency_key: str
+    ) -> ProviderSubscription:
+        """Cancel the preapproval now (``PUT /preapproval/{id}`` with ``status:
+        cancelled``, under qzpay's key); MercadoPago stops charging it at once.
+
+        ``at_period_end`` is refused before any request (``rule="cancel_at_period_end"``,
+        not retryable): a preapproval has no cancel-later, and cancelling now instead would
+        cut off a period the customer paid for. A preapproval that is already cancelled
+        cannot be changed, so a refusal is followed by a read, and a cancelled one is
+        answered as it is; anything else re-raises the refusal.
+        """
+        if at_period_end:
+            raise ProviderError(
+                "MercadoPago cannot cancel a preapproval at the end of its period, only now",
+                retryable=False,
+                field="at_period_end",
+                rule="cancel_at_period_end",
+            )
+        key = _key(idempotency_key)
+        try:
+            updated = await self._transport.call(
+                "cancel the preapproval",
+                lambda o: self._sdk.preapproval().update(
+                    provider_id, {"status": "cancelled"}, request_options=o
+                ),
+                idempotency_key=key,
+            )
+        except ProviderError as refused:
+            if refused.retryable:
+                raise
+            found = await self.retrieve_subscription(provider_id=provider_id)
+            if found is None or found.status != "canceled":
+                raise
+            return found
+        if not isinstance(updated, Mapping):
+            raise ProviderError(
+                "MercadoPago answered the preapproval without a body", retryable=True
+            )
+        return _statuses.subscription(updated)
 
     async def create_checkout(self, request: CheckoutRequest) -> ProviderCheckout:
         """A Checkout Pro preference for one item of ``amount``; its url is ``init_point``
@@ -556,6 +661,10 @@ class MercadoPagoProvider:
             now=_aware(now, field="now"),
             query=query,
         )
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+"""Where a refund without a ``date_created`` sorts (then by its id, which grows)."""
 
 
 def _key(key: str) -> str:

@@ -1,4 +1,5 @@
-"""MercadoPago's payment and refund statuses, and its rejection details, in qzpay's words.
+"""MercadoPago's payment, refund and preapproval statuses, and its rejection details, in
+qzpay's words.
 
 A payment's ``status`` says where it is; its ``status_detail`` says why (for a rejection,
 the card network's or MercadoPago's reason: ``cc_rejected_insufficient_amount``). qzpay keeps
@@ -13,11 +14,18 @@ it does not know is ``card_declined``, as the port asks.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import attrs
 
-from qzpay.contracts.provider import ChargeResult, ChargeStatus, RefundResult, RefundStatusLiteral
+from qzpay.contracts.provider import (
+    ChargeResult,
+    ChargeStatus,
+    ProviderSubscription,
+    RefundResult,
+    RefundStatusLiteral,
+)
 from qzpay.errors import ProviderError
 
 PAYMENT_STATUSES: Final[Mapping[str, ChargeStatus]] = {
@@ -135,3 +143,98 @@ def refund_result(body: Mapping[str, Any], provider_id: str) -> RefundResult:
         )
     failure = None if mapped != "failed" else _text(body, "status_detail") or status
     return RefundResult(provider_id=provider_id, status=mapped, failure_code=failure)
+
+
+PREAPPROVAL_STATUSES: Final[Mapping[str, str]] = {
+    "pending": "incomplete",  # the payer has not authorized it at MercadoPago yet
+    "authorized": "active",  # ``trialing`` before its first charge (``subscription``)
+    "paused": "paused",
+    "cancelled": "canceled",
+}
+"""Every preapproval status MercadoPago documents, as a neutral ``SUBSCRIPTION_STATUSES``."""
+
+
+def moment(value: object, *, field: str) -> datetime | None:
+    """One of MercadoPago's ISO 8601 times (``2028-01-31T05:00:00.000-04:00``) in UTC;
+    ``None`` where it says none."""
+    if value is None or value == "":
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.utcoffset() is None:
+        raise ProviderError(
+            f"MercadoPago answered a {field} that is not a time with an offset",
+            retryable=False,
+            field=field,
+            rule="timestamp",
+        )
+    return parsed.astimezone(UTC)
+
+
+def subscription(body: Mapping[str, Any]) -> ProviderSubscription:
+    """A preapproval as a neutral ``ProviderSubscription``, with the qzpay key it was made
+    with (its ``external_reference``).
+
+    - ``authorized`` is ``trialing`` while MercadoPago has charged nothing yet
+      (``summarized.charged_quantity`` 0 or absent) and the first charge was put off (a
+      ``free_trial``, or an ``auto_recurring.start_date`` after ``date_created``: what
+      ``create_subscription`` sends for ``trial_end``); the trial ends at the first charge
+      (``next_payment_date``, else that ``start_date``). Otherwise ``active``. The adapter
+      keeps no clock: the rule reads the preapproval alone, so a retrieve and a webhook
+      answer the same, and the first charge's arrival is what ends the trial.
+    - ``current_period_end`` is ``next_payment_date``; MercadoPago says no period start, so
+      ``current_period_start`` is ``None`` (qzpay keeps its own).
+    - A cancelled preapproval has ended at once (MercadoPago cannot cancel at period end);
+      MercadoPago keeps no cancel time, so ``last_modified``, its last change, stands for
+      ``canceled_at`` and ``ended_at``.
+
+    >>> subscription({"id": "p1", "status": "authorized", "external_reference": "k",
+    ...               "date_created": "2028-01-31T05:00:00.000-04:00",
+    ...               "next_payment_date": "2028-02-14T05:00:00.000-04:00",
+    ...               "auto_recurring": {"start_date": "2028-02-14T05:00:00.000-04:00"},
+    ...               "summarized": {"charged_quantity": 0}}).status
+    'trialing'
+    """
+    preapproval_id = _text(body, "id")
+    if not preapproval_id:
+        raise ProviderError("MercadoPago answered a preapproval without an id", retryable=True)
+    status = _text(body, "status") or ""
+    neutral = PREAPPROVAL_STATUSES.get(status)
+    if neutral is None:
+        raise ProviderError(
+            f"MercadoPago answered a preapproval status qzpay does not know: {status[:40]!r}",
+            retryable=False,
+            field="status",
+            rule="subscription_status",
+        )
+    recurring = body.get("auto_recurring")
+    recurring = recurring if isinstance(recurring, Mapping) else {}
+    summary = body.get("summarized")
+    charged = summary.get("charged_quantity") if isinstance(summary, Mapping) else None
+    created = moment(body.get("date_created"), field="date_created")
+    start = moment(recurring.get("start_date"), field="auto_recurring.start_date")
+    next_payment = moment(body.get("next_payment_date"), field="next_payment_date")
+    deferred = bool(recurring.get("free_trial")) or (
+        start is not None and created is not None and start > created
+    )
+    trial_end: datetime | None = None
+    if neutral == "active" and not charged and deferred:
+        neutral = "trialing"
+        trial_end = next_payment or start
+    ended = (
+        moment(body.get("last_modified"), field="last_modified") if neutral == "canceled" else None
+    )
+    return ProviderSubscription(
+        provider_id=preapproval_id,
+        status=neutral,
+        provider_status=status,
+        current_period_end=next_payment,
+        trial_end=trial_end,
+        canceled_at=ended,
+        ended_at=ended,
+        idempotency_key=_text(body, "external_reference") or None,
+        # A pending preapproval waits for the payer to authorize it there.
+        next_action_url=(_text(body, "init_point") or None) if neutral == "incomplete" else None,
+    )

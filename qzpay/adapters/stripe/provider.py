@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 
@@ -18,6 +18,7 @@ from stripe.params import (
     RefundListParams,
     SetupIntentCreateParams,
     SubscriptionCreateParams,
+    SubscriptionUpdateParams,
 )
 from stripe.params.checkout import SessionCreateParams as CheckoutSessionCreateParams
 
@@ -45,6 +46,9 @@ account's default version is."""
 
 REFUND_SCAN_LIMIT: Final = 1000
 """How many of the newest refunds ``retrieve_refund`` reads to find one by key alone."""
+
+_PAGE: Final = 100
+"""Stripe's largest list page."""
 
 _STRIPE_REFUND_REASONS: Final = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
 _CHECKOUT_PRODUCT_NAME: Final = "Payment"
@@ -79,8 +83,9 @@ class StripeProvider:
       provider_failure_code=<Stripe's decline or error code>)``. Any other failure raises
       ``StripeProviderError`` (a ``ProviderError``) with ``retryable`` set by what is known
       of the outcome and Stripe's request id; no message holds a key or a secret.
-    - Charges and refunds carry ``metadata[qzpay_key]``, so ``retrieve_charge`` and
-      ``retrieve_refund`` find them by qzpay's key after a lost response.
+    - Charges, refunds and subscriptions carry ``metadata[qzpay_key]``, so
+      ``retrieve_charge`` and ``retrieve_refund`` find them by qzpay's key after a lost
+      response, and ``list_refunds`` and ``retrieve_subscription`` say which key made them.
 
     The HTTP client is made on first use, on the running event loop (an ``HTTPXClient`` is
     bound to the loop it first ran on), and made again when called from another loop.
@@ -277,15 +282,11 @@ class StripeProvider:
         answers with the PaymentIntent it already made instead of charging again.
         """
         if provider_id:
-            try:
-                intent = await self._send(
-                    lambda c: c.v1.payment_intents.retrieve_async(provider_id),
-                    action="retrieve a PaymentIntent",
-                    missing_ok=True,
-                )
-            except _Missing:
-                return None
-            return results.charge(intent)
+            intent = await self._found(
+                lambda c: c.v1.payment_intents.retrieve_async(provider_id),
+                action="retrieve a PaymentIntent",
+            )
+            return None if intent is None else results.charge(intent)
         query = f"metadata['{results.KEY_METADATA}']:'{_quoted(idempotency_key)}'"
         found = await self._send(
             lambda c: c.v1.payment_intents.search_async({"query": query, "limit": 10}),
@@ -329,18 +330,13 @@ class StripeProvider:
         ``REFUND_SCAN_LIMIT`` refunds (Stripe cannot search refunds, and the port does not
         say which payment the refund was of); ``None`` when none is found."""
         if provider_id:
-            try:
-                found = await self._send(
-                    lambda c: c.v1.refunds.retrieve_async(provider_id),
-                    action="retrieve a refund",
-                    missing_ok=True,
-                )
-            except _Missing:
-                return None
-            return results.refund(found)
+            found = await self._found(
+                lambda c: c.v1.refunds.retrieve_async(provider_id), action="retrieve a refund"
+            )
+            return None if found is None else results.refund(found)
         after: str | None = None
-        for _ in range(REFUND_SCAN_LIMIT // 100):
-            listing: RefundListParams = {"limit": 100}
+        for _ in range(REFUND_SCAN_LIMIT // _PAGE):
+            listing: RefundListParams = {"limit": _PAGE}
             if after is not None:
                 listing["starting_after"] = after
             page = await self._send(_refund_page(listing), action="list refunds")
@@ -353,13 +349,45 @@ class StripeProvider:
             after = str(refunds[-1]["id"])
         return None
 
+    async def list_refunds(
+        self, *, provider_payment_id: str, currency: str
+    ) -> Sequence[RefundResult]:
+        """Every refund of the PaymentIntent (``GET /v1/refunds?payment_intent=``, every page
+        of 100), oldest first, each with its amount and ``metadata.qzpay_key``; a refund
+        made outside qzpay (the Dashboard) has no key.
+
+        ``currency`` is not needed: Stripe's amounts are already the minor units qzpay
+        charged in. An unknown PaymentIntent is an empty list, whether Stripe answers that
+        or a 404.
+        """
+        newest_first: list[RefundResult] = []
+        after: str | None = None
+        while True:
+            listing: RefundListParams = {"payment_intent": provider_payment_id, "limit": _PAGE}
+            if after is not None:
+                listing["starting_after"] = after
+            page = await self._found(_refund_page(listing), action="list a payment's refunds")
+            if page is None:
+                return []
+            refunds = [r for r in page.get("data") or () if isinstance(r, Mapping)]
+            newest_first.extend(results.refund(r) for r in refunds)
+            if not page.get("has_more") or not refunds:
+                return newest_first[::-1]
+            after = str(refunds[-1]["id"])
+
     # -- subscriptions and checkout ---------------------------------------------------------
 
     async def create_subscription(
         self, request: ProviderSubscriptionRequest
     ) -> ProviderSubscription:
-        """``POST /v1/subscriptions``: one item (price, quantity) and ``trial_end``; Stripe
-        then bills it itself (provider-managed mode)."""
+        """``POST /v1/subscriptions``: one item (price, quantity), ``trial_end`` and the
+        ``default_payment_method`` qzpay chose; Stripe then bills it itself
+        (provider-managed mode).
+
+        The same key answers the subscription made before for as long as Stripe keeps the
+        key (24 hours), with the answer Stripe gave then: qzpay mirrors the state from
+        ``retrieve_subscription`` and webhooks afterwards.
+        """
         params: SubscriptionCreateParams = {
             "customer": request.provider_customer_id,
             "items": [{"price": request.provider_price_id, "quantity": request.quantity}],
@@ -368,13 +396,57 @@ class StripeProvider:
         if request.trial_end is not None:
             trial_end = webhooks.aware(request.trial_end, field="trial_end")
             params["trial_end"] = int(trial_end.timestamp())
+        if request.provider_payment_method_id is not None:
+            # The card qzpay chose; without it Stripe bills the customer's own default.
+            params["default_payment_method"] = request.provider_payment_method_id
         created = await self._send(
             lambda c: c.v1.subscriptions.create_async(params, _keyed(request.idempotency_key)),
             action="create a subscription",
         )
-        return ProviderSubscription(
-            provider_id=str(created["id"]), status=str(created.get("status") or "")
+        return results.subscription(created)
+
+    async def retrieve_subscription(self, *, provider_id: str) -> ProviderSubscription | None:
+        """``GET /v1/subscriptions/{id}``: what webhooks and ``subscriptions.sync`` mirror;
+        ``None`` when Stripe has no such subscription (404)."""
+        found = await self._found(
+            lambda c: c.v1.subscriptions.retrieve_async(provider_id),
+            action="retrieve a subscription",
         )
+        return None if found is None else results.subscription(found)
+
+    async def cancel_subscription(
+        self, *, provider_id: str, at_period_end: bool, idempotency_key: str
+    ) -> ProviderSubscription:
+        """Now: ``DELETE /v1/subscriptions/{id}``; at period end: ``POST
+        /v1/subscriptions/{id}`` with ``cancel_at_period_end=true``; both under qzpay's key
+        (Stripe replays the POST; a DELETE is safe to repeat by what follows).
+
+        Stripe refuses to cancel a subscription that has ended (a DELETE answers 404 "No
+        such subscription", an update 400), so a refusal is followed by a read: an ended
+        subscription is answered as it is, as the port asks; anything else re-raises the
+        refusal. A retryable failure is raised at once (the cancel may have been done).
+        """
+        options = _keyed(idempotency_key)
+        try:
+            if at_period_end:
+                update: SubscriptionUpdateParams = {"cancel_at_period_end": True}
+                answer = await self._send(
+                    lambda c: c.v1.subscriptions.update_async(provider_id, update, options),
+                    action="cancel a subscription at its period end",
+                )
+            else:
+                answer = await self._send(
+                    lambda c: c.v1.subscriptions.cancel_async(provider_id, None, options),
+                    action="cancel a subscription",
+                )
+        except errors.StripeProviderError as refused:
+            if refused.retryable:
+                raise
+            found = await self.retrieve_subscription(provider_id=provider_id)
+            if found is None or found.status not in results.ENDED_SUBSCRIPTION_STATUSES:
+                raise
+            return found
+        return results.subscription(answer)
 
     async def create_checkout(self, request: CheckoutRequest) -> ProviderCheckout:
         """``POST /v1/checkout/sessions`` in payment mode, one line of ``amount`` (inline
@@ -442,6 +514,13 @@ class StripeProvider:
         )
 
     # -- the SDK ----------------------------------------------------------------------------
+
+    async def _found(self, send: Send[Any], *, action: str) -> dict[str, Any] | None:
+        """``_send`` for a read of one object: ``None`` when Stripe has no such object."""
+        try:
+            return await self._send(send, action=action, missing_ok=True)
+        except _Missing:
+            return None
 
     async def _send(
         self,

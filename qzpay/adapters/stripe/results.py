@@ -8,17 +8,21 @@ between stripe 15 and 16; a field Stripe leaves out reads as ``None``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import attrs
 
 from qzpay.contracts.provider import (
+    SUBSCRIPTION_STATUSES,
     ChargeResult,
     ChargeStatus,
     ProviderPaymentMethod,
+    ProviderSubscription,
     RefundResult,
     RefundStatusLiteral,
 )
+from qzpay.errors import ProviderError
 
 KEY_METADATA: Final = "qzpay_key"
 """The metadata entry that carries qzpay's idempotency key on what the adapter creates, so
@@ -183,7 +187,9 @@ _REFUND_STATUSES: Final[Mapping[str, RefundStatusLiteral]] = {
 
 
 def refund(plain: Plain) -> RefundResult:
-    """A Refund as it stands; ``failed`` carries Stripe's ``failure_reason``."""
+    """A Refund as it stands, with its amount (Stripe's are already minor units) and the
+    qzpay key it was made with, so a listed refund can be matched to qzpay's row; ``failed``
+    carries Stripe's ``failure_reason``."""
     status = _REFUND_STATUSES.get(text(plain.get("status")) or "", "pending")
     return RefundResult(
         provider_id=str(plain["id"]),
@@ -191,7 +197,69 @@ def refund(plain: Plain) -> RefundResult:
         failure_code=(text(plain.get("failure_reason")) or "refund_failed")
         if status == "failed"
         else None,
+        amount=_integer(plain.get("amount")),
+        idempotency_key=idempotency_key_of(plain),
     )
+
+
+ENDED_SUBSCRIPTION_STATUSES: Final = frozenset({"canceled", "incomplete_expired"})
+"""Statuses Stripe never moves a subscription out of: cancelling one answers it as it is."""
+
+
+def subscription(plain: Plain) -> ProviderSubscription:
+    """A Subscription as it stands, in the port's words (Stripe's statuses are the port's).
+
+    The current period is read from the first item (where API versions since 2025-03-31
+    put it; qzpay makes one-item subscriptions) and else from the subscription itself
+    (older versions, should an account's webhooks still be on one). A status Stripe adds
+    later is refused rather than guessed at: mirroring it could stop or restart billing.
+
+    >>> subscription({"id": "sub_1", "status": "trialing", "trial_end": 1801386000,
+    ...               "items": {"data": [{"current_period_start": 1800000000,
+    ...                                   "current_period_end": 1801386000}]},
+    ...               "metadata": {"qzpay_key": "k"}}).current_period_end.isoformat()
+    '2027-01-31T09:00:00+00:00'
+    """
+    status = text(plain.get("status")) or ""
+    if status not in SUBSCRIPTION_STATUSES:
+        raise ProviderError(
+            f"Stripe answered a subscription status qzpay does not know: {status[:40]!r}",
+            retryable=False,
+            field="status",
+            rule="subscription_status",
+        )
+    items = nested(plain, "items", "data")
+    item = items[0] if isinstance(items, list) and items else None
+
+    def period(name: str) -> datetime | None:
+        on_item = moment(nested(item, name))
+        return on_item if on_item is not None else moment(plain.get(name))
+
+    return ProviderSubscription(
+        provider_id=str(plain["id"]),
+        status=status,
+        provider_status=status,
+        current_period_start=period("current_period_start"),
+        current_period_end=period("current_period_end"),
+        trial_end=moment(plain.get("trial_end")),
+        cancel_at_period_end=plain.get("cancel_at_period_end") is True,
+        canceled_at=moment(plain.get("canceled_at")),
+        ended_at=moment(plain.get("ended_at")),
+        idempotency_key=idempotency_key_of(plain),
+    )
+
+
+def moment(value: object) -> datetime | None:
+    """Stripe's unix seconds as an aware UTC datetime; ``None`` where Stripe says none."""
+    seconds = _integer(value)
+    if seconds is None:
+        return None
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise ProviderError(
+            "Stripe answered a time that is out of range", retryable=False, rule="timestamp"
+        ) from None
 
 
 def best_intent(intents: list[Plain]) -> Plain | None:
