@@ -86,6 +86,10 @@ EVENTS: Final[Mapping[str, str]] = MappingProxyType(
         "subscription.incomplete_expired": (
             "the incomplete Subscription whose first payment never succeeded within 23 hours"
         ),
+        "subscription.synced": (
+            "the provider-managed Subscription as the provider has it now (a webhook or "
+            "subscriptions.sync), where anything changed"
+        ),
         "subscription.job_failed": (
             "the Subscription whose due work raised: the error recorded, due_at backed off"
         ),

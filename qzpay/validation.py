@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable, Mapping
-from enum import StrEnum
+from datetime import datetime
+from enum import Enum, StrEnum
 from typing import Any, Final, TypeVar
 
 from qzpay.errors import ValidationError
@@ -232,3 +233,22 @@ def changed(before: Any, after: Any, names: Iterable[str]) -> dict[str, list[Any
         for name in names
         if getattr(before, name) != getattr(after, name)
     }
+
+
+def audit_changes(before: Any, after: Any, names: Iterable[str]) -> dict[str, Any]:
+    """``changed`` in JSON values (the audit row is JSON): moments in ISO 8601, enums by
+    value, ids as text."""
+    return {
+        name: [_plain(old), _plain(new)]
+        for name, (old, new) in changed(before, after, names).items()
+    }
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value

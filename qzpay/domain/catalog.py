@@ -49,6 +49,12 @@ class Price:
     trial_days: int | None = None
     nickname: str | None = None
     active: bool = True
+    provider: str | None = None
+    """The provider that also has this price (``provider_id`` names it there), so a
+    subscription to it may be provider-managed; ``None`` for a price only qzpay bills."""
+    provider_id: str | None = None
+    """The provider's id for the price (Stripe's ``price_...``, a MercadoPago preapproval
+    plan id)."""
     metadata: Mapping[str, str] = attrs.field(factory=dict, converter=frozen_mapping)
     created_at: datetime
     updated_at: datetime

@@ -6,6 +6,9 @@ storage port's guarded ``increment`` (so two concurrent refunds cannot both pass
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from qzpay.contracts.provider import RefundResult
 from qzpay.domain.payments import Payment, Refund
 from qzpay.errors import ValidationError
 
@@ -31,3 +34,27 @@ def refund_too_large(payment: Payment) -> ValidationError:
         field="amount",
         rule="refund_within_payment",
     )
+
+
+def listed_refund(
+    refund: Refund, listed: Sequence[RefundResult], refunds: Sequence[Refund]
+) -> RefundResult | None:
+    """Which of the provider's refunds of a payment (``listed``) is ``refund``, whose answer
+    was lost before qzpay learned its id; ``refunds`` are all of the payment's in qzpay.
+
+    The one made with its key, where the provider echoes keys (Stripe). Where it echoes
+    none (MercadoPago): the one refund the provider has that qzpay does not know, when
+    qzpay is missing exactly one id and the amounts agree; anything less certain is
+    ``None`` (asked again later, then given up as ``abandoned``). A refund made in the
+    provider's dashboard at the same moment, for the same amount, would be taken for it:
+    the money then moved as qzpay records it, only by another hand.
+    """
+    for found in listed:
+        if refund.idempotency_key is not None and found.idempotency_key == refund.idempotency_key:
+            return found
+    known = {r.provider_id for r in refunds if r.provider_id is not None}
+    strangers = [f for f in listed if f.provider_id not in known and f.idempotency_key is None]
+    unanswered = [r for r in refunds if r.provider_id is None and r.status == "pending"]
+    if len(strangers) == 1 and unanswered == [refund] and strangers[0].amount == refund.amount:
+        return strangers[0]
+    return None

@@ -162,6 +162,7 @@ SPECS: tuple[EntitySpec[Any], ...] = (
         Subscription,
         "subscriptions",
         "subscription",
+        unique=(("provider", "provider_id"),),
         defaults={"dunning_attempts": 0},
         references={
             "customer_id": "customers",

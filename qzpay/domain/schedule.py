@@ -32,6 +32,8 @@ def next_due(subscription: Subscription, settings: Settings) -> datetime | None:
     >>> next_due(sub, Settings()) == sub.current_period_end
     True
     """
+    if subscription.provider is not None:
+        return None  # provider-managed: the provider renews and dunns it
     status = subscription.status
     if status == S.TRIALING:
         end = subscription.trial_end or subscription.current_period_end

@@ -9,7 +9,7 @@ from uuid import UUID
 import attrs
 
 from qzpay.domain.enums import Interval, SubscriptionStatus
-from qzpay.domain.frozen import frozen_mapping
+from qzpay.domain.frozen import frozen_mapping, optional_frozen_mapping
 
 
 @attrs.frozen(kw_only=True)
@@ -19,6 +19,9 @@ class Subscription:
     Periods are computed from ``billing_anchor`` (never from the previous period's end), so
     a subscription anchored on the 31st bills on the last day of short months and on the
     31st again afterwards.
+
+    A provider-managed one (``provider`` set) is never due: the provider renews and dunns
+    it, and qzpay keeps a mirror.
 
     ``due_at`` is when the job runner next has work on it (trial end, period end, a dunning
     retry); a runner claims it by setting ``claimed_by``/``claimed_until`` (a lease), so two
@@ -56,6 +59,17 @@ class Subscription:
     """When ``subscription.trial_will_end`` was sent for the current trial."""
     default_payment_method_id: UUID | None = None
     promo_code_id: UUID | None = None
+    provider: str | None = None
+    """Set on a provider-managed subscription (``managed_by="provider"``): the provider bills
+    it, and qzpay mirrors its state from the provider's webhooks; ``None`` when qzpay
+    renews it itself."""
+    provider_id: str | None = None
+    """The provider's id for it, once the provider has answered its creation."""
+    next_action: Mapping[str, str] | None = attrs.field(
+        default=None, converter=optional_frozen_mapping
+    )
+    """While a provider-managed one is ``incomplete`` and waits for the customer:
+    ``{"type": "redirect_to_url", "url": ...}`` (a MercadoPago preapproval to authorize)."""
     due_at: datetime | None = None
     claimed_by: str | None = None
     claimed_until: datetime | None = None

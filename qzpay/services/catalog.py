@@ -194,9 +194,17 @@ class PricesService:
         metadata: dict[str, str] | None = None,
         active: bool = True,
         idempotency_key: str | None = None,
+        provider_price_id: str | None = None,
     ) -> Price:
         """Create a price of a plan; with ``idempotency_key`` a retry returns the first
-        call's price."""
+        call's price.
+
+        ``provider_price_id`` is the same price at the billing's provider (Stripe's
+        ``price_...``, a MercadoPago preapproval plan id), which is what a
+        ``subscriptions.create(..., managed_by="provider")`` of this price is billed on.
+        qzpay does not create it there: it must already exist, at the same amount and
+        interval.
+        """
         entity_plan_id = check.identifier(plan_id, field="plan_id")
         price_amount = money.amount(unit_amount, field="unit_amount")
         price_currency = money.currency(currency).code
@@ -206,6 +214,9 @@ class PricesService:
         price_nickname = check.optional_text(nickname, field="nickname", max_length=200)
         price_metadata = check.metadata(metadata)
         price_active = check.boolean(active, field="active")
+        at_provider = check.optional_text(
+            provider_price_id, field="provider_price_id", max_length=255
+        )
         keyed = idempotency.keyed(
             self._context,
             "prices.create",
@@ -219,6 +230,7 @@ class PricesService:
             nickname=price_nickname,
             metadata=price_metadata,
             active=price_active,
+            **({"provider_price_id": at_provider} if at_provider is not None else {}),
         )
         async with self._context.unit_of_work() as uow:
             claim = await idempotency.claim(uow, keyed, Price)
@@ -239,6 +251,8 @@ class PricesService:
                 nickname=price_nickname,
                 active=price_active,
                 metadata=price_metadata,
+                provider=None if at_provider is None else self._context.provider.name,
+                provider_id=at_provider,
                 created_at=uow.now,
                 updated_at=uow.now,
             )

@@ -344,13 +344,22 @@ class InvoicesService:
         times its quantity, the promo discount by its duration.
 
         A subscription that will not renew (canceled, expired, paused, or ending at its
-        period end) has none: ``InvalidStateError``, rule ``no_upcoming_invoice``.
+        period end), or one the provider bills, has none: ``InvalidStateError``, rule
+        ``no_upcoming_invoice``.
         """
         key = check.identifier(subscription_id, field="subscription_id")
         async with self._context.unit_of_work(readonly=True) as uow:
             subscription: Subscription = await require(
                 uow.tx, Subscription, key, field="subscription_id"
             )
+            if subscription.provider is not None:
+                raise InvalidStateError(
+                    f"subscription {subscription.id} is billed by the "
+                    f"{subscription.provider!r} provider: its upcoming invoice is the "
+                    "provider's",
+                    field="subscription_id",
+                    rule="no_upcoming_invoice",
+                )
             if subscription.status in NO_UPCOMING or subscription.cancel_at_period_end:
                 raise InvalidStateError(
                     f"subscription {subscription.id} is {subscription.status.value}"

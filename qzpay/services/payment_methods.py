@@ -47,49 +47,6 @@ class PaymentMethodsService:
     def __init__(self, context: ServiceContext) -> None:
         self._context = context
 
-    async def _provider_customer_id(self, customer: Customer) -> str:
-        """The customer's id at the provider, created there on first need."""
-        provider = self._context.provider
-        async with self._context.unit_of_work(readonly=True) as uow:
-            ref = await uow.tx.find(
-                CustomerProviderRef, customer_id=customer.id, provider=provider.name
-            )
-        if ref is not None:
-            return ref.provider_customer_id
-        # The key is derived from our customer id, so a concurrent or retried attach gets the
-        # same provider customer back instead of a second one.
-        created = await provider.create_customer(
-            email=customer.email,
-            name=customer.name,
-            idempotency_key=f"qzpay-customer-{customer.id}",
-        )
-        try:
-            async with self._context.unit_of_work() as uow:
-                ref = CustomerProviderRef(
-                    id=new_id(),
-                    livemode=uow.scope.livemode,
-                    tenant_id=uow.scope.tenant_id,
-                    customer_id=customer.id,
-                    provider=provider.name,
-                    provider_customer_id=created.provider_id,
-                    created_at=uow.now,
-                )
-                await uow.tx.insert(ref)
-                await uow.record(
-                    "customer.provider_linked", customer, changes={"provider": provider.name}
-                )
-        except ConflictError:
-            # A concurrent attach linked this customer first; anything else is a real clash
-            # (the provider handed out an id another customer already holds).
-            async with self._context.unit_of_work(readonly=True) as uow:
-                ref = await uow.tx.find(
-                    CustomerProviderRef, customer_id=customer.id, provider=provider.name
-                )
-            if ref is None:
-                raise
-            return ref.provider_customer_id
-        return created.provider_id
-
     async def attach(
         self,
         customer_id: UUID | str,
@@ -125,9 +82,9 @@ class PaymentMethodsService:
                 return earlier.replay
             earlier.raise_if_in_progress()
             customer: Customer = await require(uow.tx, Customer, entity_id, field="customer_id")
-        provider_customer_id = await self._provider_customer_id(customer)
+        at_provider = await provider_customer_id(self._context, customer)
         attached = await self._context.provider.attach_payment_method(
-            provider_customer_id=provider_customer_id, token=card_token
+            provider_customer_id=at_provider, token=card_token
         )
         method_id = new_id()
         for attempt in range(DEFAULT_ATTEMPTS):
@@ -312,3 +269,47 @@ class PaymentMethodsService:
 
 async def default_method(tx: StorageTransaction, customer_id: UUID) -> PaymentMethod | None:
     return await tx.find(PaymentMethod, customer_id=customer_id, is_default=True)
+
+
+async def provider_customer_id(context: ServiceContext, customer: Customer) -> str:
+    """The customer's id at the provider, created there on first need."""
+    provider = context.provider
+    async with context.unit_of_work(readonly=True) as uow:
+        ref = await uow.tx.find(
+            CustomerProviderRef, customer_id=customer.id, provider=provider.name
+        )
+    if ref is not None:
+        return ref.provider_customer_id
+    # The key is derived from our customer id, so a concurrent or retried attach gets the
+    # same provider customer back instead of a second one.
+    created = await provider.create_customer(
+        email=customer.email,
+        name=customer.name,
+        idempotency_key=f"qzpay-customer-{customer.id}",
+    )
+    try:
+        async with context.unit_of_work() as uow:
+            ref = CustomerProviderRef(
+                id=new_id(),
+                livemode=uow.scope.livemode,
+                tenant_id=uow.scope.tenant_id,
+                customer_id=customer.id,
+                provider=provider.name,
+                provider_customer_id=created.provider_id,
+                created_at=uow.now,
+            )
+            await uow.tx.insert(ref)
+            await uow.record(
+                "customer.provider_linked", customer, changes={"provider": provider.name}
+            )
+    except ConflictError:
+        # A concurrent attach linked this customer first; anything else is a real clash
+        # (the provider handed out an id another customer already holds).
+        async with context.unit_of_work(readonly=True) as uow:
+            ref = await uow.tx.find(
+                CustomerProviderRef, customer_id=customer.id, provider=provider.name
+            )
+        if ref is None:
+            raise
+        return ref.provider_customer_id
+    return created.provider_id

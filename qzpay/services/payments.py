@@ -18,7 +18,6 @@ import attrs
 
 from qzpay import money
 from qzpay import validation as check
-from qzpay.contracts.provider import RefundResult
 from qzpay.contracts.storage import Page
 from qzpay.domain.customers import Customer
 from qzpay.domain.enums import PaymentStatus, RefundStatus
@@ -330,7 +329,7 @@ class PaymentsService:
             payment: Payment = await require(uow.tx, Payment, refund.payment_id, field="payment_id")
         result = None
         if refund.status == RefundStatus.PENDING:
-            result = await self._retrieve_refund(refund)
+            result = await refunds.at_provider(self._context, payment, refund)
             if result is None:
                 result = await refunds.call_provider(self._context, payment, refund)
         return await refunds.settle(
@@ -385,11 +384,6 @@ class PaymentsService:
         """
         key = check.identifier(payment_id, field="payment_id")
         return await reconciliation.reconcile(self._context, key)
-
-    async def _retrieve_refund(self, refund: Refund) -> RefundResult | None:
-        return await self._context.provider.retrieve_refund(
-            idempotency_key=refund.idempotency_key or "", provider_id=refund.provider_id
-        )
 
 
 async def _payable(

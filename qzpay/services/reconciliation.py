@@ -32,9 +32,7 @@ async def reconcile(context: ServiceContext, payment_id: UUID) -> Payment:
         waiting = await refunds.pending_refunds(uow.tx, payment.id)
     now = context.now()
     for refund in waiting:
-        found = await provider.retrieve_refund(
-            idempotency_key=refund.idempotency_key or "", provider_id=refund.provider_id
-        )
+        found = await refunds.at_provider(context, payment, refund)
         if found is None and now - refund.created_at >= context.settings.abandon_after:
             found = RefundResult(provider_id="", status="failed", failure_code="abandoned")
         await refunds.settle(context, refund.id, found)

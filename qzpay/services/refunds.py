@@ -20,10 +20,10 @@ from qzpay.contracts.provider import RefundRequest, RefundResult
 from qzpay.contracts.storage import StorageTransaction
 from qzpay.domain.enums import PaymentStatus, RefundStatus
 from qzpay.domain.payments import Payment, Refund
-from qzpay.domain.refund_rules import check_refund, refund_too_large
+from qzpay.domain.refund_rules import check_refund, listed_refund, refund_too_large
 from qzpay.errors import ConflictError
 from qzpay.services import charging
-from qzpay.services.context import ServiceContext, UnitOfWork, require
+from qzpay.services.context import ServiceContext, UnitOfWork, every, require
 
 AfterRefund = Callable[[UnitOfWork, Refund], Awaitable[None]]
 """More work in a refund's settling transaction (its idempotency key completed)."""
@@ -189,3 +189,24 @@ async def pending_refunds(tx: StorageTransaction, payment_id: UUID) -> list[Refu
         Refund, filters={"payment_id": payment_id, "status": RefundStatus.PENDING}, limit=100
     )
     return sorted(page.items, key=lambda refund: refund.id)
+
+
+async def at_provider(
+    context: ServiceContext, payment: Payment, refund: Refund
+) -> RefundResult | None:
+    """The refund as the provider has it now; ``None`` when the provider has none (yet).
+
+    By its id when qzpay has one; otherwise its answer was lost, and it is one of the few
+    refunds of this one charge (``list_refunds``, matched by ``refund_rules.listed_refund``).
+    """
+    provider = context.provider
+    if refund.provider_id is not None or not payment.provider_id:
+        return await provider.retrieve_refund(
+            idempotency_key=refund.idempotency_key or "", provider_id=refund.provider_id
+        )
+    listed = await provider.list_refunds(
+        provider_payment_id=payment.provider_id, currency=payment.currency
+    )
+    async with context.unit_of_work(readonly=True) as uow:
+        known = await every(uow.tx, Refund, {"payment_id": payment.id})
+    return listed_refund(refund, listed, known)

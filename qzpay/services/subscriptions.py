@@ -17,9 +17,8 @@ Creating one (docs/decisions/0005-first-period.md):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from enum import Enum
 from typing import Any, Final
 from uuid import UUID
 
@@ -47,7 +46,7 @@ from qzpay.domain.proration import Proration, prorate
 from qzpay.domain.subscriptions import Subscription
 from qzpay.errors import ConflictError, InvalidStateError, ValidationError
 from qzpay.ids import new_id
-from qzpay.services import charging, idempotency, invoicing
+from qzpay.services import charging, idempotency, invoicing, provider_subscriptions
 from qzpay.services.catalog import trial_days as checked_trial_days
 from qzpay.services.context import ServiceContext, UnitOfWork, every, missing, require
 from qzpay.services.promo_codes import normalized_code, redeem_for_subscription
@@ -96,8 +95,16 @@ class SubscriptionsService:
         promo_code: str | None = None,
         metadata: dict[str, str] | None = None,
         idempotency_key: str | None = None,
+        managed_by: str = "qzpay",
     ) -> Subscription:
         """Subscribe ``customer_id`` to ``price_id`` (see the module docstring for the first period).
+
+        ``managed_by="provider"`` makes it a provider-managed subscription
+        (``qzpay.services.provider_subscriptions``): the price must exist at the provider
+        (``provider_price_id``), the provider bills and renews it, and qzpay mirrors its
+        state from webhooks. It starts as the provider answers (``trialing``, ``active``,
+        or ``incomplete`` until the customer authorizes it); promo codes are the
+        provider's own then, so ``promo_code`` is refused.
 
         ``promo_code`` is redeemed in the same transaction as the subscription (so a call
         that fails counts nothing): a discount comes off the first charge, a trial code
@@ -117,6 +124,16 @@ class SubscriptionsService:
         )
         code = None if promo_code is None else normalized_code(promo_code, field="promo_code")
         sub_metadata = check.metadata(metadata)
+        managed = _managed_by(managed_by)
+        if managed and code is not None:
+            raise ValidationError(
+                "cannot be used with managed_by='provider': the provider applies its own "
+                "coupons to the subscriptions it bills",
+                field="promo_code",
+                rule="managed_by_provider",
+            )
+        if managed:
+            self._context.require_capability("subscriptions")
         keyed = idempotency.keyed(
             self._context,
             "subscriptions.create",
@@ -128,6 +145,7 @@ class SubscriptionsService:
             payment_method_id=method_key,
             promo_code=code,
             metadata=sub_metadata,
+            **({"managed_by": "provider"} if managed else {}),
         )
         provider = self._context.provider
 
@@ -157,6 +175,8 @@ class SubscriptionsService:
                     raise ValidationError(
                         "belongs to another customer", field="payment_method_id", rule="owner"
                     )
+            if managed:
+                provider_subscriptions.provider_price_id(self._context, price)
             trial = price.trial_days if trial is None else trial
             promo = None if code is None else await uow.tx.find(PromoCode, code=code)
             if promo is not None and promo.trial_days:
@@ -164,10 +184,14 @@ class SubscriptionsService:
             # A trial charges nothing now: the card is looked up when the trial ends.
             payable = (
                 None
-                if trial
+                if trial and not managed
                 else await charging.chargeable_method(
                     uow.tx, customer_key, method_key, provider.name
                 )
+            )
+        if managed:
+            return await self._create_managed(
+                keyed, customer, price, count, trial, payable, sub_metadata
             )
 
         subscription_id = new_id()
@@ -247,6 +271,69 @@ class SubscriptionsService:
         )
         # Still incomplete when the charge failed or is open; active when it succeeded.
         return settled.subscription or subscription
+
+    async def _create_managed(
+        self,
+        keyed: idempotency.Keyed | None,
+        customer: Customer,
+        price: Price,
+        quantity: int,
+        trial: int | None,
+        payable: tuple[PaymentMethod, str] | None,
+        metadata: dict[str, str],
+    ) -> Subscription:
+        """Commit the row ``incomplete`` (its periods and trial as qzpay computes them, for
+        the provider to be told), then ask the provider (``provider_subscriptions.start``).
+        A keyed retry of a create whose answer was lost asks again with the same key."""
+        async with self._context.unit_of_work() as uow:
+            claim = await idempotency.claim(uow, keyed, Subscription)
+            if claim.replay is not None:
+                return claim.replay
+            if claim.in_progress and claim.resource_id is not None:
+                subscription: Subscription = await require(
+                    uow.tx, Subscription, claim.resource_id, field="subscription_id"
+                )
+            else:
+                claim.raise_if_in_progress()
+                computed = self._new(
+                    uow,
+                    new_id(),
+                    customer,
+                    price,
+                    quantity,
+                    trial,
+                    free=False,
+                    method_id=None if payable is None else payable[0].id,
+                    promo_code_id=None,
+                    metadata=metadata,
+                )
+                subscription = attrs.evolve(
+                    computed,
+                    status=SubscriptionStatus.INCOMPLETE,
+                    provider=self._context.provider.name,
+                    due_at=None,
+                )
+                await uow.tx.insert(subscription)
+                await uow.record(
+                    "subscription.created",
+                    subscription,
+                    changes={
+                        "status": subscription.status.value,
+                        "price_id": str(price.id),
+                        "provider": subscription.provider,
+                    },
+                )
+                await idempotency.bind(uow, keyed, subscription.id)
+        if subscription.provider_id is not None or subscription.status != (
+            SubscriptionStatus.INCOMPLETE
+        ):
+            # A webhook mirrored the provider's answer before the first call could.
+            return await provider_subscriptions.mirror(
+                self._context, subscription.id, None, keyed=keyed
+            )
+        return await provider_subscriptions.start(
+            self._context, subscription, customer, price, keyed
+        )
 
     def _new(
         self,
@@ -360,7 +447,8 @@ class SubscriptionsService:
         ``cancel_at_period_end`` is set and ``canceled_at`` records the request, as
         Stripe's, and the job runner ends it at ``current_period_end`` (``uncancel`` undoes
         it until then). Scheduling an already scheduled cancel changes nothing. A canceled
-        subscription cannot be canceled again (``InvalidStateError``).
+        subscription cannot be canceled again (``InvalidStateError``). A provider-managed
+        one is canceled at the provider, and mirrored from its answer.
         """
         entity_id = check.identifier(subscription_id, field="subscription_id")
         later = check.boolean(at_period_end, field="at_period_end")
@@ -371,7 +459,22 @@ class SubscriptionsService:
             subscription_id=entity_id,
             at_period_end=later,
         )
-        return await self._lifecycle(entity_id, keyed, _schedule_cancel if later else cancel_now)
+        try:
+            return await self._lifecycle(
+                entity_id, keyed, _schedule_cancel if later else cancel_now
+            )
+        except provider_subscriptions.ManagedByProvider as managed:
+            return await provider_subscriptions.cancel(
+                self._context, managed.subscription, at_period_end=later, keyed=keyed
+            )
+
+    async def sync(self, subscription_id: UUID | str) -> Subscription:
+        """Mirror a provider-managed subscription from what the provider says now (what
+        each of its webhooks does); one whose creation never got an answer is asked for
+        again with the same key, so it is made once. A subscription qzpay bills itself has
+        nothing to sync (``InvalidStateError``, rule ``provider_managed``)."""
+        entity_id = check.identifier(subscription_id, field="subscription_id")
+        return await provider_subscriptions.sync(self._context, entity_id)
 
     async def uncancel(
         self, subscription_id: UUID | str, *, idempotency_key: str | None = None
@@ -548,6 +651,7 @@ class SubscriptionsService:
             current: Subscription = await require(
                 uow.tx, Subscription, entity_id, field="subscription_id"
             )
+            provider_subscriptions.refuse_if_managed(current)
             result = await step(uow, self._context, current)
             await idempotency.complete(uow, keyed, result)
         return result
@@ -570,6 +674,7 @@ class SubscriptionsService:
             current: Subscription = await require(
                 uow.tx, Subscription, entity_id, field="subscription_id"
             )
+            provider_subscriptions.refuse_if_managed(current)
             price: Price = await require(
                 uow.tx, Price, price_key or current.price_id, field="price_id"
             )
@@ -750,6 +855,16 @@ async def cancel_customer_subscriptions(
     """Cancel every live subscription of ``customer_id`` at once, in ``uow`` (a customer's
     deletion: Stripe's rule, so a deleted customer is never billed again)."""
     live = await every(uow.tx, Subscription, {"customer_id": customer_id, "status": one_of(LIVE)})
+    managed = [subscription for subscription in live if subscription.provider is not None]
+    if managed:
+        # Canceling here would leave the provider billing a customer qzpay deleted.
+        raise InvalidStateError(
+            f"has {len(managed)} live provider-managed subscription(s) "
+            f"({', '.join(str(s.id) for s in managed)}): cancel them first "
+            "(subscriptions.cancel asks the provider), then delete the customer",
+            field="customer_id",
+            rule="provider_subscriptions_live",
+        )
     return [await cancel_now(uow, context, subscription) for subscription in live]
 
 
@@ -892,6 +1007,18 @@ def _when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _managed_by(value: object) -> bool:
+    """Whether ``managed_by`` asks for a provider-managed subscription."""
+    if value not in ("qzpay", "provider"):
+        raise ValidationError(
+            "must be 'qzpay' (qzpay renews and charges it) or 'provider' (the provider "
+            "bills it and qzpay mirrors it)",
+            field="managed_by",
+            rule="managed_by",
+        )
+    return value == "provider"
+
+
 def _proration(value: object) -> ProrationBehavior:
     try:
         return ProrationBehavior(str(value) if isinstance(value, str) else "")
@@ -912,7 +1039,9 @@ async def _write(
     wanted = attrs.evolve(current, **changes, updated_at=uow.now)
     wanted = schedule.scheduled(wanted, context.settings)
     updated = await uow.tx.update(wanted)
-    await uow.record(event, updated, changes=_audit(current, updated, [*changes, "due_at"]))
+    await uow.record(
+        event, updated, changes=check.audit_changes(current, updated, [*changes, "due_at"])
+    )
     return updated
 
 
@@ -957,21 +1086,3 @@ def _period_line(
         period_start=start,
         period_end=end,
     )
-
-
-def _audit(before: Subscription, after: Subscription, names: Iterable[str]) -> dict[str, Any]:
-    """``{field: [old, new]}`` of what changed, in JSON values (the audit row is JSON)."""
-    return {
-        name: [_plain(old), _plain(new)]
-        for name, (old, new) in check.changed(before, after, names).items()
-    }
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, UUID):
-        return str(value)
-    return value

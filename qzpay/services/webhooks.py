@@ -34,13 +34,15 @@ from uuid import UUID
 import attrs
 
 from qzpay.contracts.provider import ProviderEvent
+from qzpay.contracts.storage import StorageTransaction
 from qzpay.domain.customers import CustomerProviderRef
 from qzpay.domain.enums import WebhookEventStatus
 from qzpay.domain.payments import Payment, Refund
 from qzpay.domain.records import WebhookEvent, WebhookProcessing
+from qzpay.domain.subscriptions import Subscription
 from qzpay.errors import ConflictError, ValidationError
 from qzpay.ids import new_id
-from qzpay.services import charging, refunds
+from qzpay.services import charging, provider_subscriptions, refunds
 from qzpay.services.context import ServiceContext, require
 from qzpay.services.reconciliation import reconcile
 
@@ -265,6 +267,14 @@ def lookups(event_type: str, provider: str, data: Mapping[str, Any]) -> list[Loo
             found.append((Payment, {"id": payment_id, "provider": provider}))
         if provider_id := _text(data, "provider_payment_id"):
             found.append((Payment, {"provider": provider, "provider_id": provider_id}))
+    if kind == "subscription":
+        subscription_id = (
+            charging.id_in_key(key, provider_subscriptions.SUBSCRIPTION_KEY) if key else None
+        )
+        if subscription_id is not None:
+            found.append((Subscription, {"id": subscription_id, "provider": provider}))
+        if provider_id := _text(data, "provider_subscription_id"):
+            found.append((Subscription, {"provider": provider, "provider_id": provider_id}))
     if provider_id := _text(data, "provider_customer_id"):
         found.append(
             (CustomerProviderRef, {"provider": provider, "provider_customer_id": provider_id})
@@ -436,11 +446,14 @@ async def _record(
 async def apply(context: ServiceContext, event_type: str, data: Mapping[str, Any]) -> bool:
     """Apply a neutral event in ``context``'s scope; whether it concerned a row of qzpay's.
 
-    Payments and refunds are settled from what the provider says now (``reconcile``), never
-    from the event's own claim. Other kinds are stored and acknowledged: qzpay starts no
-    provider-managed subscriptions or checkouts of its own yet, so none of theirs is here.
+    Payments and refunds are settled from what the provider says now (``reconcile``), and
+    provider-managed subscriptions mirrored from it (``subscriptions.sync``), never from
+    the event's own claim. Checkouts are stored and acknowledged: qzpay opens checkouts
+    but keeps no row of them yet, so none of theirs is here.
     """
     kind = event_type.partition(".")[0]
+    if kind == "subscription":
+        return await _sync_subscription(context, event_type, data)
     if kind not in ("payment", "refund"):
         return False
     payment = await _payment_of(context, event_type, data)
@@ -475,3 +488,25 @@ async def _payment_by(context: ServiceContext, keys: Sequence[Lookup]) -> Paymen
                 if payments:
                     return payments[0]
     return None
+
+
+async def _sync_subscription(
+    context: ServiceContext, event_type: str, data: Mapping[str, Any]
+) -> bool:
+    """Mirror the provider-managed subscription the event names, if it is qzpay's."""
+    keys = lookups(event_type, context.provider.name, data)
+    async with context.unit_of_work(readonly=True) as uow:
+        for kind, key in keys:
+            found = [] if kind is not Subscription else await _first(uow.tx, key)
+            if found:
+                break
+        else:
+            return False
+    await provider_subscriptions.sync(
+        context, found[0].id, provider_id=_text(data, "provider_subscription_id")
+    )
+    return True
+
+
+async def _first(tx: StorageTransaction, key: dict[str, object]) -> list[Subscription]:
+    return list((await tx.list(Subscription, filters=key, limit=1)).items)

@@ -714,4 +714,7 @@ def test_grouping_keeps_the_orders_that_matter() -> None:
     assert not in_order.reorders_keys
     assert [len(part.writes) for part in in_order.parts] == [1, 1]
     [subscriptions] = storage.batches.plan([update(row) for row in renewed])
-    assert not subscriptions.reorders_keys  # no unique key: nothing to reorder
+    assert subscriptions.reorders_keys  # (provider, provider_id) is unique: sent after a savepoint
+    prices = [entities.price(SCOPE, plan.id) for _ in range(2)]
+    [unkeyed] = storage.batches.plan([update(row) for row in prices])
+    assert not unkeyed.reorders_keys  # no unique key: nothing to reorder

@@ -2,8 +2,9 @@
 
 Run as ``python crash_child.py '<json>'``. The JSON says which storage to open (a SQLite
 file, or a PostgreSQL url and table prefix), the fake provider's ledger file, the frozen
-"now", the flow (``process``, ``subscribe``, ``refund``, or ``renew``: the job runner
-renewing what is due, on rows the parent made), and
+"now", the flow (``process``, ``subscribe``, ``subscribe_managed`` (a provider-managed
+subscription), ``refund``, or ``renew``: the job runner renewing what is due, on rows the
+parent made), and
 where the process dies: ``after`` the provider did the work (the ledger is written) but
 before qzpay heard the answer, or ``before`` the provider is called at all. Either way the
 pending row is already committed, and nothing is settled: what a crash, an OOM kill or a
@@ -33,10 +34,19 @@ async def _run(config: dict[str, Any]) -> None:
     from qzpay import create_billing
     from qzpay.adapters.clock import FrozenClock
     from qzpay.adapters.fake import FakeProvider
-    from qzpay.contracts.provider import ChargeRequest, ChargeResult, RefundRequest, RefundResult
+    from qzpay.contracts.provider import (
+        ChargeRequest,
+        ChargeResult,
+        ProviderSubscription,
+        ProviderSubscriptionRequest,
+        RefundRequest,
+        RefundResult,
+    )
     from qzpay.contracts.storage import StoragePort
 
-    kill_in = "refund" if config["flow"] == "refund" else "charge"
+    kill_in = {"refund": "refund", "subscribe_managed": "subscription"}.get(
+        config["flow"], "charge"
+    )
     before = config["kill"] == "before"
 
     class Crashing(FakeProvider):
@@ -47,6 +57,16 @@ async def _run(config: dict[str, Any]) -> None:
                 _die()
             result = await super().charge(request)
             if kill_in == "charge":
+                _die()
+            return result
+
+        async def create_subscription(
+            self, request: ProviderSubscriptionRequest
+        ) -> ProviderSubscription:
+            if kill_in == "subscription" and before:
+                _die()
+            result = await super().create_subscription(request)
+            if kill_in == "subscription":
                 _die()
             return result
 
@@ -83,11 +103,12 @@ async def _run(config: dict[str, Any]) -> None:
                 currency="USD",
                 idempotency_key=key,
             )
-        elif config["flow"] == "subscribe":
+        elif config["flow"] in ("subscribe", "subscribe_managed"):
             await billing.subscriptions.create(
                 customer_id=config["customer_id"],
                 price_id=config["price_id"],
                 idempotency_key=key,
+                managed_by="provider" if config["flow"] == "subscribe_managed" else "qzpay",
             )
         else:
             await billing.payments.refund(

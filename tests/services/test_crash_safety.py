@@ -51,7 +51,7 @@ from qzpay.domain.payments import Payment, Refund
 from qzpay.domain.promotions import PromoCodeUsage
 from qzpay.domain.records import AuditLog, IdempotencyKey
 from qzpay.domain.subscriptions import Subscription
-from qzpay.services import charging, refunds
+from qzpay.services import charging, provider_subscriptions, refunds
 from qzpay.settings import DEFAULTS
 
 pytestmark = pytest.mark.anyio
@@ -238,6 +238,70 @@ async def test_a_subscription_killed_after_its_first_charge_becomes_active_once(
         assert len((await billing.payments.list()).items) == 1
     _, after = site.open()
     assert len(after.charges) == 1
+
+
+@SQL_ADAPTERS
+@pytest.mark.parametrize("settle_by", ["sync", "retry", "webhook"])
+async def test_a_provider_managed_subscription_killed_after_the_provider_made_it_is_made_once(
+    site: Site, settle_by: str
+) -> None:
+    billing, _ = site.open()
+    async with billing:
+        ann = await _customer(billing)
+        plan = await billing.plans.create(name="Pro")
+        price = await billing.prices.create(
+            plan_id=plan.id,
+            unit_amount=2900,
+            currency="USD",
+            interval="month",
+            provider_price_id="price_pro",
+        )
+
+    await site.crash(
+        "subscribe_managed", customer_id=ann.id, price_id=price.id, idempotency_key="signup-ann"
+    )
+
+    billing, provider = site.open()
+    async with billing:
+        [sub] = (await billing.subscriptions.list(customer_id=ann.id)).items
+        assert (sub.status, sub.provider, sub.provider_id) == ("incomplete", "fake", None)
+        [made] = provider.subscriptions.values()  # the dead process did make it
+        assert made.request.idempotency_key == provider_subscriptions.subscription_key(sub.id)
+
+        if settle_by == "sync":
+            settled = await billing.subscriptions.sync(sub.id)
+        elif settle_by == "retry":
+            settled = await billing.subscriptions.create(
+                customer_id=ann.id,
+                price_id=price.id,
+                idempotency_key="signup-ann",
+                managed_by="provider",
+            )
+        else:  # the provider's own webhook about it arrives first
+            body = json.dumps(
+                {
+                    "id": "evt_created",
+                    "type": "subscription.created",
+                    "data": {
+                        "provider_subscription_id": made.subscription.provider_id,
+                        "idempotency_key": made.request.idempotency_key,
+                    },
+                }
+            ).encode()
+            handled = await billing.webhooks.handle(
+                "fake", provider.sign_webhook(body, site.clock.now()), body
+            )
+            assert handled.status == "processed"
+            settled = await billing.subscriptions.get(sub.id)
+
+        assert settled.id == sub.id
+        assert (settled.status, settled.provider_id) == ("active", made.subscription.provider_id)
+        assert settled.due_at is None
+        assert len((await billing.subscriptions.list()).items) == 1
+        assert len(provider.subscriptions) == 1
+        assert provider.charges == []  # the provider bills it, qzpay never charged
+    _, after = site.open()
+    assert len(after.subscriptions) == 1  # the ledger file itself: exactly one subscription
 
 
 @SQL_ADAPTERS

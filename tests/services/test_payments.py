@@ -6,7 +6,7 @@ really charged, so "never twice" is checked against the provider, not against qz
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -32,7 +32,7 @@ from qzpay.adapters.clock import FrozenClock
 from qzpay.adapters.fake import FakeProvider
 from qzpay.adapters.memory import MemoryStorage
 from qzpay.conformance import entities
-from qzpay.contracts.provider import ChargeResult
+from qzpay.contracts.provider import ChargeResult, RefundResult
 from qzpay.domain.customers import Customer
 from qzpay.domain.enums import PaymentStatus
 from qzpay.domain.payments import Payment, Refund
@@ -561,6 +561,43 @@ async def test_a_refund_whose_answer_was_lost_is_reconciled(
     [refund] = (await billing.payments.refunds(payment.id)).items
     assert refund.status == "succeeded"
     assert len(fake.refunds) == 1
+
+
+class _KeylessRefunds(FakeProvider):
+    """Lists a charge's refunds without the keys they were made with, as MercadoPago."""
+
+    async def list_refunds(
+        self, *, provider_payment_id: str, currency: str
+    ) -> Sequence[RefundResult]:
+        listed = await super().list_refunds(
+            provider_payment_id=provider_payment_id, currency=currency
+        )
+        return [attrs.evolve(found, idempotency_key=None) for found in listed]
+
+
+async def test_a_lost_refund_is_found_among_its_payments_refunds_without_keys(
+    store_factory: Any, clock: FrozenClock
+) -> None:
+    fake = _KeylessRefunds()
+    async with create_billing(storage=store_factory(), provider=fake, clock=clock) as billing:
+        ann = await _customer(billing)
+        payment = await _process(billing, ann)
+        known = await billing.payments.refund(payment.id, amount=100)  # its id is known
+        fake.fail_next("refund", LOST, after=True)
+        for _ in range(2):
+            fake.fail_next("refund", LOST)
+        lost = await billing.payments.refund(payment.id, amount=900)
+        assert (known.status, lost.status, lost.provider_id) == ("succeeded", "pending", None)
+
+        settled = await billing.payments.reconcile(payment.id)
+
+        assert (settled.refunded_amount, settled.due_at) == (1000, None)
+        found = await billing.payments.refunds(payment.id)
+        assert sorted((r.amount, r.status) for r in found.items) == [
+            (100, "succeeded"),
+            (900, "succeeded"),
+        ]
+        assert {r.provider_id for r in found.items} == {r.result.provider_id for r in fake.refunds}
 
 
 @pytest.mark.parametrize("status", ["pending", "failed"])

@@ -357,6 +357,24 @@ def _v7_webhook_processing(layout: Layout) -> list[str]:
     )
 
 
+def _v8_provider_managed(layout: Layout) -> list[str]:
+    """Provider-managed subscriptions: the provider and its id on the subscription (one
+    subscription per provider id, so a webhook finds the one it is about) and on the price
+    it is sold at (the provider's price the provider bills); where the customer goes to
+    authorize one that waits for them."""
+    json = "JSON" if layout.dialect == "sqlite" else "JSONB"
+    return layout.render(
+        "ALTER TABLE {prefix}subscriptions ADD COLUMN provider TEXT",
+        "ALTER TABLE {prefix}subscriptions ADD COLUMN provider_id TEXT",
+        f"ALTER TABLE {{prefix}}subscriptions ADD COLUMN next_action {json}",
+        "CREATE UNIQUE INDEX IF NOT EXISTS {prefix}subscriptions_provider_provider_id_key "
+        f"ON {{prefix}}subscriptions ({layout.scope}, provider, provider_id) "
+        "WHERE deleted_at IS NULL",
+        "ALTER TABLE {prefix}prices ADD COLUMN provider TEXT",
+        "ALTER TABLE {prefix}prices ADD COLUMN provider_id TEXT",
+    )
+
+
 def _identity_row(layout: Layout) -> str:
     # The prefix was validated as [a-z_][a-z0-9_]* before any SQL: safe as a literal.
     table = identifier(layout.prefix, "schema_info")
@@ -379,6 +397,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         6, "subscription lifecycle and dunning; invoice tax rate and attempts", _v6_lifecycle
     ),
     Migration(7, "webhook processing status and retries", _v7_webhook_processing),
+    Migration(8, "provider-managed subscriptions and prices", _v8_provider_managed),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
