@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import anyio
+import anyio.lowlevel
 import attrs
 
 from qzpay.adapters import storage_rules as rules
@@ -79,7 +80,8 @@ class MemoryDatabase:
     def __init__(self) -> None:
         self.tables: dict[str, _Table] = {}
         self.counters: dict[str, dict[_Sequence, int]] = {}
-        self.lock = anyio.Lock()
+        # Uncontended (nearly always), taking it need not yield to the event loop first.
+        self.lock = anyio.Lock(fast_acquire=True)
 
     def sequences(self, prefix: str) -> dict[_Sequence, int]:
         """Gapless counters per (livemode, tenant, name) under one prefix."""
@@ -137,6 +139,9 @@ class MemoryStorage:
         self, scope: Scope, *, readonly: bool = False
     ) -> AsyncIterator[StorageTransaction]:
         rules.check_scope(scope, self._multi_tenant)
+        # A cancelled caller still stops here, without the round trip to the event loop
+        # an uncontended lock would otherwise cost every transaction.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         async with self._database.lock:
             transaction = _MemoryTransaction(
                 scope, self._tables, self._sequences, readonly=readonly

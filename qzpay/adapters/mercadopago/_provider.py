@@ -309,20 +309,27 @@ class MercadoPagoProvider:
         }
         if request.description:
             body["description"] = request.description
-        if ID_SEPARATOR in method:
-            body.update(await self._saved_card(request, method, key))
+        saved = ID_SEPARATOR in method
+        if saved:
+            self._check_owner(request, method)
         else:
             body["token"] = method
-        created = await self._transport.call(
-            "create the payment",
-            lambda o: self._sdk.payment().create(body, request_options=o),
-            idempotency_key=key,
-        )
+
+        def steps() -> Any:
+            if saved:
+                body.update(self._saved_card(method, key))
+            return self._transport.call_here(
+                "create the payment",
+                lambda o: self._sdk.payment().create(body, request_options=o),
+                idempotency_key=key,
+            )
+
+        created = await self._transport.in_thread(steps)
         return _statuses.charge_result(created)
 
-    async def _saved_card(self, request: ChargeRequest, method: str, key: str) -> dict[str, str]:
-        """A one-time token of a saved card, and its brand: what a payment needs."""
-        customer, card_id = _split(method, field="provider_payment_method_id", what="card")
+    @staticmethod
+    def _check_owner(request: ChargeRequest, method: str) -> None:
+        customer, _ = _split(method, field="provider_payment_method_id", what="card")
         if customer != request.provider_customer_id:
             raise ProviderError(
                 "is not a card of this customer",
@@ -330,7 +337,12 @@ class MercadoPagoProvider:
                 field="provider_payment_method_id",
                 rule="attached_to_customer",
             )
-        card = await self._transport.call(
+
+    def _saved_card(self, method: str, key: str) -> dict[str, str]:
+        """A one-time token of a saved card, and its brand: what a payment needs. Runs in
+        the charge's worker thread (``Transport.in_thread``), with the payment after it."""
+        customer, card_id = _split(method, field="provider_payment_method_id", what="card")
+        card = self._transport.call_here(
             "read the card",
             lambda o: self._sdk.card().get(customer, card_id, request_options=o),
             missing_ok=True,
@@ -342,7 +354,7 @@ class MercadoPagoProvider:
                 field="provider_payment_method_id",
                 rule="exists",
             )
-        token = await self._transport.call(
+        token = self._transport.call_here(
             "make a token of the saved card",
             lambda o: self._sdk.card_token().create(
                 {"card_id": card_id, "customer_id": customer}, request_options=o
