@@ -33,7 +33,11 @@ def next_due(subscription: Subscription, settings: Settings) -> datetime | None:
     True
     """
     if subscription.provider is not None:
-        return None  # provider-managed: the provider renews and dunns it
+        # Provider-managed: the provider renews and dunns it. Only a creation whose answer
+        # was lost is qzpay's to finish (asked again with the same key), as a payment's.
+        if subscription.provider_id is None and subscription.status == S.INCOMPLETE:
+            return subscription.created_at + settings.reconcile_after
+        return None
     status = subscription.status
     if status == S.TRIALING:
         end = subscription.trial_end or subscription.current_period_end

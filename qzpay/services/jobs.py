@@ -53,7 +53,7 @@ from qzpay.domain.records import JobExecution, WebhookProcessing
 from qzpay.domain.subscriptions import Subscription
 from qzpay.errors import ConflictError, InvalidStateError
 from qzpay.ids import new_id
-from qzpay.services import charging, renewals, webhooks
+from qzpay.services import charging, provider_subscriptions, renewals, webhooks
 from qzpay.services.context import ServiceContext, UnitOfWork
 from qzpay.services.reconciliation import reconcile
 from qzpay.services.side_by_side import at_most
@@ -81,6 +81,7 @@ Outcome = Literal[
     "skipped",
     "errored",
     "reconciled",
+    "synced",
     "webhook",
 ]
 """What one due item came to (``skipped``: nothing to do yet, or its outcome is not known
@@ -113,6 +114,8 @@ class JobRunReport:
     expired: int = 0
     errors: int = 0
     webhooks_retried: int = 0
+    subscriptions_synced: int = 0
+    """Provider-managed subscriptions whose creation never got an answer, asked again."""
 
     @classmethod
     def of(cls, outcomes: Counter[Outcome]) -> JobRunReport:
@@ -132,6 +135,7 @@ class JobRunReport:
             expired=outcomes["expired"],
             errors=outcomes["errored"],
             webhooks_retried=outcomes["webhook"],
+            subscriptions_synced=outcomes["synced"],
         )
 
 
@@ -406,6 +410,10 @@ class JobsService:
         self, context: ServiceContext, subscription: Subscription
     ) -> Outcome | list[Outcome]:
         """What is due on ``subscription`` now, by its status (``qzpay.domain.schedule``)."""
+        if subscription.provider is not None:
+            # Due only while its creation has no answer (schedule.next_due).
+            await provider_subscriptions.sync(context, subscription.id)
+            return "synced"
         now = context.now()
         status = subscription.status
         if status == SubscriptionStatus.TRIALING:

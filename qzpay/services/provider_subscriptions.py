@@ -9,8 +9,9 @@ answer is finished by asking again with the same key (the provider answers the o
 made), never by making a second one. From then on the row follows the provider
 (``qzpay.domain.provider_mirror``): each ``subscription.*`` webhook, and
 ``subscriptions.sync``, asks the provider for it as it stands and writes that. qzpay never
-renews it (it is never due) and refuses the lifecycle moves the provider owns; a cancel
-is forwarded to the provider and mirrored back.
+renews it (it is due only while its creation has no answer: the job runner then asks
+again) and refuses the lifecycle moves the provider owns; a cancel is forwarded to the
+provider and mirrored back.
 """
 
 from __future__ import annotations
@@ -101,7 +102,10 @@ async def start(
     provider_payment_method_id = None
     if subscription.default_payment_method_id is not None:
         async with context.unit_of_work(readonly=True) as uow:
-            method = await uow.tx.get(PaymentMethod, subscription.default_payment_method_id)
+            # Detached since, it is still the card the first request named.
+            method = await uow.tx.get(
+                PaymentMethod, subscription.default_payment_method_id, include_deleted=True
+            )
         if method is not None and method.provider == context.provider.name:
             provider_payment_method_id = method.provider_id
     request = ProviderSubscriptionRequest(

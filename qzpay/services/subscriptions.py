@@ -307,11 +307,13 @@ class SubscriptionsService:
                     promo_code_id=None,
                     metadata=metadata,
                 )
-                subscription = attrs.evolve(
-                    computed,
-                    status=SubscriptionStatus.INCOMPLETE,
-                    provider=self._context.provider.name,
-                    due_at=None,
+                subscription = schedule.scheduled(
+                    attrs.evolve(
+                        computed,
+                        status=SubscriptionStatus.INCOMPLETE,
+                        provider=self._context.provider.name,
+                    ),
+                    self._context.settings,
                 )
                 await uow.tx.insert(subscription)
                 await uow.record(

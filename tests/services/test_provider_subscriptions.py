@@ -30,6 +30,7 @@ from qzpay.domain.catalog import Price
 from qzpay.domain.customers import Customer
 from qzpay.domain.subscriptions import Subscription
 from qzpay.services import provider_subscriptions
+from qzpay.settings import DEFAULTS
 
 pytestmark = pytest.mark.anyio
 
@@ -226,7 +227,8 @@ async def test_a_lost_answer_is_finished_by_a_keyed_retry_with_one_subscription_
             customer_id=ann.id, price_id=price.id, managed_by="provider", idempotency_key="s"
         )
     [left] = (await billing.subscriptions.list()).items
-    assert (left.status, left.provider_id, left.due_at) == ("incomplete", None, None)
+    assert (left.status, left.provider_id) == ("incomplete", None)
+    assert left.due_at == left.created_at + DEFAULTS.reconcile_after  # the runner's, if no retry
 
     again = await billing.subscriptions.create(
         customer_id=ann.id, price_id=price.id, managed_by="provider", idempotency_key="s"
@@ -253,6 +255,25 @@ async def test_sync_finishes_an_unkeyed_create_whose_answer_was_lost(
 
     assert synced.status == "active"
     assert len(fake.subscriptions) == 1
+
+
+async def test_the_job_runner_finishes_a_create_whose_answer_was_lost(
+    billing: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    fake.fail_next("create_subscription", LOST, after=True)
+    with pytest.raises(ProviderError):
+        await _managed(billing)
+    [left] = (await billing.subscriptions.list()).items
+    assert (await billing.jobs.run_due()).subscriptions_synced == 0  # not due yet
+
+    clock.advance(DEFAULTS.reconcile_after)
+    report = await billing.jobs.run_due()
+
+    synced = await billing.subscriptions.get(left.id)
+    assert report.subscriptions_synced == 1
+    assert (synced.status, synced.due_at) == ("active", None)
+    assert len(fake.subscriptions) == 1
+    assert (await billing.jobs.run_due()).subscriptions_synced == 0
 
 
 # -- mirrored from the provider ------------------------------------------------------------
