@@ -34,7 +34,6 @@ from uuid import UUID
 import attrs
 
 from qzpay.contracts.provider import ProviderEvent
-from qzpay.contracts.storage import StorageTransaction
 from qzpay.domain.customers import CustomerProviderRef
 from qzpay.domain.enums import WebhookEventStatus
 from qzpay.domain.payments import Payment, Refund
@@ -494,19 +493,17 @@ async def _sync_subscription(
     context: ServiceContext, event_type: str, data: Mapping[str, Any]
 ) -> bool:
     """Mirror the provider-managed subscription the event names, if it is qzpay's."""
-    keys = lookups(event_type, context.provider.name, data)
+    found: Subscription | None = None
     async with context.unit_of_work(readonly=True) as uow:
-        for kind, key in keys:
-            found = [] if kind is not Subscription else await _first(uow.tx, key)
-            if found:
-                break
-        else:
-            return False
+        for kind, key in lookups(event_type, context.provider.name, data):
+            if kind is Subscription:
+                rows = (await uow.tx.list(Subscription, filters=key, limit=1)).items
+                if rows:
+                    found = rows[0]
+                    break
+    if found is None:
+        return False
     await provider_subscriptions.sync(
-        context, found[0].id, provider_id=_text(data, "provider_subscription_id")
+        context, found.id, provider_id=_text(data, "provider_subscription_id")
     )
     return True
-
-
-async def _first(tx: StorageTransaction, key: dict[str, object]) -> list[Subscription]:
-    return list((await tx.list(Subscription, filters=key, limit=1)).items)
