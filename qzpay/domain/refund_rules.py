@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from qzpay.contracts.provider import RefundResult
+from qzpay.domain.enums import RefundStatus
 from qzpay.domain.payments import Payment, Refund
 from qzpay.errors import ValidationError
 
@@ -54,7 +55,7 @@ def listed_refund(
             return found
     known = {r.provider_id for r in refunds if r.provider_id is not None}
     strangers = [f for f in listed if f.provider_id not in known and f.idempotency_key is None]
-    unanswered = [r for r in refunds if r.provider_id is None and r.status == "pending"]
+    unanswered = [r for r in refunds if r.provider_id is None and r.status == RefundStatus.PENDING]
     if len(strangers) == 1 and unanswered == [refund] and strangers[0].amount == refund.amount:
         return strangers[0]
     return None

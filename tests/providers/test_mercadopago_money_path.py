@@ -36,16 +36,20 @@ def api(mp: MercadoPagoAPI) -> Iterator[LoopbackAPI]:
         yield server
 
 
-async def test_trial_renewal_decline_dunning_and_refund_through_mercadopago(
-    tmp_path: Path, mp: MercadoPagoAPI, api: LoopbackAPI
-) -> None:
-    clock = FrozenClock(START)
-    provider = MercadoPagoProvider(
+@pytest.fixture
+def provider(api: LoopbackAPI) -> MercadoPagoProvider:
+    return MercadoPagoProvider(
         access_token=ACCESS_TOKEN,
         webhook_secret="mp-webhook-secret-7f3a9c",
         http_client=LoopbackHttpClient(api.url),
         backoff=0.01,
     )
+
+
+async def test_trial_renewal_decline_dunning_and_refund_through_mercadopago(
+    tmp_path: Path, mp: MercadoPagoAPI, api: LoopbackAPI, provider: MercadoPagoProvider
+) -> None:
+    clock = FrozenClock(START)
     storage = SQLiteStorage(tmp_path / "billing.db")
     async with create_billing(storage=storage, provider=provider, clock=clock) as billing:
         ann = await billing.customers.create(email="ann@example.com", name="Ann Lee")
@@ -119,15 +123,9 @@ async def test_trial_renewal_decline_dunning_and_refund_through_mercadopago(
 
 
 async def test_a_preapproval_is_authorized_by_the_payer_mirrored_and_canceled(
-    tmp_path: Path, mp: MercadoPagoAPI, api: LoopbackAPI
+    tmp_path: Path, mp: MercadoPagoAPI, provider: MercadoPagoProvider
 ) -> None:
     clock = FrozenClock(START)
-    provider = MercadoPagoProvider(
-        access_token=ACCESS_TOKEN,
-        webhook_secret="mp-webhook-secret-7f3a9c",
-        http_client=LoopbackHttpClient(api.url),
-        backoff=0.01,
-    )
     storage = SQLiteStorage(tmp_path / "billing.db")
     async with create_billing(storage=storage, provider=provider, clock=clock) as billing:
         ann = await billing.customers.create(email="ann@example.com", name="Ann Lee")
