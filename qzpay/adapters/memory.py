@@ -25,7 +25,7 @@ change what is stored.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -45,17 +45,21 @@ from qzpay.timestamps import aware_utc
 E = TypeVar("E")
 _Key = tuple[object, ...]
 _Sequence = tuple[bool, str | None, str]
+_INDEXED: frozenset[type[Any]] = frozenset({str, int, bool, UUID})
+"""The value types an index lookup answers for; any other goes through the filter checks."""
 
 
 class _Table:
     """Rows of one kind under one prefix, with an index per unique key of live rows."""
 
-    __slots__ = ("indexes", "rows", "spec")
+    __slots__ = ("indexes", "lookups", "rows", "spec")
 
     def __init__(self, spec: EntitySpec[Any]) -> None:
         self.spec = spec
         self.rows: dict[UUID, Any] = {}
         self.indexes: dict[UniqueKey, dict[_Key, UUID]] = {key: {} for key in spec.unique}
+        self.lookups: dict[tuple[str, ...], UniqueKey | None] = {}
+        """Which unique key answers a lookup by these column names (None: a scan)."""
 
     def index_keys(self, row: Any) -> list[tuple[UniqueKey, _Key]]:
         """The unique-index entries a row occupies: none once soft-deleted, none for NULLs,
@@ -68,6 +72,30 @@ class _Table:
             if None not in values and key.holds(row):
                 entries.append((key, (row.livemode, row.tenant_id, *values)))
         return entries
+
+    def index_entry(self, key: Mapping[str, object]) -> tuple[UniqueKey, _Key] | None:
+        """The unique index that answers an equality lookup on exactly ``key``'s columns,
+        and the values to look up: a key on those columns, or a partial key on some of them
+        whose condition the others state (``customer_id=…, is_default=True``). None when
+        only a scan can answer (and check the filters): no such key, a NULL (the index holds
+        none), a ``Condition`` or a value of another type in it."""
+        names = tuple(key)
+        try:
+            unique = self.lookups[names]
+        except KeyError:
+            unique = self.lookups[names] = next(
+                (
+                    candidate
+                    for candidate in self.spec.unique
+                    if len(candidate.columns) + len(candidate.where) == len(names)
+                    and {*candidate.columns, *candidate.where} == set(names)
+                ),
+                None,
+            )
+        if unique is None or any(key[column] != value for column, value in unique.where.items()):
+            return None
+        values = tuple(key[column] for column in unique.columns)
+        return (unique, values) if all(type(v) in _INDEXED for v in values) else None
 
 
 class MemoryDatabase:
@@ -223,17 +251,11 @@ class _MemoryTransaction:
         self, kind: type[E], *, include_deleted: bool = False, **key: object
     ) -> E | None:
         table = self._table(kind)
-        unique = table.spec.unique_key(tuple(key))
-        # The index holds no NULLs (they never collide), so a None in the key needs a scan;
-        # so does a partial key (its index holds only the rows meeting its condition).
-        if (
-            unique is not None
-            and not unique.where
-            and not include_deleted
-            and None not in key.values()
-        ):
+        entry = None if include_deleted else table.index_entry(key)
+        if entry is not None:
+            unique, values = entry
             found = table.indexes[unique].get(
-                (self._scope.livemode, self._scope.tenant_id, *key.values())
+                (self._scope.livemode, self._scope.tenant_id, *values)
             )
             return None if found is None else table.rows[found]
         rows = self._matching(table, key, include_deleted)
@@ -368,19 +390,22 @@ class _MemoryTransaction:
         rules.check_entity_scope(entity, self._scope)
         rules.check_values(entity)
         current = self._current(table, entity.id)  # type: ignore[attr-defined]
-        changes: dict[str, Any] = {"created_at": current.created_at}
-        if table.spec.claimable:
-            changes.update({name: getattr(current, name) for name in LEASE_COLUMNS})
+        version = 0  # at_version ignores it for a kind without a version column
         if table.spec.versioned:
             expected = entity.version if expected_version is None else expected_version  # type: ignore[attr-defined]
             self._check_version(table, current, expected)
-            changes["version"] = current.version + 1
-        stored = attrs.evolve(entity, **changes)  # type: ignore[misc]
+            version = current.version + 1
+        # A fresh copy (a field-by-field copy: the values were checked when ``entity`` was
+        # made), then what an update never changes put back from the stored row.
+        stored = rules.at_version(entity, version)
+        kept = ("created_at", *LEASE_COLUMNS) if table.spec.claimable else ("created_at",)
+        for name in kept:
+            object.__setattr__(stored, name, getattr(current, name))
         self._check_unique(table, stored)
         self._check_references(table, stored)
         self._put(table, stored)
         # What the caller wrote, at its new version: the same answer the SQL adapters give.
-        return rules.at_version(entity, stored.version) if table.spec.versioned else entity  # type: ignore[attr-defined]
+        return rules.at_version(entity, version) if table.spec.versioned else entity
 
     async def soft_delete(
         self, kind: type[E], id: UUID, *, at: datetime, expected_version: int | None = None
