@@ -45,8 +45,9 @@ from qzpay.timestamps import aware_utc
 E = TypeVar("E")
 _Key = tuple[object, ...]
 _Sequence = tuple[bool, str | None, str]
-_INDEXED: frozenset[type[Any]] = frozenset({str, int, bool, UUID})
-"""The value types an index lookup answers for; any other goes through the filter checks."""
+_INDEXED: tuple[type[Any], ...] = (str, int, UUID)
+"""The values an index lookup answers for (``bool`` and str enums among them); any other
+goes through the filter checks."""
 
 
 class _Table:
@@ -95,7 +96,7 @@ class _Table:
         if unique is None or any(key[column] != value for column, value in unique.where.items()):
             return None
         values = tuple(key[column] for column in unique.columns)
-        return (unique, values) if all(type(v) in _INDEXED for v in values) else None
+        return (unique, values) if all(isinstance(v, _INDEXED) for v in values) else None
 
 
 class MemoryDatabase:
