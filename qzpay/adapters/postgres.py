@@ -275,17 +275,24 @@ class PostgresStorage(SqlStoreBase):
         except Exception as error:
             raise _acquire_failed(error) from None
         transaction = _PostgresTransaction(self, connection, scope, readonly=readonly)
+        # Commit or rollback and the release run under one shield each way: a cancelled
+        # caller must not leave a transaction open on a pooled connection.
         try:
-            try:
-                yield transaction
-                with anyio.CancelScope(shield=True):
-                    await transaction.commit()
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await transaction.rollback()
-                raise
-        finally:
+            yield transaction
+        except BaseException:
             with anyio.CancelScope(shield=True):
+                try:
+                    await transaction.rollback()
+                finally:
+                    await _release(pool, transaction.connection)
+            raise
+        with anyio.CancelScope(shield=True):
+            try:
+                await transaction.commit()
+            except BaseException:
+                await transaction.rollback()
+                raise
+            finally:
                 await _release(pool, transaction.connection)
 
     async def _acquire(self, pool: asyncpg.Pool) -> asyncpg.Connection:

@@ -45,7 +45,10 @@ def frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
     """A read-only deep copy of ``value`` (the attrs converter of every mapping field)."""
     if not value:
         return _EMPTY
-    return MappingProxyType({key: _freeze(item) for key, item in value.items()})
+    atoms = _ATOMS
+    return MappingProxyType(
+        {key: item if type(item) in atoms else _freeze(item) for key, item in value.items()}
+    )
 
 
 def optional_frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any] | None:

@@ -112,6 +112,10 @@ class Claim(Generic[E]):
             )
 
 
+_UNKEYED: Claim[Any] = Claim()
+"""The claim of every call made without a key (frozen, so one value serves them all)."""
+
+
 def keyed(
     context: ServiceContext, operation: str, key: str | None, /, **params: Any
 ) -> Keyed | None:
@@ -159,7 +163,7 @@ async def claim(uow: UnitOfWork, keyed: Keyed | None, kind: type[E]) -> Claim[E]
     after claiming leaves nothing behind.
     """
     if keyed is None:
-        return Claim()
+        return _UNKEYED
     fresh = IdempotencyKey(
         id=new_id(),
         livemode=uow.scope.livemode,
@@ -200,7 +204,7 @@ async def peek(uow: UnitOfWork, keyed: Keyed | None, kind: type[E]) -> Claim[E]:
     transaction, which alone decides.
     """
     if keyed is None:
-        return Claim()
+        return _UNKEYED
     stored = await uow.tx.find(IdempotencyKey, operation=keyed.operation, key=keyed.key)
     if stored is None or _expired(stored, uow.now):
         return Claim(keyed=keyed)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 import asyncpg
 import attrs
 import pytest
@@ -188,6 +189,55 @@ async def test_a_checked_update_alone_runs_inside_begin(storage: PostgresStorage
     tx.connection = recorder._connection  # type: ignore[attr-defined]
     assert recorder.sent[0] == "BEGIN"
     assert recorder.sent[-1] == "COMMIT"
+
+
+async def _waiting_on_a_lock(url: str) -> None:
+    """Until some backend waits for a row lock (the commit under test, blocked)."""
+    connection = await asyncpg.connect(url)
+    try:
+        for _ in range(500):
+            if await connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            ):
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("no backend ever waited for the lock")
+    finally:
+        await connection.close()
+
+
+async def test_a_caller_cancelled_during_commit_still_ends_the_transaction_and_frees_the_slot(
+    postgres_url: str, prefix: str, storage: PostgresStorage
+) -> None:
+    """A cancelled caller (a request timeout) does not cut its COMMIT short: the commit ends
+    and the connection goes back to the pool, so no transaction is left open on it."""
+    ann = _customer()
+    async with storage.transaction(SCOPE) as tx:
+        await tx.insert(ann)
+    locker = await asyncpg.connect(postgres_url)
+    await locker.execute("BEGIN")
+    await locker.execute(f"SELECT 1 FROM {prefix}customers WHERE id = $1 FOR UPDATE", ann.id)
+    cancelled = anyio.CancelScope()
+
+    async def rename_until_cancelled() -> None:
+        with cancelled:
+            async with storage.transaction(SCOPE) as tx:
+                await tx.update(attrs.evolve(ann, name="Ann"))  # its commit waits on the lock
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(rename_until_cancelled)
+        await _waiting_on_a_lock(postgres_url)
+        cancelled.cancel()
+        await asyncio.sleep(0.05)
+        await locker.execute("COMMIT")  # the lock goes; the shielded commit goes on
+    await locker.close()
+    assert cancelled.cancel_called
+    async with storage.transaction(SCOPE) as first, storage.transaction(SCOPE) as second:
+        renamed = await first.get(Customer, ann.id)  # both pool slots are free again
+        assert await second.count(Customer) == 1
+    assert renamed is not None
+    assert renamed.name == "Ann"
+    assert renamed.version == ann.version + 1
 
 
 # -- defect 2: lost connections --------------------------------------------------------

@@ -31,7 +31,6 @@ asyncpg's own prepared-statement cache is an LRU as well).
 
 from __future__ import annotations
 
-import operator
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -39,7 +38,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from qzpay.adapters.sql.statements import Compiled
+from qzpay.adapters.sql.statements import Compiled, values_of
 from qzpay.adapters.sql.transaction import Write
 from qzpay.adapters.sql.write_groups import group_writes
 
@@ -92,20 +91,12 @@ class MultiRow:
     def args(self, writes: Sequence[Write]) -> list[Any]:
         """One tuple per array parameter (asyncpg takes any sequence), one value per scope
         parameter; transposed by ``zip`` rather than column by column in Python."""
-        values = _getter(self.binds)
+        values = values_of(self.binds)
         columns = zip(*[values(write.params) for write in writes], strict=True)
         return [
             column if array else column[0]
             for column, array in zip(columns, self.arrays, strict=True)
         ]
-
-
-def _getter(names: tuple[str, ...]) -> Any:
-    """The values of ``names`` from a parameter dict, always as a tuple."""
-    getter = operator.itemgetter(*names)
-    if len(names) == 1:
-        return lambda params: (getter(params),)
-    return getter
 
 
 def multi_row(statement: Compiled) -> MultiRow | None:
@@ -147,13 +138,6 @@ def multi_row(statement: Compiled) -> MultiRow | None:
     return None
 
 
-def _all_different(writes: Sequence[Write]) -> bool:
-    """No two writes share a statement or a row: one run of one-write groups, as buffered."""
-    statements = {id(write.statement) for write in writes}
-    rows = {(write.spec.table, write.entity_id) for write in writes}
-    return len(statements) == len(rows) == len(writes)
-
-
 def reorders_keys(write: Write) -> bool:
     """Whether a multi-row statement of ``write``'s group may break a unique key that its
     writes one after the other would not.
@@ -182,7 +166,7 @@ class Batch(NamedTuple):
     """One statement to send: its text, its arguments and what each of its parts covers."""
 
     sql: str
-    args: list[Any]
+    args: Sequence[Any]
     parts: Sequence[Part]
     plain: bool
     """One single-row write: sent as its own statement, its row count from the status."""
@@ -235,10 +219,12 @@ class PostgresBatches:
         """The statements that send ``writes``, in the order they must run; ``in_order``:
         updates of kinds with unique keys one row per part, in their order (the way back
         when a multi-row one broke a key)."""
-        if len(writes) <= SMALL and _all_different(writes):
+        if len(writes) <= SMALL:
             # The common small call (customers.create: a customer and its audit row): each
             # write is its own group, so grouping would change nothing; skip its bookkeeping.
-            return [self._single_rows(writes)]
+            small = self._single_rows(writes)
+            if small is not None:
+                return [small]
         batches: list[Batch] = []
         for run in group_writes(writes):
             parts: list[Part] = []
@@ -271,21 +257,34 @@ class PostgresBatches:
             for start in range(0, len(group), CHUNK_ROWS)
         ]
 
-    def _single_rows(self, writes: Sequence[Write]) -> Batch:
-        """``_batch`` for writes that are one part each, in one pass (this is every small
-        call): the combined text is cached by the statements alone."""
+    def _single_rows(self, writes: Sequence[Write]) -> Batch | None:
+        """``_batch`` for writes that are one part each, in one pass (nearly every small
+        call), the combined text cached by the statements alone; ``None`` when two writes
+        share a statement or a row id (then grouping decides, in ``plan``)."""
         if len(writes) == 1:
             write = writes[0]
-            args = write.statement.positional(write.params)
-            return Batch(
-                write.statement.sql, args, [Part(writes, None)], True, write.checked, False
-            )
-        parts, statements, args, checked = [], [], [], False
-        for write in writes:
             statement = write.statement
+            return Batch(
+                statement.sql,
+                statement.positional(write.params),
+                [Part(writes, None)],
+                True,
+                write.checked,
+                False,
+            )
+        parts: list[Part] = []
+        statements: list[Compiled] = []
+        seen: list[int] = []  # ids of the statements and the rows' ids: small ints compare fast
+        args: list[Any] = []
+        checked = False
+        for write in writes:
+            statement, row = write.statement, write.entity_id
+            if row is None or id(statement) in seen or row.int in seen:
+                return None
+            seen += (id(statement), row.int)
             parts.append(Part((write,), None))
             statements.append(statement)
-            args.extend(statement.positional(write.params))
+            args += statement.positional(write.params)
             checked = checked or write.checked
         shape = tuple(statements)
         sql = self._small.get(shape)
@@ -299,9 +298,11 @@ class PostgresBatches:
         checked = any(part.writes[0].checked for part in parts)
         if len(parts) == 1 and parts[0].multi is None:
             write = parts[0].writes[0]
-            sql, args = write.statement.sql, write.statement.positional(write.params)
-            return Batch(sql, args, parts, True, checked, False)
-        args = []
+            statement = write.statement
+            return Batch(
+                statement.sql, statement.positional(write.params), parts, True, checked, False
+            )
+        args: list[Any] = []
         for part in parts:
             if part.multi is None:
                 write = part.writes[0]

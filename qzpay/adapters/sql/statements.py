@@ -21,6 +21,7 @@ straight on their driver with parameters named as below:
 from __future__ import annotations
 
 import json
+import operator
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -63,9 +64,26 @@ class Compiled:
 
     sql: str
     names: tuple[str, ...]
+    _values: Callable[[Mapping[str, Any]], tuple[Any, ...]] = attrs.field(
+        init=False, eq=False, repr=False
+    )
 
-    def positional(self, params: dict[str, Any]) -> list[Any]:
-        return [params[name] for name in self.names]
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_values", values_of(self.names))
+
+    def positional(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The values of ``params`` in bind order (one C call: this runs per statement)."""
+        return self._values(params)
+
+
+def values_of(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """The values of ``names`` from a parameter mapping, always as a tuple."""
+    if not names:
+        return lambda params: ()
+    getter = operator.itemgetter(*names)
+    if len(names) == 1:
+        return lambda params: (getter(params),)
+    return getter
 
 
 FilterShape = tuple[tuple[str, str], ...]
