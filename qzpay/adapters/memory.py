@@ -26,15 +26,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime, timedelta
+from types import TracebackType
 from typing import Any, TypeVar
 from uuid import UUID
 
 import anyio
-import anyio.lowlevel
 import attrs
 
+from qzpay.adapters import generated
 from qzpay.adapters import storage_rules as rules
 from qzpay.contracts.filters import matches
 from qzpay.contracts.storage import Filters, Group, Page, Scope, StorageTransaction, TenantSweep
@@ -44,6 +45,8 @@ from qzpay.timestamps import aware_utc
 
 E = TypeVar("E")
 _Key = tuple[object, ...]
+_Entries = Sequence[tuple[UniqueKey, _Key]]
+"""The unique-index entries of one row."""
 _Sequence = tuple[bool, str | None, str]
 _INDEXED: tuple[type[Any], ...] = (str, int, UUID)
 """The values an index lookup answers for (``bool`` and str enums among them); any other
@@ -53,7 +56,7 @@ goes through the filter checks."""
 class _Table:
     """Rows of one kind under one prefix, with an index per unique key of live rows."""
 
-    __slots__ = ("indexes", "lookups", "rows", "spec")
+    __slots__ = ("index_keys", "indexes", "lookups", "rows", "spec")
 
     def __init__(self, spec: EntitySpec[Any]) -> None:
         self.spec = spec
@@ -61,18 +64,9 @@ class _Table:
         self.indexes: dict[UniqueKey, dict[_Key, UUID]] = {key: {} for key in spec.unique}
         self.lookups: dict[tuple[str, ...], UniqueKey | None] = {}
         """Which unique key answers a lookup by these column names (None: a scan)."""
-
-    def index_keys(self, row: Any) -> list[tuple[UniqueKey, _Key]]:
+        self.index_keys: Callable[[Any], _Entries] = _index_keys(spec)
         """The unique-index entries a row occupies: none once soft-deleted, none for NULLs,
         none for a partial key whose condition the row does not meet."""
-        if self.spec.soft_delete and row.deleted_at is not None:
-            return []
-        entries = []
-        for key in self.spec.unique:
-            values = tuple(getattr(row, column) for column in key.columns)
-            if None not in values and key.holds(row):
-                entries.append((key, (row.livemode, row.tenant_id, *values)))
-        return entries
 
     def index_entry(self, key: Mapping[str, object]) -> tuple[UniqueKey, _Key] | None:
         """The unique index that answers an equality lookup on exactly ``key``'s columns,
@@ -97,6 +91,30 @@ class _Table:
             return None
         values = tuple(key[column] for column in unique.columns)
         return (unique, values) if all(isinstance(v, _INDEXED) for v in values) else None
+
+
+def _index_keys(spec: EntitySpec[Any]) -> Callable[[Any], _Entries]:
+    """``_Table.index_keys`` for one kind, as straight-line code (generated once): every
+    write works out the entries of its row, and a loop over the keys and their columns
+    costs more than the lookups themselves."""
+    lines = ["def index_keys(row):"]
+    if spec.soft_delete:
+        lines += ["    if row.deleted_at is not None:", "        return ()"]
+    lines.append("    entries = []")
+    names: dict[str, Any] = {}
+    for n, key in enumerate(spec.unique):
+        names[f"key{n}"] = key
+        values = [f"row.{column}" for column in key.columns]
+        holds = [f"{value} is not None" for value in values]
+        for m, (column, wanted) in enumerate(key.where.items()):
+            names[f"wanted{n}_{m}"] = wanted
+            holds.append(f"row.{column} == wanted{n}_{m}")
+        lines += [
+            f"    if {' and '.join(holds)}:",
+            f"        entries.append((key{n}, (row.livemode, row.tenant_id, {', '.join(values)})))",
+        ]
+    lines.append("    return entries")
+    return generated.function("index_keys", lines, names, label=f"index_keys {spec.table}")  # type: ignore[no-any-return]
 
 
 class MemoryDatabase:
@@ -163,28 +181,51 @@ class MemoryStorage:
         """Count one user out; rows stay in the ``MemoryDatabase`` until it is collected."""
         self._opens = max(int(getattr(self, "_opens", 0)) - 1, 0)
 
-    @asynccontextmanager
-    async def transaction(
+    def transaction(
         self, scope: Scope, *, readonly: bool = False
-    ) -> AsyncIterator[StorageTransaction]:
-        rules.check_scope(scope, self._multi_tenant)
-        # A cancelled caller still stops here, without the round trip to the event loop
-        # an uncontended lock would otherwise cost every transaction.
-        await anyio.lowlevel.checkpoint_if_cancelled()
-        async with self._database.lock:
-            transaction = _MemoryTransaction(
-                scope, self._tables, self._sequences, readonly=readonly
-            )
-            try:
-                yield transaction
-            except BaseException:
-                transaction.undo()
-                raise
+    ) -> AbstractAsyncContextManager[StorageTransaction]:
+        return _Opening(self, scope, readonly)
 
     @asynccontextmanager
     async def across_tenants(self, *, livemode: bool) -> AsyncIterator[TenantSweep]:
         async with self._database.lock:
             yield _MemorySweep(self._tables, livemode)
+
+
+class _Opening:
+    """``MemoryStorage.transaction``: the lock held for the transaction, its writes undone
+    when the body raises. A class, not a generator context manager: this is entered three
+    times per charge, and an async generator costs several times more to enter and leave."""
+
+    __slots__ = ("_readonly", "_scope", "_storage", "_transaction")
+
+    def __init__(self, storage: MemoryStorage, scope: Scope, readonly: bool) -> None:
+        self._storage = storage
+        self._scope = scope
+        self._readonly = readonly
+
+    async def __aenter__(self) -> StorageTransaction:
+        storage = self._storage
+        rules.check_scope(self._scope, storage._multi_tenant)
+        # The lock's fast path stops a cancelled caller here (on asyncio and trio) without
+        # the round trip to the event loop an uncontended lock would otherwise cost.
+        await storage._database.lock.acquire()
+        self._transaction = _MemoryTransaction(
+            self._scope, storage._tables, storage._sequences, readonly=self._readonly
+        )
+        return self._transaction
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            if kind is not None:
+                self._transaction.undo()
+        finally:
+            self._storage._database.lock.release()
 
 
 class _MemoryTransaction:
@@ -322,57 +363,67 @@ class _MemoryTransaction:
         if self._readonly:
             raise ConfigurationError("this transaction was opened readonly")
 
-    def _check_references(self, table: _Table, row: Any) -> None:
+    def _check_references(self, table: _Table, row: Any, current: Any = None) -> None:
+        """Every reference names a row of this scope; on an update (``current``: the row as
+        stored), only the references it changes, as a SQL database checks a foreign key."""
         for column, target in table.spec.references.items():
             value = getattr(row, column)
-            if value is None:
+            if value is None or (current is not None and value == getattr(current, column)):
                 continue
             target_table = self._tables[_KIND_BY_TABLE[target]]
             referenced = target_table.rows.get(value)
             if referenced is None or not self._visible(target_table, referenced, True):
                 raise rules.dangling(table.spec, column)
 
-    def _check_unique(self, table: _Table, row: Any) -> None:
-        for key, values in table.index_keys(row):
+    def _check_unique(self, table: _Table, row: Any) -> _Entries:
+        """Refuse a row that takes another's unique key; its index entries (for ``_put``)."""
+        entries = table.index_keys(row)
+        for key, values in entries:
             holder = table.indexes[key].get(values)
             if holder is not None and holder != row.id:
                 raise rules.unique_conflict(table.spec, key.columns)
+        return entries
 
-    def _put(self, table: _Table, row: Any) -> None:
-        """Store ``row`` (new or replacing), keeping indexes and the undo log in step."""
+    def _put(self, table: _Table, row: Any, entries: _Entries | None = None) -> None:
+        """Store ``row`` (new or replacing), keeping indexes and the undo log in step;
+        ``entries``: its index entries, when ``_check_unique`` just worked them out."""
+        if entries is None:
+            entries = table.index_keys(row)
         previous = table.rows.get(row.id)
-        if previous is not None:
-            for key, values in table.index_keys(previous):
-                del table.indexes[key][values]
-        for key, values in table.index_keys(row):
-            table.indexes[key][values] = row.id
+        replaced = [] if previous is None else table.index_keys(previous)
+        indexes = table.indexes
+        for key, values in replaced:
+            del indexes[key][values]
+        for key, values in entries:
+            indexes[key][values] = row.id
         table.rows[row.id] = row
 
         def undo() -> None:
-            for key, values in table.index_keys(row):
-                del table.indexes[key][values]
+            for key, values in entries:
+                del indexes[key][values]
             if previous is None:
                 del table.rows[row.id]
             else:
                 table.rows[row.id] = previous
-                for key, values in table.index_keys(previous):
-                    table.indexes[key][values] = previous.id
+                for key, values in replaced:
+                    indexes[key][values] = previous.id
 
         self._undo.append(undo)
 
     async def insert(self, entity: E) -> None:
         self._check_writable()
         table = self._table(type(entity))
-        self._check_new(table, entity)
-        self._put(table, entity)
+        self._put(table, entity, self._check_new(table, entity))
 
-    def _check_new(self, table: _Table, entity: Any) -> None:
+    def _check_new(self, table: _Table, entity: Any) -> _Entries:
+        """Refuse what a new row may not be; its index entries (for ``_put``)."""
         rules.check_entity_scope(entity, self._scope)
         rules.check_values(entity)
         if entity.id in table.rows:
             raise rules.unique_conflict(table.spec, ("id",))
-        self._check_unique(table, entity)
+        entries = self._check_unique(table, entity)
         self._check_references(table, entity)
+        return entries
 
     def _current(self, table: _Table, entity_id: UUID) -> Any:
         row = table.rows.get(entity_id)
@@ -402,9 +453,9 @@ class _MemoryTransaction:
         kept = ("created_at", *LEASE_COLUMNS) if table.spec.claimable else ("created_at",)
         for name in kept:
             object.__setattr__(stored, name, getattr(current, name))
-        self._check_unique(table, stored)
-        self._check_references(table, stored)
-        self._put(table, stored)
+        entries = self._check_unique(table, stored)
+        self._check_references(table, stored, current)
+        self._put(table, stored, entries)
         # What the caller wrote, at its new version: the same answer the SQL adapters give.
         return rules.at_version(entity, version) if table.spec.versioned else entity
 
@@ -499,8 +550,7 @@ class _MemoryTransaction:
         holder = table.indexes[key].get(values) if key.holds(entity) else None
         if holder is not None:
             return table.rows[holder], False
-        self._check_new(table, entity)
-        self._put(table, entity)
+        self._put(table, entity, self._check_new(table, entity))
         return entity, True
 
 

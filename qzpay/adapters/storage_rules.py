@@ -122,9 +122,32 @@ def _inner(field: str, key: object) -> str:
     return f"{field}.{key!s}"[:200]
 
 
+def _storable(value: Any) -> bool:
+    """Whether ``value`` (text, or a mapping or sequence holding some) is plain text
+    throughout: ASCII with no NUL. Nearly every written value is, so this answers without
+    building a field name per item, which only a refusal needs (``_check_storable``)."""
+    kind = type(value)
+    if kind is str:
+        return value.isascii() and "\x00" not in value
+    if kind is MappingProxyType or kind is dict or isinstance(value, Mapping):
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii() or "\x00" in key:
+                return False
+            kind = type(item)
+            if kind is str:
+                if not item.isascii() or "\x00" in item:
+                    return False
+            elif item is not None and kind is not int and kind is not bool and not _storable(item):
+                return False
+        return True
+    if kind is tuple or kind is list:
+        return all(_storable(item) for item in value)
+    return True
+
+
 def _check_storable(value: Any, field: str) -> None:
-    # Exact types first, and the common cases inline: this runs on every written row, and
-    # abc isinstance checks, calls and field names built per item are what it costs.
+    """Refuse text no database can store in ``value``, naming where it is (the slow path
+    behind ``_storable``: also non-ASCII text that every database can store)."""
     kind = type(value)
     if kind is str:
         if not _plain(value):
@@ -174,13 +197,13 @@ def _checker(kind: type[Any]) -> Any:
             "    if type(value) is str:",
             "        if not value.isascii() or '\\x00' in value:",
             f"            storable_text(value, field={name!r})",
-            "    elif value is not None:",
+            "    elif value is not None and not storable(value):",
             f"        check_storable(value, {name!r})",
         ]
     for name in columns.mappings:
         lines += [
             f"    value = entity.{name}",
-            "    if value:",
+            "    if value and not storable(value):",
             f"        check_storable(value, {name!r})",
         ]
     lines.append("    return None")
@@ -189,6 +212,7 @@ def _checker(kind: type[Any]) -> Any:
         "aware_utc": aware_utc,
         "storable_text": storable_text,
         "check_storable": _check_storable,
+        "storable": _storable,
     }
     return generated.function("check", lines, names, label=f"check_values {kind.__name__}")
 

@@ -8,9 +8,10 @@ never sees a change that was rolled back, and a failing handler never breaks the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
+from types import TracebackType
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -98,13 +99,20 @@ class ServiceContext:
     tenant_id: str | None
     multi_tenant: bool
     settings: Settings = DEFAULTS
+    _scope: Scope | None = attrs.field(init=False, default=None, eq=False, repr=False)
+    """Made once: every unit of work asks for it."""
+
+    def __attrs_post_init__(self) -> None:
+        if not (self.multi_tenant and self.tenant_id is None):
+            scope = Scope(livemode=self.livemode, tenant_id=self.tenant_id)
+            object.__setattr__(self, "_scope", scope)
 
     def scope(self) -> Scope:
-        if self.multi_tenant and self.tenant_id is None:
+        if self._scope is None:
             raise ConfigurationError(
                 "this billing instance is multi-tenant: call billing.for_tenant(tenant_id) first"
             )
-        return Scope(livemode=self.livemode, tenant_id=self.tenant_id)
+        return self._scope
 
     def require_capability(self, name: str) -> None:
         """Refuse, before anything is written, what the provider says it cannot do
@@ -121,20 +129,48 @@ class ServiceContext:
         """The clock's moment in UTC; a naive one (a third-party clock's bug) is refused."""
         return aware_utc(self.clock.now(), field="clock")
 
-    @asynccontextmanager
-    async def unit_of_work(self, *, readonly: bool = False) -> AsyncIterator[UnitOfWork]:
-        scope = self.scope()
-        now = self.now()
-        async with self.storage.transaction(scope, readonly=readonly) as tx:
-            uow = UnitOfWork(tx, scope, now)
-            yield uow
-        for event in uow.events:
-            await self.events.publish(event)
+    def unit_of_work(self, *, readonly: bool = False) -> AbstractAsyncContextManager[UnitOfWork]:
+        """One storage transaction in this context's scope, at one "now"; its events are
+        published once it has committed."""
+        return _Working(self, readonly)
 
     async def read(self, kind: type[Any], entity_id: UUID, *, field: str = "id") -> Any:
         """One entity by id in its own short read transaction, or ``NotFoundError``."""
         async with self.unit_of_work(readonly=True) as uow:
             return await require(uow.tx, kind, entity_id, field=field)
+
+
+class _Working:
+    """``ServiceContext.unit_of_work``. A class, not a generator context manager: every
+    service call enters one to three of these, and an async generator costs several times
+    more to enter and leave."""
+
+    __slots__ = ("_context", "_opened", "_readonly", "_uow")
+
+    def __init__(self, context: ServiceContext, readonly: bool) -> None:
+        self._context = context
+        self._readonly = readonly
+
+    async def __aenter__(self) -> UnitOfWork:
+        context = self._context
+        scope = context.scope()
+        now = context.now()
+        self._opened = context.storage.transaction(scope, readonly=self._readonly)
+        self._uow = UnitOfWork(await self._opened.__aenter__(), scope, now)
+        return self._uow
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        if await self._opened.__aexit__(kind, error, traceback):
+            return True  # the storage swallowed the error: nothing was committed
+        if kind is None:
+            for event in self._uow.events:
+                await self._context.events.publish(event)
+        return False
 
 
 async def every(

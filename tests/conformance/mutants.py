@@ -22,7 +22,13 @@ import anyio.lowlevel
 import attrs
 
 from qzpay.adapters import storage_rules as rules
-from qzpay.adapters.memory import MemoryStorage, _MemorySweep, _MemoryTransaction, _Table
+from qzpay.adapters.memory import (
+    MemoryStorage,
+    _Entries,
+    _MemorySweep,
+    _MemoryTransaction,
+    _Table,
+)
 from qzpay.adapters.sqlite import SQLiteStorage
 from qzpay.conformance import Capabilities, StoreHandle, StoreOptions, factories
 from qzpay.contracts.filters import Condition, Op, matches
@@ -373,13 +379,14 @@ def make_ignores_tenant_on_updates(options: StoreOptions) -> StoreHandle:
 class _LivemodeBlindUnique(_MemoryTransaction):
     """Unique keys are checked across both livemodes, as if livemode were not in the index."""
 
-    def _check_unique(self, table: _Table, row: Any) -> None:
-        super()._check_unique(table, row)
+    def _check_unique(self, table: _Table, row: Any) -> _Entries:
+        entries = super()._check_unique(table, row)
         other_side = attrs.evolve(row, livemode=not row.livemode)
         for key, values in table.index_keys(other_side):
             holder = table.indexes[key].get(values)
             if holder is not None and holder != row.id:
                 raise rules.unique_conflict(table.spec, key.columns)
+        return entries
 
 
 def make_ignores_livemode_in_unique_check(options: StoreOptions) -> StoreHandle:
@@ -875,8 +882,8 @@ def _thaw(row: Any, spec: EntitySpec[Any]) -> Any:
 class _HandsOutItsObjects(_MemoryTransaction):
     """Keeps rows with mutable ``dict`` mappings and hands out the very objects it keeps."""
 
-    def _put(self, table: _Table, row: Any) -> None:
-        super()._put(table, _thaw(row, table.spec))
+    def _put(self, table: _Table, row: Any, entries: _Entries | None = None) -> None:
+        super()._put(table, _thaw(row, table.spec), entries)
 
 
 def make_returns_its_stored_objects(options: StoreOptions) -> StoreHandle:

@@ -607,8 +607,12 @@ def _refund_page(params: RefundListParams) -> Send[Any]:
 
 
 def _plain(answer: object) -> dict[str, Any]:
+    """The answer as plain JSON: the body the SDK parsed, kept on its ``last_response``
+    (every answer to a request has one), else the object's own recursive dump, which
+    converts the whole object again and costs more than the rest of a charge's handling."""
     if isinstance(answer, stripe.StripeObject):
-        return answer.to_dict()
+        data = getattr(answer.last_response, "data", None)
+        return data if isinstance(data, dict) else answer.to_dict()
     raise TypeError(f"the stripe SDK answered {type(answer).__name__}, not a StripeObject")
 
 

@@ -11,8 +11,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import attrs
-
 from qzpay.contracts.provider import (
     SUBSCRIPTION_STATUSES,
     ChargeResult,
@@ -123,12 +121,10 @@ def declined(error: Plain) -> ChargeResult:
 def charge(intent: Plain) -> ChargeResult:
     """A PaymentIntent as it stands, as a charge result, with the qzpay key it was made with
     (its ``metadata.qzpay_key``)."""
-    return attrs.evolve(
-        _charge(intent), idempotency_key=text(nested(intent, "metadata", "qzpay_key"))
-    )
+    return _charge(intent, text(nested(intent, "metadata", KEY_METADATA)))
 
 
-def _charge(intent: Plain) -> ChargeResult:
+def _charge(intent: Plain, key: str | None) -> ChargeResult:
     """A PaymentIntent as it stands, as a charge result.
 
     ``requires_payment_method`` after a confirmation is a failed attempt (its
@@ -141,9 +137,10 @@ def _charge(intent: Plain) -> ChargeResult:
     if status in _OPEN_STATUSES:
         mapped = _OPEN_STATUSES[status]
         if mapped != "requires_action":
-            return ChargeResult(provider_id=intent_id, status=mapped)
+            return ChargeResult(provider_id=intent_id, status=mapped, idempotency_key=key)
         return ChargeResult(
             provider_id=intent_id,
+            idempotency_key=key,
             status="requires_action",
             next_action_url=text(nested(intent, "next_action", "redirect_to_url", "url")),
             client_secret=text(intent.get("client_secret")),
@@ -152,6 +149,7 @@ def _charge(intent: Plain) -> ChargeResult:
         reason = text(intent.get("cancellation_reason"))
         return ChargeResult(
             provider_id=intent_id,
+            idempotency_key=key,
             status="failed",
             failure_code="abandoned",
             failure_message="the PaymentIntent was canceled",
@@ -162,6 +160,7 @@ def _charge(intent: Plain) -> ChargeResult:
         result = declined(error)
         return ChargeResult(
             provider_id=intent_id,
+            idempotency_key=key,
             status="failed",
             failure_code=result.failure_code,
             failure_message=result.failure_message,
@@ -170,6 +169,7 @@ def _charge(intent: Plain) -> ChargeResult:
     # requires_payment_method with no error: it was never confirmed with a card.
     return ChargeResult(
         provider_id=intent_id,
+        idempotency_key=key,
         status="failed",
         failure_code="card_declined",
         failure_message=f"the PaymentIntent is {status or 'in an unknown state'}",
