@@ -129,6 +129,10 @@ def _storable(value: Any) -> bool:
     kind = type(value)
     if kind is str:
         return value.isascii() and "\x00" not in value
+    if kind is tuple or kind is list:
+        return all(_storable(item) for item in value)
+    if isinstance(value, str):  # a str enum (a status, a currency): not an abc check
+        return value.isascii() and "\x00" not in value
     if kind is MappingProxyType or kind is dict or isinstance(value, Mapping):
         for key, item in value.items():
             if type(key) is not str or not key.isascii() or "\x00" in key:
@@ -140,8 +144,6 @@ def _storable(value: Any) -> bool:
             elif item is not None and kind is not int and kind is not bool and not _storable(item):
                 return False
         return True
-    if kind is tuple or kind is list:
-        return all(_storable(item) for item in value)
     return True
 
 
@@ -149,7 +151,7 @@ def _check_storable(value: Any, field: str) -> None:
     """Refuse text no database can store in ``value``, naming where it is (the slow path
     behind ``_storable``: also non-ASCII text that every database can store)."""
     kind = type(value)
-    if kind is str:
+    if isinstance(value, str):  # also a str enum
         if not _plain(value):
             storable_text(value, field=field)
     elif kind is MappingProxyType or kind is dict or isinstance(value, Mapping):

@@ -22,6 +22,10 @@ pytestmark = pytest.mark.anyio
 TEST = Scope(livemode=False)
 
 
+class _Text(str):
+    """Text of a subclass of ``str`` (as a str enum is): checked like any other."""
+
+
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
@@ -29,6 +33,9 @@ TEST = Scope(livemode=False)
         ({"name": "Ann \ud800"}, "name"),
         ({"metadata": {"tier": "gold\x00"}}, "metadata.tier"),
         ({"metadata": {"ti\udfffer": "gold"}}, "metadata.ti\udfffer"),
+        ({"metadata": {"tags": ["ok", "b\x00d"]}}, "metadata.tags"),
+        ({"metadata": {"plan": {"tier": "gold\x00"}}}, "metadata.plan.tier"),
+        ({"name": _Text("A\x00nn")}, "name"),
     ],
 )
 @pytest.mark.parametrize("how", ["insert", "update", "insert_or_get"])
