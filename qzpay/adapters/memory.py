@@ -207,12 +207,13 @@ class _Opening:
     async def __aenter__(self) -> StorageTransaction:
         storage = self._storage
         rules.check_scope(self._scope, storage._multi_tenant)
-        # The lock's fast path stops a cancelled caller here (on asyncio and trio) without
-        # the round trip to the event loop an uncontended lock would otherwise cost.
-        await storage._database.lock.acquire()
         self._transaction = _MemoryTransaction(
             self._scope, storage._tables, storage._sequences, readonly=self._readonly
         )
+        # The lock's fast path stops a cancelled caller here (on asyncio and trio) without
+        # the round trip to the event loop an uncontended lock would otherwise cost; once
+        # it is held, nothing can fail before the body runs and __aexit__ releases it.
+        await storage._database.lock.acquire()
         return self._transaction
 
     async def __aexit__(
