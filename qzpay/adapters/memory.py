@@ -391,7 +391,7 @@ class _MemoryTransaction:
         if entries is None:
             entries = table.index_keys(row)
         previous = table.rows.get(row.id)
-        replaced = [] if previous is None else table.index_keys(previous)
+        replaced = () if previous is None else table.index_keys(previous)
         indexes = table.indexes
         for key, values in replaced:
             del indexes[key][values]

@@ -126,13 +126,11 @@ def _storable(value: Any) -> bool:
     """Whether ``value`` (text, or a mapping or sequence holding some) is plain text
     throughout: ASCII with no NUL. Nearly every written value is, so this answers without
     building a field name per item, which only a refusal needs (``_check_storable``)."""
+    if isinstance(value, str):  # also a str enum (a status, a currency)
+        return _plain(value)
     kind = type(value)
-    if kind is str:
-        return value.isascii() and "\x00" not in value
     if kind is tuple or kind is list:
         return all(_storable(item) for item in value)
-    if isinstance(value, str):  # a str enum (a status, a currency): not an abc check
-        return value.isascii() and "\x00" not in value
     if kind is MappingProxyType or kind is dict or isinstance(value, Mapping):
         for key, item in value.items():
             if type(key) is not str or not key.isascii() or "\x00" in key:
