@@ -27,53 +27,63 @@ import platform
 import sys
 import tempfile
 import time
-import uuid
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the fakes live in tests/
 
 import stripe
 
-from benchmarks.providers import WARMUP, FakeServer, Op, qzpay_case, stripe_sdk_case
+from benchmarks.providers import (
+    AMOUNT,
+    TIMEOUT,
+    WARMUP,
+    FakeServer,
+    Op,
+    _key,
+    qzpay_case,
+    stripe_sdk_case,
+)
 from qzpay.adapters.fake import FakeProvider
 from qzpay.adapters.stripe import StripeProvider
 from qzpay.contracts.provider import ChargeRequest
 from tests.providers.stripe_api import API_KEY
 
 
-async def adapter_case(provider: StripeProvider, url: str) -> Op:
+@asynccontextmanager
+async def adapter_case(provider: StripeProvider, url: str) -> AsyncIterator[Op]:
     """``StripeProvider.charge`` alone, for a customer with a card made through the SDK."""
-    client = stripe.StripeClient(API_KEY, base_addresses={"api": url})
+    http = stripe.HTTPXClient(timeout=TIMEOUT)
+    client = stripe.StripeClient(API_KEY, base_addresses={"api": url}, http_client=http)
     customer = await client.v1.customers.create_async({"email": "adapter@example.com"})
     card = await client.v1.payment_methods.attach_async("pm_card_visa", {"customer": customer.id})
+    await http.close_async()  # type: ignore[no-untyped-call]
 
     async def op(i: int) -> object:
         return await provider.charge(
             ChargeRequest(
-                amount=2900,
+                amount=AMOUNT,
                 currency="USD",
                 provider_customer_id=customer.id,
                 provider_payment_method_id=card.id,
-                idempotency_key=f"qzpay-payment-{uuid.uuid4()}",
-                description=None,
-                metadata={},
+                idempotency_key=_key(),
             )
         )
 
-    return op
+    yield op
 
 
 async def measure(rounds: int, block: int, repeats: int) -> None:
     server = FakeServer("stripe")
     try:
         provider = StripeProvider(api_key=API_KEY, webhook_secret="whsec_cpu", api_base=server.url)
-        directory = Path(tempfile.mkdtemp(prefix="qzpay-cpu-"))
         cards = ["pm_card_visa"] * 32
         async with AsyncExitStack() as stack:
+            directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             cases: dict[str, Op] = {
                 "sdk": await stack.enter_async_context(stripe_sdk_case(server.url)),
-                "adapter": await adapter_case(provider, server.url),
+                "adapter": await stack.enter_async_context(adapter_case(provider, server.url)),
                 "qzpay": await stack.enter_async_context(
                     qzpay_case(provider, "memory", directory, cards, "USD")
                 ),
@@ -84,8 +94,10 @@ async def measure(rounds: int, block: int, repeats: int) -> None:
             for i in range(WARMUP):
                 for op in cases.values():
                     await op(i)
-            print(f"python {platform.python_version()}, stripe {stripe.VERSION}; "
-                  f"{rounds} rounds of {block} calls per case; CPU µs per call")  # fmt: skip
+            print(
+                f"python {platform.python_version()}, stripe {stripe.VERSION}; "
+                f"{rounds} rounds of {block} calls per case; CPU µs per call"
+            )
             for _ in range(repeats):
                 spent = dict.fromkeys(cases, 0.0)
                 for _ in range(rounds):
@@ -96,11 +108,12 @@ async def measure(rounds: int, block: int, repeats: int) -> None:
                         spent[name] += time.process_time() - started
                 calls = rounds * block
                 sdk = spent["sdk"]
+                per_call = (f"{name} {spent[name] / calls * 1e6:,.0f}" for name in cases)
                 print(
-                    "  ".join(f"{name} {seconds / calls * 1e6:,.0f}" for name, seconds in spent.items()),
+                    "  ".join(per_call),
                     f"| adapter {100 * (spent['adapter'] - sdk) / sdk:+.1f}%",
                     f"qzpay {100 * (spent['qzpay'] - sdk) / sdk:+.1f}%",
-                )  # fmt: skip
+                )
     finally:
         server.stop()
 
