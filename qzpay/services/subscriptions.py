@@ -822,7 +822,9 @@ async def resume_now(
     ``resume``, and by the job runner at ``resumes_at``.
 
     Renewals bill in advance, so the period a resume starts is billed now (Stripe's
-    ``billing_cycle_anchor=now``): pending proration lines go with it.
+    ``billing_cycle_anchor=now``): pending proration lines go with it, and the credit for
+    the paid period's time the pause left unused (``_unused_paid_time``), so no time is
+    billed twice.
     """
     if current.status != SubscriptionStatus.PAUSED:
         raise InvalidStateError(
@@ -832,6 +834,7 @@ async def resume_now(
         )
     status = transition(current.status, SubscriptionStatus.ACTIVE)
     start, end = periods.period_bounds(uow.now, current.interval, current.interval_count, 0)
+    credit = _unused_paid_time(current)
     resumed = await _write(
         uow,
         context,
@@ -846,7 +849,7 @@ async def resume_now(
     )
     line = _period_line(resumed.unit_amount, resumed.currency, resumed.quantity, start, end)
     invoice = await _invoice_now(
-        uow, context, resumed, [attrs.evolve(line, price_id=resumed.price_id)], start, end
+        uow, context, resumed, [*credit, attrs.evolve(line, price_id=resumed.price_id)], start, end
     )
     return resumed, invoice
 
@@ -975,17 +978,7 @@ def _proration_lines(
     invoice lines marked ``proration`` (a zero side is left out)."""
     lines: list[invoicing.LineDraft] = []
     if change.credit:
-        lines.append(
-            invoicing.LineDraft(
-                description=f"Unused time on {current.quantity} x "
-                f"{_priced(current.unit_amount, current.currency)} after {_when(now)}",
-                unit_amount=change.credit,
-                price_id=current.price_id,
-                period_start=now,
-                period_end=current.current_period_end,
-                proration=True,
-            )
-        )
+        lines.append(_credit_line(current, change, now))
     if change.charge:
         lines.append(
             invoicing.LineDraft(
@@ -999,6 +992,40 @@ def _proration_lines(
             )
         )
     return lines
+
+
+def _credit_line(current: Subscription, change: Proration, since: datetime) -> invoicing.LineDraft:
+    """The credit for the current period's time unused from ``since`` (a proration line)."""
+    return invoicing.LineDraft(
+        description=f"Unused time on {current.quantity} x "
+        f"{_priced(current.unit_amount, current.currency)} after {_when(since)}",
+        unit_amount=change.credit,
+        price_id=current.price_id,
+        period_start=since,
+        period_end=current.current_period_end,
+        proration=True,
+    )
+
+
+def _unused_paid_time(paused: Subscription) -> list[invoicing.LineDraft]:
+    """The credit a resume owes for the paid period the pause cut short: from ``paused_at``
+    (when its service stopped) to the period's end, at the subscription's amount, as a price
+    change credits it. None when that period was not paid: paused in a trial, or past due
+    (``past_due_at`` is cleared only by a payment)."""
+    paused_at = paused.paused_at
+    assert paused_at is not None
+    start, end = paused.current_period_start, paused.current_period_end
+    in_trial = paused.trial_end is not None and paused_at < paused.trial_end
+    if paused_at >= end or in_trial or paused.past_due_at is not None:
+        return []
+    unused = prorate(
+        old_amount=paused.unit_amount * paused.quantity,
+        new_amount=0,
+        period_start=start,
+        period_end=end,
+        at=max(paused_at, start),
+    )
+    return [_credit_line(paused, unused, paused_at)] if unused.credit else []
 
 
 def _priced(unit_amount: int, currency: str) -> str:

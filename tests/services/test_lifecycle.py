@@ -22,6 +22,7 @@ from qzpay.domain.customers import Customer
 from qzpay.domain.enums import InvoiceStatus, SubscriptionStatus
 from qzpay.domain.invoices import Invoice, InvoiceLine
 from qzpay.domain.payments import Payment
+from qzpay.domain.proration import share
 from qzpay.domain.records import AuditLog, IdempotencyKey
 from qzpay.domain.subscriptions import Subscription
 
@@ -216,14 +217,50 @@ async def test_pause_and_resume(billing: Billing, clock: FrozenClock, fake: Fake
     assert resumed.resumes_at is None
     assert resumed.due_at == resumed.current_period_end
     assert events[:2] == ["subscription.paused", "subscription.resumed"]
-    # Billed in advance, as a renewal: the period the resume starts is invoiced and charged.
-    assert [charge.request.amount for charge in fake.charges[charges:]] == [1000]
+    # Billed in advance, as a renewal: the period the resume starts is invoiced and charged,
+    # less the paid period's time the pause left unused (from the pause to that period's
+    # end), so no time is billed twice.
+    first = setup.subscription
+    unused = share(
+        1000,
+        int((first.current_period_end - paused.paused_at).total_seconds()),
+        int((first.current_period_end - first.current_period_start).total_seconds()),
+    )
+    assert 0 < unused < 1000
+    assert [charge.request.amount for charge in fake.charges[charges:]] == [1000 - unused]
     (invoice,) = await _rows(billing, Invoice, subscription_id=resumed.id)
     assert invoice.status == InvoiceStatus.PAID
     assert (invoice.period_start, invoice.period_end) == (
         resumed.current_period_start,
         resumed.current_period_end,
     )
+
+
+async def test_a_resume_never_bills_paid_time_twice(billing: Billing, fake: FakeProvider) -> None:
+    # Found by the lifecycle state machine: pausing and resuming at once charged the same
+    # period again, in full, every time.
+    setup = await _setup(billing)
+    for _ in range(2):
+        await billing.subscriptions.pause(setup.subscription.id)
+        resumed = await billing.subscriptions.resume(setup.subscription.id)
+
+    assert resumed.status == SubscriptionStatus.ACTIVE
+    assert [charge.request.amount for charge in fake.charges] == [1000]
+    invoices = await _rows(billing, Invoice, subscription_id=resumed.id)
+    assert [(invoice.status, invoice.total) for invoice in invoices] == [
+        (InvoiceStatus.PAID, 0),
+        (InvoiceStatus.PAID, 0),
+    ]
+
+
+async def test_a_resume_credits_nothing_for_a_trial(billing: Billing, fake: FakeProvider) -> None:
+    setup = await _setup(billing, trial_days=14)
+    await billing.subscriptions.pause(setup.subscription.id)
+    resumed = await billing.subscriptions.resume(setup.subscription.id)
+
+    assert [charge.request.amount for charge in fake.charges] == [1000]  # nothing was paid
+    (invoice,) = await _rows(billing, Invoice, subscription_id=resumed.id)
+    assert invoice.total == 1000
 
 
 async def test_pause_without_a_date_waits_for_resume(billing: Billing) -> None:

@@ -240,7 +240,10 @@ async def test_a_pause_ends_by_itself_at_resumes_at_and_bills_the_new_period(
     assert resumed.current_period_start == clock.now()
     [invoice] = await _invoices(runner, sub.id)
     assert invoice.status == "paid"
-    assert len(fake.charges) == 2  # the first period, and the period the resume started
+    # Paused the moment it started, the first period went wholly unused: the resume credits
+    # it in full against the period it starts, which then costs nothing more.
+    assert (invoice.subtotal, invoice.total) == (0, 0)
+    assert len(fake.charges) == 1
 
 
 async def test_a_cancel_at_period_end_ends_it_then_and_charges_nothing_more(
