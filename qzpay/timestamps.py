@@ -27,6 +27,8 @@ def aware_utc(value: object, *, field: str) -> datetime:
     >>> aware_utc(datetime(2028, 1, 31, 21, 0, tzinfo=timezone(timedelta(hours=-3))), field="at")
     datetime.datetime(2028, 2, 1, 0, 0, tzinfo=datetime.timezone.utc)
     """
+    if type(value) is datetime and value.tzinfo is UTC:
+        return value  # nearly every value: astimezone would return it as it is
     if not isinstance(value, datetime):
         rule = "must be a timezone-aware datetime"
         raise ValidationError(f"{rule}, got {type(value).__name__}", field=field, rule=rule)

@@ -87,10 +87,16 @@ class _Table:
                 ),
                 None,
             )
-        if unique is None or any(key[column] != value for column, value in unique.where.items()):
+        if unique is None:
             return None
-        values = tuple(key[column] for column in unique.columns)
-        return (unique, values) if all(isinstance(v, _INDEXED) for v in values) else None
+        for column, wanted in unique.where.items():
+            if key[column] != wanted:
+                return None
+        values = tuple([key[column] for column in unique.columns])
+        for value in values:
+            if not isinstance(value, _INDEXED):
+                return None
+        return unique, values
 
 
 def _index_keys(spec: EntitySpec[Any]) -> Callable[[Any], _Entries]:
@@ -385,12 +391,15 @@ class _MemoryTransaction:
                 raise rules.unique_conflict(table.spec, key.columns)
         return entries
 
-    def _put(self, table: _Table, row: Any, entries: _Entries | None = None) -> None:
+    def _put(
+        self, table: _Table, row: Any, entries: _Entries | None = None, *, new: bool = False
+    ) -> None:
         """Store ``row`` (new or replacing), keeping indexes and the undo log in step;
-        ``entries``: its index entries, when ``_check_unique`` just worked them out."""
+        ``entries``: its index entries, when ``_check_unique`` just worked them out; ``new``:
+        ``_check_new`` just found no row with its id."""
         if entries is None:
             entries = table.index_keys(row)
-        previous = table.rows.get(row.id)
+        previous = None if new else table.rows.get(row.id)
         replaced = () if previous is None else table.index_keys(previous)
         indexes = table.indexes
         for key, values in replaced:
@@ -414,7 +423,7 @@ class _MemoryTransaction:
     async def insert(self, entity: E) -> None:
         self._check_writable()
         table = self._table(type(entity))
-        self._put(table, entity, self._check_new(table, entity))
+        self._put(table, entity, self._check_new(table, entity), new=True)
 
     def _check_new(self, table: _Table, entity: Any) -> _Entries:
         """Refuse what a new row may not be; its index entries (for ``_put``)."""
@@ -451,14 +460,21 @@ class _MemoryTransaction:
         # A fresh copy (a field-by-field copy: the values were checked when ``entity`` was
         # made), then what an update never changes put back from the stored row.
         stored = rules.at_version(entity, version)
-        kept = ("created_at", *LEASE_COLUMNS) if table.spec.claimable else ("created_at",)
+        kept = _KEPT_CLAIMABLE if table.spec.claimable else _KEPT
+        same = True
         for name in kept:
-            object.__setattr__(stored, name, getattr(current, name))
+            value = getattr(current, name)
+            if value is not getattr(entity, name):
+                same = False
+                object.__setattr__(stored, name, value)
         entries = self._check_unique(table, stored)
         self._check_references(table, stored, current)
         self._put(table, stored, entries)
-        # What the caller wrote, at its new version: the same answer the SQL adapters give.
-        return rules.at_version(entity, version) if table.spec.versioned else entity
+        # What the caller wrote, at its new version: the same answer the SQL adapters give
+        # (the stored row itself when the caller wrote those columns as they were).
+        if not table.spec.versioned:
+            return entity
+        return stored if same else rules.at_version(entity, version)
 
     async def soft_delete(
         self, kind: type[E], id: UUID, *, at: datetime, expected_version: int | None = None
@@ -551,7 +567,7 @@ class _MemoryTransaction:
         holder = table.indexes[key].get(values) if key.holds(entity) else None
         if holder is not None:
             return table.rows[holder], False
-        self._put(table, entity, self._check_new(table, entity))
+        self._put(table, entity, self._check_new(table, entity), new=True)
         return entity, True
 
 
@@ -612,3 +628,6 @@ def _null_first(values: tuple[Any, ...]) -> tuple[tuple[bool, Any], ...]:
 
 
 _KIND_BY_TABLE: dict[str, type[Any]] = {spec.table: spec.kind for spec in SPECS}
+_KEPT = ("created_at",)
+_KEPT_CLAIMABLE = ("created_at", *LEASE_COLUMNS)
+"""What an update never changes: put back from the stored row."""

@@ -14,7 +14,7 @@ import typing
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from types import MappingProxyType
+from types import MappingProxyType, MemberDescriptorType
 from typing import Any, TypeVar
 
 import attrs
@@ -130,7 +130,13 @@ def _storable(value: Any) -> bool:
         return _plain(value)
     kind = type(value)
     if kind is tuple or kind is list:
-        return all(_storable(item) for item in value)
+        for item in value:
+            if type(item) is str:
+                if not item.isascii() or "\x00" in item:
+                    return False
+            elif not _storable(item):
+                return False
+        return True
     if kind is MappingProxyType or kind is dict or isinstance(value, Mapping):
         for key, item in value.items():
             if type(key) is not str or not key.isascii() or "\x00" in key:
@@ -194,7 +200,7 @@ def _checker(kind: type[Any]) -> Any:
     for name in columns.texts:
         lines += [
             f"    value = entity.{name}",
-            "    if type(value) is str:",
+            "    if isinstance(value, str):  # also a str enum (a status)",
             "        if not value.isascii() or '\\x00' in value:",
             f"            storable_text(value, field={name!r})",
             "    elif value is not None and not storable(value):",
@@ -234,11 +240,18 @@ _COPIERS: dict[type[Any], Any] = {}
 
 def _copier(kind: type[Any]) -> Any:
     lines = ["def copy(entity, version):", "    made = new(kind)"]
-    for field in attrs.fields(kind):
-        value = "version" if field.name == "version" else f"entity.{field.name}"
-        lines.append(f"    put(made, {field.name!r}, {value})")
-    lines.append("    return made")
     names: dict[str, Any] = {"new": object.__new__, "put": object.__setattr__, "kind": kind}
+    for n, field in enumerate(attrs.fields(kind)):
+        value = "version" if field.name == "version" else f"entity.{field.name}"
+        slot = getattr(kind, field.name, None)
+        if isinstance(slot, MemberDescriptorType):
+            # The slot's own setter: the frozen class's __setattr__ refuses, and
+            # object.__setattr__ looks the name up again for every field.
+            names[f"set{n}"] = slot.__set__
+            lines.append(f"    set{n}(made, {value})")
+        else:
+            lines.append(f"    put(made, {field.name!r}, {value})")
+    lines.append("    return made")
     return generated.function("copy", lines, names, label=f"at_version {kind.__name__}")
 
 

@@ -30,8 +30,12 @@ are slow and every row read back from a database goes through here."""
 
 
 def _freeze(value: Any) -> Any:
-    if type(value) in _ATOMS:
+    kind = type(value)
+    if kind in _ATOMS:
         return value
+    if kind is list or kind is tuple:  # before the abc check, which is slow for them
+        atoms = _ATOMS
+        return tuple(item if type(item) in atoms else _freeze(item) for item in value)
     if isinstance(value, Mapping):
         return frozen_mapping(value)
     if isinstance(value, list | tuple):

@@ -882,8 +882,10 @@ def _thaw(row: Any, spec: EntitySpec[Any]) -> Any:
 class _HandsOutItsObjects(_MemoryTransaction):
     """Keeps rows with mutable ``dict`` mappings and hands out the very objects it keeps."""
 
-    def _put(self, table: _Table, row: Any, entries: _Entries | None = None) -> None:
-        super()._put(table, _thaw(row, table.spec), entries)
+    def _put(
+        self, table: _Table, row: Any, entries: _Entries | None = None, *, new: bool = False
+    ) -> None:
+        super()._put(table, _thaw(row, table.spec), entries, new=new)
 
 
 def make_returns_its_stored_objects(options: StoreOptions) -> StoreHandle:
