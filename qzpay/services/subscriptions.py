@@ -534,7 +534,8 @@ class SubscriptionsService:
         self, subscription_id: UUID | str, *, idempotency_key: str | None = None
     ) -> Subscription:
         """Make a paused subscription ``active`` again, a new period starting now (the
-        billing anchor moves to now, as Stripe's ``billing_cycle_anchor=now``)."""
+        billing anchor moves to now, as Stripe's ``billing_cycle_anchor=now``), invoiced and
+        charged at once less a credit for the paid period's time from the pause to its end."""
         entity_id = check.identifier(subscription_id, field="subscription_id")
         keyed = idempotency.keyed(
             self._context, "subscriptions.resume", idempotency_key, subscription_id=entity_id
