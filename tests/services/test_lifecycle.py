@@ -263,6 +263,30 @@ async def test_a_resume_credits_nothing_for_a_trial(billing: Billing, fake: Fake
     assert invoice.total == 1000
 
 
+async def test_a_resume_credits_nothing_for_a_period_left_unpaid(
+    billing: Billing, clock: FrozenClock, fake: FakeProvider
+) -> None:
+    setup = await _setup(billing)
+    visa = (await billing.payment_methods.list(setup.customer.id)).items[0]
+    await billing.payment_methods.attach(
+        setup.customer.id, token="pm_card_chargeDeclined", set_default=True
+    )
+    await billing.payment_methods.detach(visa.id)
+    clock.set(setup.subscription.current_period_end)
+    await billing.jobs.run_due()  # the renewal is declined
+    past_due = await billing.subscriptions.get(setup.subscription.id)
+    assert past_due.status == SubscriptionStatus.PAST_DUE
+
+    await billing.subscriptions.pause(past_due.id)
+    await billing.payment_methods.attach(setup.customer.id, token="pm_card_visa", set_default=True)
+    resumed = await billing.subscriptions.resume(past_due.id)
+
+    # The renewed period was never paid: the resume bills its own period in full.
+    assert resumed.status == SubscriptionStatus.ACTIVE
+    assert fake.charges[-1].request.amount == 1000
+    assert fake.charges[-1].result.status == "succeeded"
+
+
 async def test_pause_without_a_date_waits_for_resume(billing: Billing) -> None:
     setup = await _setup(billing)
 
