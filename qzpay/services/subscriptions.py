@@ -1015,16 +1015,15 @@ def _unused_paid_time(paused: Subscription) -> list[invoicing.LineDraft]:
     (``past_due_at`` is cleared only by a payment)."""
     paused_at = paused.paused_at
     assert paused_at is not None
-    start, end = paused.current_period_start, paused.current_period_end
     in_trial = paused.trial_end is not None and paused_at < paused.trial_end
-    if paused_at >= end or in_trial or paused.past_due_at is not None:
+    if in_trial or paused.past_due_at is not None:
         return []
-    unused = prorate(
+    unused = prorate(  # clamped to the period: nothing left once it has ended
         old_amount=paused.unit_amount * paused.quantity,
         new_amount=0,
-        period_start=start,
-        period_end=end,
-        at=max(paused_at, start),
+        period_start=paused.current_period_start,
+        period_end=paused.current_period_end,
+        at=paused_at,
     )
     return [_credit_line(paused, unused, paused_at)] if unused.credit else []
 
