@@ -54,6 +54,15 @@ async def _setup(billing: Billing, *, trial_days: int | None = None) -> Setup:
     return Setup(customer, monthly, subscription)
 
 
+async def _only_a_declining_card(billing: Billing, customer: Customer) -> None:
+    """The customer's card swapped for one every charge declines."""
+    visa = (await billing.payment_methods.list(customer.id)).items[0]
+    await billing.payment_methods.attach(
+        customer.id, token="pm_card_chargeDeclined", set_default=True
+    )
+    await billing.payment_methods.detach(visa.id)
+
+
 async def _price(billing: Billing, setup: Setup, amount: int, **kwargs: Any) -> Price:
     options: dict[str, Any] = {"currency": "USD", "interval": "month", **kwargs}
     return await billing.prices.create(plan_id=setup.monthly.plan_id, unit_amount=amount, **options)
@@ -267,11 +276,7 @@ async def test_a_resume_credits_nothing_for_a_period_left_unpaid(
     billing: Billing, clock: FrozenClock, fake: FakeProvider
 ) -> None:
     setup = await _setup(billing)
-    visa = (await billing.payment_methods.list(setup.customer.id)).items[0]
-    await billing.payment_methods.attach(
-        setup.customer.id, token="pm_card_chargeDeclined", set_default=True
-    )
-    await billing.payment_methods.detach(visa.id)
+    await _only_a_declining_card(billing, setup.customer)
     clock.set(setup.subscription.current_period_end)
     await billing.jobs.run_due()  # the renewal is declined
     past_due = await billing.subscriptions.get(setup.subscription.id)
@@ -377,11 +382,7 @@ async def test_always_invoice_declined_keeps_the_change_and_an_open_invoice(
     billing: Billing, clock: FrozenClock, fake: FakeProvider
 ) -> None:
     setup = await _setup(billing)
-    visa = (await billing.payment_methods.list(setup.customer.id)).items[0]
-    await billing.payment_methods.attach(
-        setup.customer.id, token="pm_card_chargeDeclined", set_default=True
-    )
-    await billing.payment_methods.detach(visa.id)
+    await _only_a_declining_card(billing, setup.customer)
     twenty = await _price(billing, setup, 2000)
     clock.advance(_halfway(setup.subscription))
 
