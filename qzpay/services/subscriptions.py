@@ -500,7 +500,11 @@ class SubscriptionsService:
         idempotency_key: str | None = None,
     ) -> Subscription:
         """Pause: no renewals and no charges until ``resume`` (or ``resumes_at``, when the
-        job runner resumes it). ``resumes_at`` must be an aware datetime in the future."""
+        job runner resumes it). ``resumes_at`` must be an aware datetime in the future.
+
+        The paid period's time from now to its end is credited at the amount paid for it,
+        as a pending line on the upcoming draft that the resume invoice takes up (so a
+        price change during the pause cannot change what the unused time is worth)."""
         entity_id = check.identifier(subscription_id, field="subscription_id")
         resumes = None if resumes_at is None else aware_utc(resumes_at, field="resumes_at")
         keyed = idempotency.keyed(
@@ -518,7 +522,7 @@ class SubscriptionsService:
                 raise ValidationError(
                     "must be in the future", field="resumes_at", rule="in_the_future"
                 )
-            return await _write(
+            paused = await _write(
                 uow,
                 context,
                 current,
@@ -527,6 +531,10 @@ class SubscriptionsService:
                 paused_at=uow.now,
                 resumes_at=resumes,
             )
+            credit = _unused_paid_time(current, uow.now)
+            if credit:
+                await invoicing.add_lines(uow, await invoicing.upcoming_draft(uow, paused), credit)
+            return paused
 
         return await self._lifecycle(entity_id, keyed, step)
 
@@ -535,7 +543,7 @@ class SubscriptionsService:
     ) -> Subscription:
         """Make a paused subscription ``active`` again, a new period starting now (the
         billing anchor moves to now, as Stripe's ``billing_cycle_anchor=now``), invoiced and
-        charged at once less a credit for the paid period's time from the pause to its end."""
+        charged at once less the credit the pause wrote for the paid period's unused time."""
         entity_id = check.identifier(subscription_id, field="subscription_id")
         keyed = idempotency.keyed(
             self._context, "subscriptions.resume", idempotency_key, subscription_id=entity_id
@@ -823,9 +831,9 @@ async def resume_now(
     ``resume``, and by the job runner at ``resumes_at``.
 
     Renewals bill in advance, so the period a resume starts is billed now (Stripe's
-    ``billing_cycle_anchor=now``): pending proration lines go with it, and the credit for
-    the paid period's time the pause left unused (``_unused_paid_time``), so no time is
-    billed twice.
+    ``billing_cycle_anchor=now``): pending lines go with it, among them the credit ``pause``
+    wrote for the paid period's unused time (``_unused_paid_time``), so no time is billed
+    twice.
     """
     if current.status != SubscriptionStatus.PAUSED:
         raise InvalidStateError(
@@ -835,7 +843,6 @@ async def resume_now(
         )
     status = transition(current.status, SubscriptionStatus.ACTIVE)
     start, end = periods.period_bounds(uow.now, current.interval, current.interval_count, 0)
-    credit = _unused_paid_time(current)
     resumed = await _write(
         uow,
         context,
@@ -850,7 +857,7 @@ async def resume_now(
     )
     line = _period_line(resumed.unit_amount, resumed.currency, resumed.quantity, start, end)
     invoice = await _invoice_now(
-        uow, context, resumed, [*credit, attrs.evolve(line, price_id=resumed.price_id)], start, end
+        uow, context, resumed, [attrs.evolve(line, price_id=resumed.price_id)], start, end
     )
     return resumed, invoice
 
@@ -1008,24 +1015,22 @@ def _credit_line(current: Subscription, change: Proration, since: datetime) -> i
     )
 
 
-def _unused_paid_time(paused: Subscription) -> list[invoicing.LineDraft]:
-    """The credit a resume owes for the paid period the pause cut short: from ``paused_at``
-    (when its service stopped) to the period's end, at the subscription's amount, as a price
-    change credits it. None when that period was not paid: paused in a trial, or past due
-    (``past_due_at`` is cleared only by a payment)."""
-    paused_at = paused.paused_at
-    assert paused_at is not None
-    in_trial = paused.trial_end is not None and paused_at < paused.trial_end
-    if in_trial or paused.past_due_at is not None:
+def _unused_paid_time(current: Subscription, since: datetime) -> list[invoicing.LineDraft]:
+    """The credit a pause at ``since`` owes for the paid period it cuts short: from then to
+    the period's end, at the amount paid (``current``, before the pause), as a price change
+    credits it. None when that period was not paid: in a trial, or past due (``past_due_at``
+    is cleared only by a payment)."""
+    in_trial = current.trial_end is not None and since < current.trial_end
+    if in_trial or current.past_due_at is not None:
         return []
     unused = prorate(  # clamped to the period: nothing left once it has ended
-        old_amount=paused.unit_amount * paused.quantity,
+        old_amount=current.unit_amount * current.quantity,
         new_amount=0,
-        period_start=paused.current_period_start,
-        period_end=paused.current_period_end,
-        at=paused_at,
+        period_start=current.current_period_start,
+        period_end=current.current_period_end,
+        at=since,
     )
-    return [_credit_line(paused, unused, paused_at)] if unused.credit else []
+    return [_credit_line(current, unused, since)] if unused.credit else []
 
 
 def _priced(unit_amount: int, currency: str) -> str:

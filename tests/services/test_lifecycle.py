@@ -225,7 +225,14 @@ async def test_pause_and_resume(billing: Billing, clock: FrozenClock, fake: Fake
     assert resumed.paused_at is None
     assert resumed.resumes_at is None
     assert resumed.due_at == resumed.current_period_end
-    assert events[:2] == ["subscription.paused", "subscription.resumed"]
+    # The pause writes its credit for the unused paid time onto the upcoming draft, at
+    # the amount paid; the resume invoice takes it up.
+    assert events[:4] == [
+        "subscription.paused",
+        "invoice.created",
+        "invoice.updated",
+        "subscription.resumed",
+    ]
     # Billed in advance, as a renewal: the period the resume starts is invoiced and charged,
     # less the paid period's time the pause left unused (from the pause to that period's
     # end), so no time is billed twice.
@@ -290,6 +297,46 @@ async def test_a_resume_credits_nothing_for_a_period_left_unpaid(
     assert resumed.status == SubscriptionStatus.ACTIVE
     assert fake.charges[-1].request.amount == 1000
     assert fake.charges[-1].result.status == "succeeded"
+
+
+async def test_a_price_change_during_a_pause_keeps_the_credit_at_the_price_paid(
+    billing: Billing, clock: FrozenClock, fake: FakeProvider
+) -> None:
+    # The credit for the paid month's unused time is what that month cost, whatever price
+    # the subscription is on when it resumes: credited at the yearly amount, it would pay
+    # back more than was paid.
+    setup = await _setup(billing)
+    yearly = await _price(billing, setup, 100_000, interval="year")
+    clock.advance(timedelta(days=10))
+    paused = await billing.subscriptions.pause(setup.subscription.id)
+    await billing.subscriptions.change_price(paused.id, price_id=yearly.id)
+    clock.advance(timedelta(days=3))
+    resumed = await billing.subscriptions.resume(paused.id)
+
+    first = setup.subscription
+    assert paused.paused_at is not None
+    unused = share(
+        1000,
+        int((first.current_period_end - paused.paused_at).total_seconds()),
+        int((first.current_period_end - first.current_period_start).total_seconds()),
+    )
+    assert 0 < unused < 1000
+    assert resumed.unit_amount == 100_000
+    assert fake.charges[-1].request.amount == 100_000 - unused
+    (billed,) = [i for i in await _rows(billing, Invoice, subscription_id=resumed.id) if i.total]
+    lines = await _rows(billing, InvoiceLine, invoice_id=billed.id)
+    assert sorted(line.amount for line in lines) == [-unused, 100_000]
+
+
+async def test_a_pause_then_cancel_bills_nothing_more(billing: Billing, fake: FakeProvider) -> None:
+    setup = await _setup(billing)
+    await billing.subscriptions.pause(setup.subscription.id)
+    canceled = await billing.subscriptions.cancel(setup.subscription.id)
+
+    assert canceled.status == SubscriptionStatus.CANCELED
+    assert [charge.request.amount for charge in fake.charges] == [1000]
+    drafts = await _rows(billing, Invoice, subscription_id=canceled.id, status="draft")
+    assert drafts == []  # the pause's pending credit went with the draft
 
 
 async def test_pause_without_a_date_waits_for_resume(billing: Billing) -> None:
