@@ -6,8 +6,8 @@ A companion to ``providers.py`` (which times wall clock, the figure issue 16 set
 target on), for deciding what to make cheaper. The same fake Stripe API is served in a
 child process; this process's CPU time (``time.process_time``) is summed per case over
 ``rounds`` of ``block`` calls, the four cases taking turns each round, so drift of this VM
-hits them alike (batches of hundreds, as ``providers.py`` pairs them, moved ±30% between
-neighbours here; blocks of five move a few percent):
+hits them alike (batches of hundreds moved ±30% between neighbours here; blocks of five
+move a few percent, which is why ``providers.py`` pairs blocks too):
 
 - ``sdk``: the bare ``StripeClient`` PaymentIntent create+confirm of ``providers.py``;
 - ``adapter``: ``StripeProvider.charge`` with the ``ChargeRequest`` qzpay would build;

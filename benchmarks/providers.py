@@ -26,16 +26,21 @@ each comparison talk to that one server:
   from a pool of 8 threads (concurrent: the adapter's own bound), as a synchronous app would.
 
 Each side charges its own 32 customers (made before timing, each with a chargeable card),
-round robin; ``concurrent`` is 32 tasks (baseline MercadoPago: 8 threads) sharing N calls.
+round robin; ``concurrent`` is 32 tasks (baseline MercadoPago: 8 threads) sharing the calls.
 Before timing, one call each way is made and the requests the server received compared
 (paths, form or JSON keys and values, ids and keys masked): a baseline that sends something
 else is refused. qzpay's side runs on ``MemoryStorage`` (no disk: the figure is qzpay's
 Python and the adapter), and on a fresh SQLite file per run with ``--storage
-memory,sqlite``. After a warm-up, each run times every case once, each qzpay case right after
-its baseline, in reverse order every other run, so drift from other work on the machine
-hits both sides of a pair alike. Overhead is qzpay's time per call minus the SDK's, as a
-percentage of the SDK's (target ≤ 20%): the median of the runs' paired percentages, printed
-with their range and beside the percentage of the two medians.
+memory,sqlite``.
+
+Timing pairs small blocks, not whole runs: on this VM the CPU time of the *same* code moves
+±30% between neighbouring batches of hundreds of calls, more than the effect measured. Each
+run times N calls per case as blocks (16 calls sequential; 64 at 32 tasks, two calls per
+task), a qzpay block right beside its baseline's, in the order reversed every other block
+(ABBA), so drift lasting longer than a block hits both sides of a pair alike. Overhead is
+qzpay's time per call minus the SDK's, as a percentage of the SDK's (target ≤ 20%): the
+median of the blocks' paired percentages, printed with their quartiles and beside the
+percentage of the two sides' total times. ``--n`` is rounded up to whole blocks.
 """
 
 from __future__ import annotations
@@ -92,8 +97,11 @@ CONCURRENCY: Final = 32
 MERCADOPAGO_THREADS: Final = 8  # MercadoPagoProvider's default max_concurrency
 TIMEOUT: Final = 30.0
 WARMUP: Final = 16
-DEFAULT_N: Final = 150
-DEFAULT_RUNS: Final = 7
+DEFAULT_N: Final = 512
+DEFAULT_RUNS: Final = 8
+BLOCK: Final = {"seq": 16, "c32": 64, "threads8": 64}
+"""Calls per timed block, by mode: at 32 tasks two calls per task, so every task is busy
+through most of the block; sequential blocks of 16 are about as long."""
 TARGET_OVERHEAD_PERCENT: Final = 20.0
 
 Op = Callable[[int], Awaitable[object]]
@@ -386,23 +394,36 @@ def check_same_requests(label: str, ours: list[Any], bare: list[Any]) -> None:
 async def measure_provider(
     kind: str, storages: Sequence[str], n: int, runs: int, progress: Callable[[str], None]
 ) -> dict[str, list[float]]:
-    """Every case of one provider, interleaved run by run: seconds per call of each run."""
+    """Every case of one provider in paired blocks: seconds per call of each block, the
+    blocks of a qzpay case and of its baseline aligned by index."""
     server = FakeServer(kind)
     try:
         with tempfile.TemporaryDirectory(prefix="qzbench-providers-") as tmp:
             async with _cases(kind, server, storages, Path(tmp)) as cases:
                 samples: dict[str, list[float]] = {case: [] for case in cases}
-                # Each qzpay case right beside its baseline, and the order reversed every
-                # other run (ABBA): drift from other work hits both sides of a pair alike.
-                order = sorted(cases, key=lambda case: case.endswith(".seq"), reverse=True)
+                groups = [
+                    (mode, [baseline, *(f"qzpay.{storage}.{mode}" for storage in storages)])
+                    for mode, baseline in _baselines(cases)
+                ]
                 for run in range(runs):
-                    for case in order if run % 2 == 0 else reversed(order):
-                        server.ask("forget")
-                        samples[case].append(await cases[case](n) / n)
+                    for mode, group in groups:
+                        size = BLOCK[mode]
+                        for block in range(-(-n // size)):
+                            # ABBA: a qzpay block right beside its baseline's, the order
+                            # reversed every other block.
+                            for case in group if block % 2 == 0 else reversed(group):
+                                server.ask("forget")
+                                samples[case].append(await cases[case](size) / size)
                     progress(f"{kind}: run {run + 1}/{runs} done")
     finally:
         server.stop()
     return samples
+
+
+def _baselines(cases: Mapping[str, object]) -> list[tuple[str, str]]:
+    """(mode, baseline case) of each mode a provider's qzpay cases are compared in."""
+    concurrent_baseline = "sdk.c32" if "sdk.c32" in cases else "sdk.threads8"
+    return [("seq", "sdk.seq"), ("c32", concurrent_baseline)]
 
 
 @asynccontextmanager
@@ -511,27 +532,28 @@ def overheads(
     samples: Mapping[str, Mapping[str, Sequence[float]]], storages: Sequence[str]
 ) -> list[dict[str, Any]]:
     """qzpay's time per call beside the SDK's of the same mode, as a percentage of it:
-    the median of the runs' own percentages (each run's pair measured side by side), and
-    the medians' percentage; the spread is the runs' lowest and highest."""
+    the median of the blocks' own percentages (each block paired with the baseline's block
+    measured beside it) with their quartiles, and the percentage of the two total times."""
     rows = []
     for provider, cases in samples.items():
-        concurrent_baseline = "sdk.c32" if "sdk.c32" in cases else "sdk.threads8"
         for storage in storages:
-            for mode, baseline in (("seq", "sdk.seq"), ("c32", concurrent_baseline)):
+            for mode, baseline in _baselines(cases):
                 ours, bare = cases[f"qzpay.{storage}.{mode}"], cases[baseline]
                 paired = [(q - b) / b * 100 for q, b in zip(ours, bare, strict=True)]
-                q_median, b_median = statistics.median(ours), statistics.median(bare)
+                low, _, high = statistics.quantiles(paired, n=4)
+                q_mean, b_mean = statistics.fmean(ours), statistics.fmean(bare)
                 rows.append(
                     {
                         "provider": provider,
                         "storage": storage,
                         "mode": mode,
                         "baseline": baseline,
-                        "qzpay_ms": q_median * 1000,
-                        "sdk_ms": b_median * 1000,
+                        "blocks": len(paired),
+                        "qzpay_ms": q_mean * 1000,
+                        "sdk_ms": b_mean * 1000,
                         "overhead_percent": statistics.median(paired),
-                        "overhead_of_medians_percent": (q_median - b_median) / b_median * 100,
-                        "overhead_range_percent": [min(paired), max(paired)],
+                        "overhead_of_totals_percent": (q_mean - b_mean) / b_mean * 100,
+                        "overhead_quartiles_percent": [low, high],
                     }
                 )
     return rows
@@ -543,20 +565,22 @@ def _print(document: Mapping[str, Any]) -> None:
     print(f"cpu:     {info['cpu']}, {info['cores']} cores")
     print(f"load average before / after: {info['load_average_before']} / {document['load_after']}")
     print(f"python:  {info['python']}; {info['packages']}")
-    print(f"N={document['n']} calls per case and run, median of {document['runs']} runs")
+    print(f"N={document['n']} calls per case and run, {document['runs']} runs, in paired blocks")
     print(
-        f"{'provider':<12} {'storage':<8} {'mode':<5} {'baseline':<13} "
-        f"{'qzpay ms':>9} {'SDK ms':>8} {'overhead':>9} {'of medians':>11} {'runs':>16}"
+        f"{'provider':<12} {'storage':<8} {'mode':<5} {'baseline':<13} {'blocks':>6} "
+        f"{'qzpay ms':>9} {'SDK ms':>8} {'overhead':>9} {'of totals':>10} {'quartiles':>13}"
     )
     for row in document["overheads"]:
         met = "" if row["overhead_percent"] <= TARGET_OVERHEAD_PERCENT else "  (over target)"
-        low, high = row["overhead_range_percent"]
+        low, high = row["overhead_quartiles_percent"]
         print(
             f"{row['provider']:<12} {row['storage']:<8} {row['mode']:<5} {row['baseline']:<13} "
-            f"{row['qzpay_ms']:>9.3f} {row['sdk_ms']:>8.3f} {row['overhead_percent']:>8.1f}% "
-            f"{row['overhead_of_medians_percent']:>10.1f}% {low:>7.0f}..{high:.0f}%{met}"
+            f"{row['blocks']:>6} {row['qzpay_ms']:>9.3f} {row['sdk_ms']:>8.3f} "
+            f"{row['overhead_percent']:>8.1f}% {row['overhead_of_totals_percent']:>9.1f}% "
+            f"{low:>6.0f}..{high:.0f}%{met}"
         )
-    print("overhead: median of the runs' paired percentages; of medians: from the medians")
+    print("overhead: median of the paired blocks' percentages (quartiles beside it);")
+    print("of totals: from the two sides' total times per call")
     print(f"target: overhead <= {TARGET_OVERHEAD_PERCENT:.0f}% of the SDK's time per call")
     print(f"(whole script: {document['seconds']:.0f} s)")
 
@@ -570,14 +594,15 @@ async def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict
     samples: dict[str, dict[str, list[float]]] = {}
     for kind in providers:
         samples[kind] = await measure_provider(kind, storages, args.n, args.runs, progress)
-        figures[kind] = {case: statistics.median(runs) for case, runs in samples[kind].items()}
+        figures[kind] = {case: statistics.fmean(blocks) for case, blocks in samples[kind].items()}
     return {
         "machine": info,
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "n": args.n,
         "runs": args.runs,
-        "median_s_per_call": figures,
-        "runs_s_per_call": samples,
+        "block": BLOCK,
+        "mean_s_per_call": figures,
+        "blocks_s_per_call": samples,
         "overheads": overheads(samples, storages),
         "seconds": time.perf_counter() - started,
     }
