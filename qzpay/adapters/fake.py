@@ -39,6 +39,7 @@ from qzpay.contracts.provider import (
     ProviderSubscriptionRequest,
     RefundRequest,
     RefundResult,
+    require_lookup,
 )
 from qzpay.errors import (
     IdempotencyError,
@@ -322,6 +323,7 @@ class FakeProvider:
         self._refunds: list[FakeRefund] = []
         self._subscriptions: dict[str, FakeSubscription] = {}
         self._keys: dict[str, _KeyUse] = {}
+        self._forgotten: set[str] = set()
         self._faults: dict[str, deque[tuple[ProviderError, bool]]] = {}
         self._ledger = None if ledger is None else Path(ledger)
         if self._ledger is not None and self._ledger.exists():
@@ -369,6 +371,17 @@ class FakeProvider:
                 field="error",
             )
         self._faults.setdefault(operation, deque()).append((error, after))
+
+    def forget_keys(self) -> None:
+        """Forget every idempotency key seen so far, as a real provider prunes them (Stripe
+        after 24 hours): a key sent again is then a new request, and makes a new object.
+        What was made keeps its key, so lookups by key (``retrieve_charge``,
+        ``retrieve_subscription``) still find it, as Stripe's search by metadata does.
+
+        >>> fake = FakeProvider()
+        >>> fake.forget_keys()
+        """
+        self._forgotten.update(self._keys)
 
     @property
     def customers(self) -> Mapping[str, FakeCustomer]:
@@ -534,6 +547,7 @@ class FakeProvider:
 
         if card.behavior == "processing_error" and prior is None:
             self._keys[request.idempotency_key] = _KeyUse(operation="charge", params=params)
+            self._forgotten.discard(request.idempotency_key)
             self._save()
             raise ProviderError(
                 "processing error at the card network (simulated); "
@@ -706,11 +720,20 @@ class FakeProvider:
         self._remember("create_subscription", request.idempotency_key, request, subscription)
         return self._leave(lost, subscription)
 
-    async def retrieve_subscription(self, *, provider_id: str) -> ProviderSubscription | None:
-        """The subscription as it stands now, or ``None``."""
+    async def retrieve_subscription(
+        self, *, provider_id: str | None = None, idempotency_key: str | None = None
+    ) -> ProviderSubscription | None:
+        """The subscription as it stands now (by id, else the first made with the key), or
+        ``None``."""
         await anyio.lowlevel.checkpoint()
-        stored = self._subscriptions.get(provider_id)
-        return None if stored is None else stored.subscription
+        if provider_id:
+            stored = self._subscriptions.get(provider_id)
+            return None if stored is None else stored.subscription
+        key = require_lookup(provider_id, idempotency_key)
+        for made in self._subscriptions.values():  # oldest first
+            if made.request.idempotency_key == key:
+                return made.subscription
+        return None
 
     async def cancel_subscription(
         self, *, provider_id: str, at_period_end: bool, idempotency_key: str
@@ -886,7 +909,7 @@ class FakeProvider:
     def _key_use(self, operation: str, key: str, params: object) -> _KeyUse | None:
         """Return the key's first use, raising if it was for other parameters or operation."""
         prior = self._keys.get(key)
-        if prior is None:
+        if prior is None or key in self._forgotten:
             return None
         if prior.operation != operation:
             raise IdempotencyError(
@@ -911,6 +934,7 @@ class FakeProvider:
 
     def _remember(self, operation: str, key: str, params: object, result: object) -> None:
         self._keys[key] = _KeyUse(operation=operation, params=params, result=result)
+        self._forgotten.discard(key)
 
     def _require_customer(self, provider_customer_id: str) -> None:
         if provider_customer_id not in self._customers:

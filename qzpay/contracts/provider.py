@@ -22,6 +22,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
+from qzpay.errors import ValidationError
+
 
 @attrs.frozen(kw_only=True)
 class ProviderCapabilities:
@@ -201,6 +203,26 @@ class ProviderSubscription:
     ``init_point`` for a pending preapproval)."""
 
 
+def require_lookup(provider_id: str | None, idempotency_key: str | None) -> str:
+    """The key ``retrieve_subscription`` looks up when it has no ``provider_id``; neither
+    given is a bug in the caller.
+
+    >>> require_lookup(None, "qzpay-subscription-1")
+    'qzpay-subscription-1'
+    >>> require_lookup(None, None)
+    Traceback (most recent call last):
+    ...
+    qzpay.errors.ValidationError: provider_id: give the provider's id or the idempotency_key
+    """
+    if not idempotency_key:
+        raise ValidationError(
+            "give the provider's id or the idempotency_key",
+            field="provider_id",
+            rule="lookup",
+        )
+    return idempotency_key
+
+
 @attrs.frozen(kw_only=True)
 class CheckoutRequest:
     amount: int
@@ -320,9 +342,19 @@ class PaymentProvider(Protocol):
         (qzpay re-sends the same request after a crash or a lost answer)."""
         ...
 
-    async def retrieve_subscription(self, *, provider_id: str) -> ProviderSubscription | None:
-        """The provider-managed subscription as it stands now; ``None`` when the provider has
-        none with that id. Webhooks and ``subscriptions.sync`` mirror from this."""
+    async def retrieve_subscription(
+        self, *, provider_id: str | None = None, idempotency_key: str | None = None
+    ) -> ProviderSubscription | None:
+        """The provider-managed subscription as it stands now, by the provider's
+        ``provider_id``, or else by qzpay's ``idempotency_key`` it was created with; ``None``
+        when the provider has none. Webhooks and ``subscriptions.sync`` mirror from this.
+
+        By key is how qzpay finds a subscription whose creation answer was lost before it
+        sends the creation again: a provider forgets its keys (Stripe after 24 hours), and
+        a re-sent creation it no longer recognizes would make a second subscription. A
+        provider that cannot look one up by key answers ``None`` (qzpay then re-sends under
+        the same key). One of the two must be given.
+        """
         ...
 
     async def cancel_subscription(

@@ -89,9 +89,15 @@ async def start(
     customer: Customer,
     price: Price,
     keyed: idempotency.Keyed | None,
+    *,
+    resent: bool = False,
 ) -> Subscription:
     """Ask the provider to create the committed ``incomplete`` row's subscription (again,
     after a crash or a lost answer: the same key), and mirror its answer.
+
+    A creation sent again (``resent``) is first looked up by its key: the provider may have
+    made it and forgotten the key since (Stripe keeps keys 24 hours), and the same request
+    would then make a second subscription, billed beside the first.
 
     A refusal (``retryable=False``: an unknown price, a customer without a card where the
     provider needs one) leaves the row ``incomplete_expired`` and the key answered with
@@ -99,6 +105,10 @@ async def start(
     ``idempotency_key`` or ``subscriptions.sync``. The request is made from the row alone
     (its card is its ``default_payment_method_id``), so asking again is the same request.
     """
+    if resent:
+        made = await _made_before(context, subscription)
+        if made is not None:
+            return await mirror(context, subscription.id, made, keyed=keyed)
     provider_payment_method_id = None
     if subscription.default_payment_method_id is not None:
         async with context.unit_of_work(readonly=True) as uow:
@@ -140,6 +150,23 @@ async def start(
     return await mirror(context, subscription.id, found, keyed=keyed)
 
 
+async def _made_before(
+    context: ServiceContext, subscription: Subscription
+) -> ProviderSubscription | None:
+    """The provider's subscription made with the row's key, if it has one. A provider that
+    refuses the lookup (a search it does not offer) is answered by the creation itself,
+    under the same key, as before; a lookup that may pass later raises, the row stays
+    ``incomplete``."""
+    try:
+        return await context.provider.retrieve_subscription(
+            idempotency_key=subscription_key(subscription.id)
+        )
+    except ProviderError as error:
+        if error.retryable:
+            raise
+        return None
+
+
 async def sync(
     context: ServiceContext, subscription_id: UUID, *, provider_id: str | None = None
 ) -> Subscription:
@@ -169,7 +196,7 @@ async def sync(
             )
             price: Price = await require(uow.tx, Price, current.price_id, field="price_id")
     if unanswered:
-        return await start(context, current, customer, price, None)
+        return await start(context, current, customer, price, None, resent=True)
     assert provider_id is not None
     found = await context.provider.retrieve_subscription(provider_id=provider_id)
     if found is None or (current.provider_id is None and not _made_by(found, current)):

@@ -285,6 +285,7 @@ class SubscriptionsService:
         """Commit the row ``incomplete`` (its periods and trial as qzpay computes them, for
         the provider to be told), then ask the provider (``provider_subscriptions.start``).
         A keyed retry of a create whose answer was lost asks again with the same key."""
+        resent = False
         async with self._context.unit_of_work() as uow:
             claim = await idempotency.claim(uow, keyed, Subscription)
             if claim.replay is not None:
@@ -293,6 +294,7 @@ class SubscriptionsService:
                 subscription: Subscription = await require(
                     uow.tx, Subscription, claim.resource_id, field="subscription_id"
                 )
+                resent = True
             else:
                 claim.raise_if_in_progress()
                 computed = self._new(
@@ -334,7 +336,7 @@ class SubscriptionsService:
                 self._context, subscription.id, None, keyed=keyed
             )
         return await provider_subscriptions.start(
-            self._context, subscription, customer, price, keyed
+            self._context, subscription, customer, price, keyed, resent=resent
         )
 
     def _new(

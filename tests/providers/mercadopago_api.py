@@ -7,7 +7,8 @@ MercadoPago's test cardholder names (``APRO`` approved, ``FUND`` insufficient am
 ``SECU`` bad security code, ``EXPI`` bad date, ``CALL`` call for authorize, ``OTHE``
 other reason, ``CONT`` pending), payment search by ``external_reference``, partial refunds
 never beyond what is left (listed per payment), checkout preferences and preapprovals
-(read, and cancelled or paused by a ``PUT``; a cancelled one cannot be changed: 400). A
+(read, searched by ``external_reference``, and cancelled or paused by a ``PUT``; a
+cancelled one cannot be changed: 400). A
 ``POST``/``PUT``/``DELETE`` with an ``X-Idempotency-Key`` it has seen replays the first
 answer (whatever the body, as MercadoPago does); every answer carries an ``x-request-id``.
 ``move_preapproval`` stands in for the payer and MercadoPago's billing (authorizing it,
@@ -179,6 +180,7 @@ class MercadoPagoAPI:
             ("GET", ("v1", "payments", "*", "refunds", "*"), self._get_refund),
             ("POST", ("checkout", "preferences"), self._create_preference),
             ("POST", ("preapproval",), self._create_preapproval),
+            ("GET", ("preapproval", "search"), self._search_preapprovals),
             ("GET", ("preapproval", "*"), self._get_preapproval),
             ("PUT", ("preapproval", "*"), self._update_preapproval),
         ]
@@ -568,6 +570,17 @@ class MercadoPagoAPI:
         if found is None:
             raise _Answer(404, "preapproval not found", "404")
         return found
+
+    def _search_preapprovals(self, request: Request) -> tuple[int, Any]:
+        wanted = request.query.get("external_reference")
+        found = [
+            p
+            for p in self.preapprovals.values()
+            if wanted is None or p.get("external_reference") == wanted
+        ]
+        if request.query.get("criteria") == "desc":
+            found.reverse()
+        return 200, {"paging": {"total": len(found), "limit": 30, "offset": 0}, "results": found}
 
     def _get_preapproval(self, request: Request, preapproval_id: str) -> tuple[int, Any]:
         return 200, self._preapproval(preapproval_id)

@@ -17,7 +17,8 @@ of Stripe's test mode that the adapter depends on:
   ``payment_method_types``) is refused, as Stripe refuses it;
 - idempotency: the same key with the same parameters replays the first answer (with
   ``Idempotent-Replayed: true``), with other parameters or on another endpoint it is a 400
-  ``idempotency_error``; answers to requests that failed validation are not kept;
+  ``idempotency_error``; answers to requests that failed validation are not kept; a key
+  is forgotten 24 hours after its first use (by ``now``), as Stripe prunes them;
 - refunds never exceed what is left of the payment (400 ``amount_too_large``); they are
   listed newest first, by ``payment_intent`` where asked, in pages (``limit``,
   ``starting_after``);
@@ -29,8 +30,8 @@ of Stripe's test mode that the adapter depends on:
   subscription" and an update 400, as Stripe answers;
 - every answer carries a ``Request-Id``; a wrong API key is a 401 naming the key masked.
 
-With ``lagging_search=True``, a new PaymentIntent is not found by search until
-``index_search()``: Stripe's search is eventually consistent. ``move_subscription`` moves a
+PaymentIntents and subscriptions are searched by one metadata value. With
+``lagging_search=True``, a new one is not found by search until ``index_search()``: Stripe's search is eventually consistent. ``move_subscription`` moves a
 subscription as Stripe's own billing would, and ``subscription_event`` is the webhook body
 Stripe would send about it.
 """
@@ -134,11 +135,16 @@ class StripeError(Exception):
         """Keep the answer for its idempotency key (the request was executed: a decline)."""
 
 
+KEY_LIFETIME: Final = 24 * 3600
+"""Seconds Stripe remembers an idempotency key: a key sent again later is a new request."""
+
+
 @dataclass
 class _KeyUse:
     endpoint: str
     params: Mapping[str, str]
     response: Response
+    at: int
 
 
 @dataclass
@@ -253,7 +259,7 @@ class StripeAPI:
         return self.event(event_type, subscription, created=created)
 
     def index_search(self) -> None:
-        """Search catches up: every PaymentIntent made so far can be found."""
+        """Search catches up: every PaymentIntent and subscription made so far is found."""
         with self._lock:
             self.unindexed.clear()
 
@@ -302,6 +308,8 @@ class StripeAPI:
         endpoint = f"{request.method} {request.path}"
         params = request.form
         prior = self.keys.get(key)
+        if prior is not None and self.now() - prior.at >= KEY_LIFETIME:
+            prior = None  # forgotten: Stripe prunes keys after 24 hours
         if prior is not None:
             if prior.endpoint != endpoint or prior.params != params:
                 raise StripeError(
@@ -322,7 +330,7 @@ class StripeAPI:
             if not error.keep:
                 raise
             response = Response(error.status, {"error": error.body})
-        self.keys[key] = _KeyUse(endpoint, params, response)
+        self.keys[key] = _KeyUse(endpoint, params, response, self.now())
         return response
 
     def _route(self, request: Request) -> Response:
@@ -351,6 +359,7 @@ class StripeAPI:
             ("GET refunds/*", lambda re, **_: self._find(self.refunds, re)),
             ("POST checkout/sessions", self._create_checkout),
             ("POST subscriptions", self._create_subscription),
+            ("GET subscriptions/search", self._search_subscriptions),
             ("GET subscriptions/*", lambda sub, **_: _copy(self._subscription(sub))),
             ("POST subscriptions/*", self._update_subscription),
             ("DELETE subscriptions/*", self._cancel_subscription),
@@ -563,19 +572,27 @@ class StripeAPI:
         intent["last_payment_error"] = None
 
     def _search_intents(self, *, query: Mapping[str, str], **_: Any) -> Obj:
+        return self._search(self.payment_intents, query, "payment_intents")
+
+    def _search_subscriptions(self, *, query: Mapping[str, str], **_: Any) -> Obj:
+        return self._search(self.subscriptions, query, "subscriptions")
+
+    def _search(self, objects: Mapping[str, Obj], query: Mapping[str, str], noun: str) -> Obj:
+        """Stripe's search by one metadata value (the only query qzpay makes), newest first;
+        what ``lagging_search`` keeps unindexed is not found yet."""
         wanted = re.fullmatch(r"metadata\['([^']+)'\]:'((?:[^'\\]|\\.)*)'", query.get("query", ""))
         if wanted is None:
             raise StripeError(400, "Invalid search query.", param="query")
         key, value = wanted.group(1), re.sub(r"\\(.)", r"\1", wanted.group(2))
         found = [
-            dict(i)
-            for i in self.payment_intents.values()
-            if i["metadata"].get(key) == value and i["id"] not in self.unindexed
+            _copy(o)
+            for o in objects.values()
+            if o["metadata"].get(key) == value and o["id"] not in self.unindexed
         ]
         return {
             "object": "search_result",
-            "url": "/v1/payment_intents/search",
-            "data": sorted(found, key=lambda i: -int(i["created"])),
+            "url": f"/v1/{noun}/search",
+            "data": sorted(found, key=lambda o: -int(o["created"])),
             "has_more": False,
             "next_page": None,
         }
@@ -727,6 +744,8 @@ class StripeAPI:
         }
         (subscription if self.legacy_periods else item).update(period)
         self.subscriptions[subscription["id"]] = subscription
+        if self.lagging_search:
+            self.unindexed.add(subscription["id"])
         return _copy(subscription)
 
     def _subscription(self, subscription_id: str) -> Obj:

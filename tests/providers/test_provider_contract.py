@@ -454,6 +454,24 @@ async def test_retrieve_subscription_answers_it_as_the_provider_moved_it_and_non
     assert await provider.retrieve_subscription(provider_id=setup.unknown_subscription_id) is None
 
 
+async def test_retrieve_subscription_by_key_finds_the_one_made_with_it(
+    provider_setup: ProviderSetup,
+) -> None:
+    # How qzpay finds a creation whose answer was lost once the provider forgot the key.
+    setup = subscribable(provider_setup)
+    provider = setup.provider
+    made = await subscribed(setup, "contract-subscription-by-key")
+
+    found = await provider.retrieve_subscription(idempotency_key="contract-subscription-by-key")
+
+    assert found is not None
+    assert found.provider_id == made.provider_id
+    assert_neutral(found, "contract-subscription-by-key")
+    assert await provider.retrieve_subscription(idempotency_key="contract-never-sent") is None
+    with pytest.raises(QZPayError):
+        await provider.retrieve_subscription()
+
+
 async def test_the_providers_signed_delivery_about_a_subscription_names_it(
     provider_setup: ProviderSetup,
 ) -> None:

@@ -13,11 +13,11 @@ from datetime import timedelta
 
 import pytest
 
-from qzpay import create_billing
+from qzpay import ProviderError, create_billing
 from qzpay.adapters.clock import FrozenClock
 from qzpay.adapters.stripe import StripeProvider
 from tests.conftest import StoreFactory
-from tests.providers.loopback import LoopbackAPI
+from tests.providers.loopback import Fault, LoopbackAPI
 from tests.providers.stripe_api import API_KEY, StripeAPI
 
 pytestmark = [
@@ -190,3 +190,44 @@ async def test_a_provider_managed_subscription_through_stripe_is_mirrored_and_ca
         assert (await billing.subscriptions.get(sub.id)).status == "canceled"  # not past_due
         await billing.jobs.run_due()
         assert fake.payment_intents == {}
+
+
+async def test_a_managed_create_lost_for_over_a_day_is_found_not_made_twice(
+    store_factory: StoreFactory, clock: FrozenClock
+) -> None:
+    # Stripe forgets a key after 24 hours: sending the lost creation again then would make a
+    # second subscription, and Stripe would bill both.
+    fake = StripeAPI(now=lambda: int(clock.now().timestamp()))
+    fake.add_price("price_pro", unit_amount=2900)
+    with LoopbackAPI(fake) as api:
+        provider = StripeProvider(
+            api_key=API_KEY, webhook_secret="whsec_money", api_base=api.url, max_network_retries=0
+        )
+        async with create_billing(
+            storage=store_factory(), provider=provider, clock=clock
+        ) as billing:
+            ann = await billing.customers.create(email="ann@example.com", name="Ann")
+            await billing.payment_methods.attach(ann.id, token="pm_card_visa", set_default=True)
+            plan = await billing.plans.create(name="Pro")
+            price = await billing.prices.create(
+                plan_id=plan.id,
+                unit_amount=2900,
+                currency="USD",
+                interval="month",
+                provider_price_id="price_pro",
+            )
+            api.inject(Fault(drop=True, after_work=True), path="/v1/subscriptions")
+            with pytest.raises(ProviderError):
+                await billing.subscriptions.create(
+                    customer_id=ann.id, price_id=price.id, managed_by="provider"
+                )
+            [left] = (await billing.subscriptions.list()).items
+            assert left.provider_id is None
+            [made] = fake.subscriptions
+
+            clock.advance(timedelta(hours=25))
+            synced = await billing.subscriptions.sync(left.id)
+
+            assert (synced.status, synced.provider_id) == ("active", made)
+            assert list(fake.subscriptions) == [made]
+            assert api.sent("GET", "/v1/subscriptions/search")

@@ -257,6 +257,43 @@ async def test_sync_finishes_an_unkeyed_create_whose_answer_was_lost(
     assert len(fake.subscriptions) == 1
 
 
+async def test_a_lost_create_is_found_by_its_key_after_the_provider_forgot_the_key(
+    billing: Billing, fake: FakeProvider
+) -> None:
+    # Stripe keeps a key 24 hours: a sync a day later that sent the same creation again
+    # would make a second subscription, billed beside the first.
+    fake.fail_next("create_subscription", LOST, after=True)
+    with pytest.raises(ProviderError):
+        await _managed(billing)
+    [left] = (await billing.subscriptions.list()).items
+    fake.forget_keys()
+
+    synced = await billing.subscriptions.sync(left.id)
+
+    [made] = fake.subscriptions.values()
+    assert (synced.status, synced.provider_id) == ("active", made.subscription.provider_id)
+
+
+async def test_a_keyed_retry_after_the_provider_forgot_the_key_makes_no_second_one(
+    billing: Billing, fake: FakeProvider
+) -> None:
+    ann = await _customer(billing)
+    price = await _price(billing)
+    fake.fail_next("create_subscription", LOST, after=True)
+    with pytest.raises(ProviderError):
+        await billing.subscriptions.create(
+            customer_id=ann.id, price_id=price.id, managed_by="provider", idempotency_key="s"
+        )
+    fake.forget_keys()
+
+    again = await billing.subscriptions.create(
+        customer_id=ann.id, price_id=price.id, managed_by="provider", idempotency_key="s"
+    )
+
+    [made] = fake.subscriptions.values()
+    assert (again.status, again.provider_id) == ("active", made.subscription.provider_id)
+
+
 async def test_the_job_runner_finishes_a_create_whose_answer_was_lost(
     billing: Billing, fake: FakeProvider, clock: FrozenClock
 ) -> None:

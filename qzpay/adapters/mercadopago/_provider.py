@@ -26,6 +26,7 @@ from qzpay.contracts.provider import (
     ProviderSubscriptionRequest,
     RefundRequest,
     RefundResult,
+    require_lookup,
 )
 from qzpay.errors import ProviderError, ValidationError
 
@@ -528,9 +529,16 @@ class MercadoPagoProvider:
             )
         return _statuses.subscription(created)
 
-    async def retrieve_subscription(self, *, provider_id: str) -> ProviderSubscription | None:
+    async def retrieve_subscription(
+        self, *, provider_id: str | None = None, idempotency_key: str | None = None
+    ) -> ProviderSubscription | None:
         """The preapproval as MercadoPago has it now (``GET /preapproval/{id}``); ``None``
-        when it has none with that id."""
+        when it has none with that id. Without an id, the preapproval whose
+        ``external_reference`` is ``idempotency_key`` (``GET /preapproval/search``; the
+        answer is filtered here too, so a search that ignored the filter finds nothing
+        wrong), the oldest should there be more."""
+        if not provider_id:
+            return await self._preapproval_by_key(require_lookup(provider_id, idempotency_key))
         found = await self._transport.call(
             "read the preapproval",
             lambda o: self._sdk.preapproval().get(provider_id, request_options=o),
@@ -543,6 +551,18 @@ class MercadoPagoProvider:
                 "MercadoPago answered the preapproval without a body", retryable=True
             )
         return _statuses.subscription(found)
+
+    async def _preapproval_by_key(self, key: str) -> ProviderSubscription | None:
+        filters = {"external_reference": key, "sort": "date_created", "criteria": "asc"}
+        page = await self._transport.call(
+            "search the preapprovals by external_reference",
+            lambda o: self._sdk.preapproval().search(filters, request_options=o),
+        )
+        results = page.get("results") if isinstance(page, Mapping) else None
+        for preapproval in results if isinstance(results, list) else []:
+            if isinstance(preapproval, Mapping) and preapproval.get("external_reference") == key:
+                return _statuses.subscription(preapproval)
+        return None
 
     async def cancel_subscription(
         self, *, provider_id: str, at_period_end: bool, idempotency_key: str

@@ -36,6 +36,7 @@ from qzpay.contracts.provider import (
     ProviderSubscriptionRequest,
     RefundRequest,
     RefundResult,
+    require_lookup,
 )
 from qzpay.errors import ValidationError
 
@@ -287,13 +288,11 @@ class StripeProvider:
                 action="retrieve a PaymentIntent",
             )
             return None if intent is None else results.charge(intent)
-        query = f"metadata['{results.KEY_METADATA}']:'{_quoted(idempotency_key)}'"
-        found = await self._send(
-            lambda c: c.v1.payment_intents.search_async({"query": query, "limit": 10}),
+        intents = await self._search_by_key(
+            lambda c, query: c.v1.payment_intents.search_async(query),
+            idempotency_key,
             action="search PaymentIntents",
         )
-        data = found.get("data")
-        intents = [i for i in data if isinstance(i, Mapping)] if isinstance(data, list) else []
         best = results.best_intent(intents)
         return None if best is None else results.charge(best)
 
@@ -405,14 +404,31 @@ class StripeProvider:
         )
         return results.subscription(created)
 
-    async def retrieve_subscription(self, *, provider_id: str) -> ProviderSubscription | None:
+    async def retrieve_subscription(
+        self, *, provider_id: str | None = None, idempotency_key: str | None = None
+    ) -> ProviderSubscription | None:
         """``GET /v1/subscriptions/{id}``: what webhooks and ``subscriptions.sync`` mirror;
-        ``None`` when Stripe has no such subscription (404)."""
-        found = await self._found(
-            lambda c: c.v1.subscriptions.retrieve_async(provider_id),
-            action="retrieve a subscription",
+        ``None`` when Stripe has no such subscription (404). Without an id, the subscription
+        whose ``metadata['qzpay_key']`` is ``idempotency_key`` (Stripe's search), the first
+        made should there be more.
+
+        Search is eventually consistent (under a minute behind, as a rule): a subscription
+        made moments ago may not be found yet, and then Stripe still remembers the key, so
+        the creation qzpay re-sends under it is replayed, not made again.
+        """
+        if provider_id:
+            found = await self._found(
+                lambda c: c.v1.subscriptions.retrieve_async(provider_id),
+                action="retrieve a subscription",
+            )
+            return None if found is None else results.subscription(found)
+        made = await self._search_by_key(
+            lambda c, query: c.v1.subscriptions.search_async(query),
+            require_lookup(provider_id, idempotency_key),
+            action="search subscriptions",
         )
-        return None if found is None else results.subscription(found)
+        first = results.first_made(made)
+        return None if first is None else results.subscription(first)
 
     async def cancel_subscription(
         self, *, provider_id: str, at_period_end: bool, idempotency_key: str
@@ -514,6 +530,20 @@ class StripeProvider:
         )
 
     # -- the SDK ----------------------------------------------------------------------------
+
+    async def _search_by_key(
+        self,
+        search: Callable[[stripe.StripeClient, Any], Awaitable[Any]],
+        key: str,
+        *,
+        action: str,
+    ) -> list[Mapping[str, Any]]:
+        """The objects whose ``metadata['qzpay_key']`` is ``key`` (Stripe's search, one
+        page: one key makes one object while Stripe remembers it)."""
+        query = {"query": f"metadata['{results.KEY_METADATA}']:'{_quoted(key)}'", "limit": 10}
+        found = await self._send(lambda c: search(c, query), action=action)
+        data = found.get("data")
+        return [o for o in data if isinstance(o, Mapping)] if isinstance(data, list) else []
 
     async def _found(self, send: Send[Any], *, action: str) -> dict[str, Any] | None:
         """``_send`` for a read of one object: ``None`` when Stripe has no such object."""

@@ -276,5 +276,13 @@ def best_intent(intents: list[Plain]) -> Plain | None:
     return max(pool, key=lambda i: _integer(i.get("created")) or 0)
 
 
+def first_made(objects: list[Plain]) -> Plain | None:
+    """Of the objects found by one key, the first made: the one qzpay's creation made
+    (another could only come from the same key sent again after Stripe forgot it)."""
+    if not objects:
+        return None
+    return min(objects, key=lambda o: _integer(o.get("created")) or 0)
+
+
 def _integer(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
