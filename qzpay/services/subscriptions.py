@@ -284,7 +284,8 @@ class SubscriptionsService:
     ) -> Subscription:
         """Commit the row ``incomplete`` (its periods and trial as qzpay computes them, for
         the provider to be told), then ask the provider (``provider_subscriptions.start``).
-        A keyed retry of a create whose answer was lost asks again with the same key."""
+        A keyed retry of a create whose answer was lost looks the provider's subscription up
+        by its key, and asks again with the same key only when none is found."""
         resent = False
         async with self._context.unit_of_work() as uow:
             claim = await idempotency.claim(uow, keyed, Subscription)
