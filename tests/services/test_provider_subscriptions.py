@@ -294,6 +294,47 @@ async def test_a_keyed_retry_after_the_provider_forgot_the_key_makes_no_second_o
     assert (again.status, again.provider_id) == ("active", made.subscription.provider_id)
 
 
+class _LookupFails(FakeProvider):
+    """A provider whose lookup by key fails with ``error`` (a search it does not offer, or
+    one that is down)."""
+
+    def __init__(self, error: ProviderError) -> None:
+        super().__init__()
+        self.error = error
+
+    async def retrieve_subscription(
+        self, *, provider_id: str | None = None, idempotency_key: str | None = None
+    ) -> Any:
+        if not provider_id:
+            raise self.error
+        return await super().retrieve_subscription(provider_id=provider_id)
+
+
+@pytest.mark.parametrize("retryable", [False, True])
+async def test_a_lookup_by_key_that_fails_never_makes_a_second_subscription(
+    store_factory: Any, clock: FrozenClock, retryable: bool
+) -> None:
+    # Refused for good, the creation is re-sent under its key, as before; a lookup that
+    # may pass later leaves the row incomplete for the next try, and sends nothing.
+    from qzpay import create_billing
+
+    provider = _LookupFails(ProviderError("search unavailable", retryable=retryable))
+    async with create_billing(storage=store_factory(), provider=provider, clock=clock) as billing:
+        provider.fail_next("create_subscription", LOST, after=True)
+        with pytest.raises(ProviderError):
+            await _managed(billing)
+        [left] = (await billing.subscriptions.list()).items
+
+        if retryable:
+            with pytest.raises(ProviderError, match="search unavailable"):
+                await billing.subscriptions.sync(left.id)
+            assert (await billing.subscriptions.get(left.id)).status == "incomplete"
+        else:
+            synced = await billing.subscriptions.sync(left.id)
+            assert synced.status == "active"
+        assert len(provider.subscriptions) == 1
+
+
 async def test_the_job_runner_finishes_a_create_whose_answer_was_lost(
     billing: Billing, fake: FakeProvider, clock: FrozenClock
 ) -> None:
