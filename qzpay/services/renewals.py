@@ -358,6 +358,11 @@ async def _invoice_current_period(
                 return None
             if await open_invoice(uow, current) is not None:
                 return None  # another runner invoiced it meanwhile
+            # Checked against the row as read, as a renewal is: two runners (one whose
+            # lease ran out) may both have found nothing invoiced, and on PostgreSQL
+            # neither sees the other's invoice before it commits. The second's update then
+            # conflicts and its invoice is rolled back with it.
+            await uow.tx.update(attrs.evolve(current, updated_at=uow.now))
             draft = await invoicing.new_draft(
                 uow,
                 customer_id=current.customer_id,

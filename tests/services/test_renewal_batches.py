@@ -387,3 +387,83 @@ async def test_an_answer_that_cannot_be_stored_fails_its_own_renewal_only(
         assert now.status == ("active" if sub.id == odd.id else "past_due")
     [pending] = [p for p in await _rows(billing, Payment, subscription_id=odd.id) if p.invoice_id]
     assert pending.status == PaymentStatus.PENDING  # left for reconciliation, never lost
+
+
+class _FirstWriteGate:
+    """A store whose first write (``insert`` or ``update``) waits for ``release``: a
+    runner that read what it needed, then saw another runner's commit before it wrote."""
+
+    def __init__(self, inner: StoragePort) -> None:
+        self.inner = inner
+        self.reached = anyio.Event()
+        self.release = anyio.Event()
+        self.waited = False
+
+    async def wait(self) -> None:
+        if not self.waited:
+            self.waited = True
+            self.reached.set()
+            await self.release.wait()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, scope: Scope, *, readonly: bool = False) -> AsyncIterator[Any]:
+        async with self.inner.transaction(scope, readonly=readonly) as tx:
+            yield _FirstWriteGatedTransaction(tx, self)
+
+
+class _FirstWriteGatedTransaction:
+    def __init__(self, inner: Any, gate: _FirstWriteGate) -> None:
+        self._inner = inner
+        self._gate = gate
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def insert(self, row: Any) -> Any:
+        await self._gate.wait()
+        return await self._inner.insert(row)
+
+    async def update(self, row: Any, **options: Any) -> Any:
+        await self._gate.wait()
+        return await self._inner.update(row, **options)
+
+
+async def test_a_past_due_trial_invoiced_by_two_runners_at_once_is_invoiced_once(
+    billing: Billing, clock: FrozenClock, store_factory: Any
+) -> None:
+    """A trial that ended with no card is past due with nothing invoiced; its first dunning
+    retry invoices the period. Two runners with the same row (a lease ran out): the late one
+    found nothing invoiced, the other invoiced it and committed, then the late one writes.
+    Found with two runners and 1 ms leases: a second open invoice for the same period,
+    which a card added later would have paid twice."""
+    if store_factory.kind != "postgres":
+        pytest.skip("one transaction at a time on this store: no commit lands between reads")
+    plan = await billing.plans.create(name="Pro")
+    price = await billing.prices.create(
+        plan_id=plan.id, unit_amount=2900, currency="USD", interval="month"
+    )
+    bob = await billing.customers.create(email="bob@example.com")
+    sub = await billing.subscriptions.create(customer_id=bob.id, price_id=price.id, trial_days=7)
+    assert sub.trial_end is not None
+    clock.set(sub.trial_end)
+    await billing.jobs.run_due()
+    past_due = await billing.subscriptions.get(sub.id)
+    assert past_due.status == "past_due"
+    assert past_due.past_due_at is not None
+    assert await _rows(billing, Invoice, subscription_id=sub.id) == []
+    clock.set(past_due.past_due_at + timedelta(days=1))
+    gate = _FirstWriteGate(billing.storage)
+    late = attrs.evolve(billing._context, storage=cast(StoragePort, gate))
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:
+            group.start_soon(renewals.retry, late, past_due)
+            await gate.reached.wait()
+            await renewals.retry(billing._context, past_due)
+            gate.release.set()
+
+    [invoice] = await _rows(billing, Invoice, subscription_id=sub.id)
+    assert (invoice.status, invoice.period_start) == ("open", past_due.current_period_start)
