@@ -540,7 +540,8 @@ def overheads(
             for mode, baseline in _baselines(cases):
                 ours, bare = cases[f"qzpay.{storage}.{mode}"], cases[baseline]
                 paired = [(q - b) / b * 100 for q, b in zip(ours, bare, strict=True)]
-                low, _, high = statistics.quantiles(paired, n=4)
+                # One block (a tiny --n) has no spread to show.
+                low, _, high = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
                 q_mean, b_mean = statistics.fmean(ours), statistics.fmean(bare)
                 rows.append(
                     {
