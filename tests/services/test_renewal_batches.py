@@ -211,19 +211,27 @@ async def test_an_apps_one_off_invoices_for_a_subscription_are_never_taken_for_i
 
 
 class _Gate:
-    """A store whose first read of ``kind`` (by ``list``, or ``find``) waits for
-    ``release``: a runner that read its subscriptions, then saw another runner's commit
-    before its next read."""
+    """A store whose first call of one of ``calls`` on ``kind`` (any kind: ``None``) waits
+    for ``release``. On reads (the default): a runner that read its subscriptions, then saw
+    another runner's commit before its next read. On writes (``insert``, ``update``): a
+    runner that read what it needed, then saw another runner's commit before it wrote."""
 
-    def __init__(self, inner: StoragePort, kind: type[Any] = Invoice) -> None:
+    def __init__(
+        self,
+        inner: StoragePort,
+        kind: type[Any] | None = Invoice,
+        calls: tuple[str, ...] = ("list", "find"),
+    ) -> None:
         self.inner = inner
         self.kind = kind
+        self.calls = calls
         self.reached = anyio.Event()
         self.release = anyio.Event()
         self.waited = False
 
-    async def wait(self, kind: type[Any]) -> None:
-        if kind is self.kind and not self.waited:
+    async def wait(self, call: str, kind: type[Any]) -> None:
+        wanted = call in self.calls and (self.kind is None or kind is self.kind)
+        if wanted and not self.waited:
             self.waited = True
             self.reached.set()
             await self.release.wait()
@@ -246,12 +254,20 @@ class _GatedTransaction:
         return getattr(self._inner, name)
 
     async def list(self, kind: type[Any], **options: Any) -> Any:
-        await self._gate.wait(kind)
+        await self._gate.wait("list", kind)
         return await self._inner.list(kind, **options)
 
     async def find(self, kind: type[Any], **options: Any) -> Any:
-        await self._gate.wait(kind)
+        await self._gate.wait("find", kind)
         return await self._inner.find(kind, **options)
+
+    async def insert(self, row: Any) -> Any:
+        await self._gate.wait("insert", type(row))
+        return await self._inner.insert(row)
+
+    async def update(self, row: Any, **options: Any) -> Any:
+        await self._gate.wait("update", type(row))
+        return await self._inner.update(row, **options)
 
 
 async def test_a_runner_that_reads_its_rows_before_another_renews_them_charges_nothing(
@@ -389,48 +405,6 @@ async def test_an_answer_that_cannot_be_stored_fails_its_own_renewal_only(
     assert pending.status == PaymentStatus.PENDING  # left for reconciliation, never lost
 
 
-class _FirstWriteGate:
-    """A store whose first write (``insert`` or ``update``) waits for ``release``: a
-    runner that read what it needed, then saw another runner's commit before it wrote."""
-
-    def __init__(self, inner: StoragePort) -> None:
-        self.inner = inner
-        self.reached = anyio.Event()
-        self.release = anyio.Event()
-        self.waited = False
-
-    async def wait(self) -> None:
-        if not self.waited:
-            self.waited = True
-            self.reached.set()
-            await self.release.wait()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    @contextlib.asynccontextmanager
-    async def transaction(self, scope: Scope, *, readonly: bool = False) -> AsyncIterator[Any]:
-        async with self.inner.transaction(scope, readonly=readonly) as tx:
-            yield _FirstWriteGatedTransaction(tx, self)
-
-
-class _FirstWriteGatedTransaction:
-    def __init__(self, inner: Any, gate: _FirstWriteGate) -> None:
-        self._inner = inner
-        self._gate = gate
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def insert(self, row: Any) -> Any:
-        await self._gate.wait()
-        return await self._inner.insert(row)
-
-    async def update(self, row: Any, **options: Any) -> Any:
-        await self._gate.wait()
-        return await self._inner.update(row, **options)
-
-
 async def test_a_past_due_trial_invoiced_by_two_runners_at_once_is_invoiced_once(
     billing: Billing, clock: FrozenClock, store_factory: Any
 ) -> None:
@@ -455,7 +429,7 @@ async def test_a_past_due_trial_invoiced_by_two_runners_at_once_is_invoiced_once
     assert past_due.past_due_at is not None
     assert await _rows(billing, Invoice, subscription_id=sub.id) == []
     clock.set(past_due.past_due_at + timedelta(days=1))
-    gate = _FirstWriteGate(billing.storage)
+    gate = _Gate(billing.storage, kind=None, calls=("insert", "update"))
     late = attrs.evolve(billing._context, storage=cast(StoragePort, gate))
 
     with anyio.fail_after(30):
