@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import attrs
 import mercadopago
+from mercadopago.config import RequestOptions
 from mercadopago.http import HttpClient
 
 from qzpay.adapters.mercadopago import _amounts, _statuses, _webhooks
@@ -381,21 +382,12 @@ class MercadoPagoProvider:
                 missing_ok=True,
             )
             return None if found is None else _statuses.charge_result(found)
-        filters = {
-            "external_reference": idempotency_key,
-            "sort": "date_created",
-            "criteria": "desc",
-        }
-        page = await self._transport.call(
-            "search the payments by external_reference",
-            lambda o: self._sdk.payment().search(filters, request_options=o),
+        matching = await self._by_reference(
+            "payments",
+            lambda filters, o: self._sdk.payment().search(filters, request_options=o),
+            idempotency_key,
+            newest_first=True,
         )
-        results = page.get("results") if isinstance(page, Mapping) else None
-        matching = [
-            payment
-            for payment in (results if isinstance(results, list) else [])
-            if isinstance(payment, Mapping) and payment.get("external_reference") == idempotency_key
-        ]
         if not matching:
             return None
         approved = [p for p in matching if p.get("status") == "approved"]
@@ -553,16 +545,38 @@ class MercadoPagoProvider:
         return _statuses.subscription(found)
 
     async def _preapproval_by_key(self, key: str) -> ProviderSubscription | None:
-        filters = {"external_reference": key, "sort": "date_created", "criteria": "asc"}
+        matching = await self._by_reference(
+            "preapprovals",
+            lambda filters, o: self._sdk.preapproval().search(filters, request_options=o),
+            key,
+            newest_first=False,
+        )
+        return _statuses.subscription(matching[0]) if matching else None
+
+    async def _by_reference(
+        self,
+        what: str,
+        search: Callable[[dict[str, str], RequestOptions], Mapping[str, Any]],
+        key: str,
+        *,
+        newest_first: bool,
+    ) -> list[Mapping[str, Any]]:
+        """The objects whose ``external_reference`` is qzpay's ``key``, by creation date;
+        filtered here too, so a search that ignored the filter finds nothing wrong."""
+        filters = {
+            "external_reference": key,
+            "sort": "date_created",
+            "criteria": "desc" if newest_first else "asc",
+        }
         page = await self._transport.call(
-            "search the preapprovals by external_reference",
-            lambda o: self._sdk.preapproval().search(filters, request_options=o),
+            f"search the {what} by external_reference", lambda o: search(filters, o)
         )
         results = page.get("results") if isinstance(page, Mapping) else None
-        for preapproval in results if isinstance(results, list) else []:
-            if isinstance(preapproval, Mapping) and preapproval.get("external_reference") == key:
-                return _statuses.subscription(preapproval)
-        return None
+        return [
+            found
+            for found in (results if isinstance(results, list) else [])
+            if isinstance(found, Mapping) and found.get("external_reference") == key
+        ]
 
     async def cancel_subscription(
         self, *, provider_id: str, at_period_end: bool, idempotency_key: str
