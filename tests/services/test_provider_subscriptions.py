@@ -65,6 +65,16 @@ async def _managed(billing: Billing, **arguments: Any) -> Subscription:
     )
 
 
+async def _lost_create(billing: Billing, provider: FakeProvider) -> Subscription:
+    """A managed creation whose answer was lost after the provider made it: the row it
+    left ``incomplete``, with no provider id."""
+    provider.fail_next("create_subscription", LOST, after=True)
+    with pytest.raises(ProviderError):
+        await _managed(billing)
+    [left] = (await billing.subscriptions.list()).items
+    return left
+
+
 def _event(event_id: str, event_type: str = "subscription.updated", **data: str) -> bytes:
     return json.dumps({"id": event_id, "type": event_type, "data": data}).encode()
 
@@ -246,10 +256,7 @@ async def test_a_lost_answer_is_finished_by_a_keyed_retry_with_one_subscription_
 async def test_sync_finishes_an_unkeyed_create_whose_answer_was_lost(
     billing: Billing, fake: FakeProvider
 ) -> None:
-    fake.fail_next("create_subscription", LOST, after=True)
-    with pytest.raises(ProviderError):
-        await _managed(billing)
-    [left] = (await billing.subscriptions.list()).items
+    left = await _lost_create(billing, fake)
 
     synced = await billing.subscriptions.sync(left.id)
 
@@ -262,10 +269,7 @@ async def test_a_lost_create_is_found_by_its_key_after_the_provider_forgot_the_k
 ) -> None:
     # Stripe keeps a key 24 hours: a sync a day later that sent the same creation again
     # would make a second subscription, billed beside the first.
-    fake.fail_next("create_subscription", LOST, after=True)
-    with pytest.raises(ProviderError):
-        await _managed(billing)
-    [left] = (await billing.subscriptions.list()).items
+    left = await _lost_create(billing, fake)
     fake.forget_keys()
 
     synced = await billing.subscriptions.sync(left.id)
@@ -320,10 +324,7 @@ async def test_a_lookup_by_key_that_fails_never_makes_a_second_subscription(
 
     provider = _LookupFails(ProviderError("search unavailable", retryable=retryable))
     async with create_billing(storage=store_factory(), provider=provider, clock=clock) as billing:
-        provider.fail_next("create_subscription", LOST, after=True)
-        with pytest.raises(ProviderError):
-            await _managed(billing)
-        [left] = (await billing.subscriptions.list()).items
+        left = await _lost_create(billing, provider)
 
         if retryable:
             with pytest.raises(ProviderError, match="search unavailable"):
@@ -338,10 +339,7 @@ async def test_a_lookup_by_key_that_fails_never_makes_a_second_subscription(
 async def test_the_job_runner_finishes_a_create_whose_answer_was_lost(
     billing: Billing, fake: FakeProvider, clock: FrozenClock
 ) -> None:
-    fake.fail_next("create_subscription", LOST, after=True)
-    with pytest.raises(ProviderError):
-        await _managed(billing)
-    [left] = (await billing.subscriptions.list()).items
+    left = await _lost_create(billing, fake)
     assert (await billing.jobs.run_due()).subscriptions_synced == 0  # not due yet
 
     clock.advance(DEFAULTS.reconcile_after)
