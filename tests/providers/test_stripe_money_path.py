@@ -13,9 +13,12 @@ from datetime import timedelta
 
 import pytest
 
-from qzpay import ProviderError, create_billing
+from qzpay import Billing, ProviderError, create_billing
 from qzpay.adapters.clock import FrozenClock
 from qzpay.adapters.stripe import StripeProvider
+from qzpay.domain.catalog import Price
+from qzpay.domain.customers import Customer
+from qzpay.domain.payments import PaymentMethod
 from tests.conftest import StoreFactory
 from tests.providers.loopback import Fault, LoopbackAPI
 from tests.providers.stripe_api import API_KEY, StripeAPI
@@ -145,22 +148,28 @@ async def test_3ds_finished_at_stripe_is_settled_by_its_signed_webhook_once(
     await provider.aclose()
 
 
+async def _ann_and_a_stripe_price(billing: Billing) -> tuple[Customer, PaymentMethod, Price]:
+    """A customer with a card, and a $29 monthly price sold as Stripe's ``price_pro``."""
+    ann = await billing.customers.create(email="ann@example.com", name="Ann")
+    card = await billing.payment_methods.attach(ann.id, token="pm_card_visa", set_default=True)
+    plan = await billing.plans.create(name="Pro")
+    price = await billing.prices.create(
+        plan_id=plan.id,
+        unit_amount=2900,
+        currency="USD",
+        interval="month",
+        provider_price_id="price_pro",
+    )
+    return ann, card, price
+
+
 async def test_a_provider_managed_subscription_through_stripe_is_mirrored_and_canceled(
     store_factory: StoreFactory, clock: FrozenClock, fake: StripeAPI, api: LoopbackAPI
 ) -> None:
     provider = StripeProvider(api_key=API_KEY, webhook_secret="whsec_money", api_base=api.url)
     fake.add_price("price_pro", unit_amount=2900)
     async with create_billing(storage=store_factory(), provider=provider, clock=clock) as billing:
-        ann = await billing.customers.create(email="ann@example.com", name="Ann")
-        card = await billing.payment_methods.attach(ann.id, token="pm_card_visa", set_default=True)
-        plan = await billing.plans.create(name="Pro")
-        price = await billing.prices.create(
-            plan_id=plan.id,
-            unit_amount=2900,
-            currency="USD",
-            interval="month",
-            provider_price_id="price_pro",
-        )
+        ann, card, price = await _ann_and_a_stripe_price(billing)
 
         sub = await billing.subscriptions.create(
             customer_id=ann.id, price_id=price.id, managed_by="provider"
@@ -206,16 +215,7 @@ async def test_a_managed_create_lost_for_over_a_day_is_found_not_made_twice(
         async with create_billing(
             storage=store_factory(), provider=provider, clock=clock
         ) as billing:
-            ann = await billing.customers.create(email="ann@example.com", name="Ann")
-            await billing.payment_methods.attach(ann.id, token="pm_card_visa", set_default=True)
-            plan = await billing.plans.create(name="Pro")
-            price = await billing.prices.create(
-                plan_id=plan.id,
-                unit_amount=2900,
-                currency="USD",
-                interval="month",
-                provider_price_id="price_pro",
-            )
+            ann, _, price = await _ann_and_a_stripe_price(billing)
             api.inject(Fault(drop=True, after_work=True), path="/v1/subscriptions")
             with pytest.raises(ProviderError):
                 await billing.subscriptions.create(
