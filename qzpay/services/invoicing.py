@@ -500,6 +500,7 @@ async def charge_invoice(
     *,
     keyed: idempotency.Keyed | None = None,
     off_session: bool = False,
+    attempts_seen: int | None = None,
 ) -> Invoice:
     """Charge the invoice's amount due to the customer's default payment method, intent
     first; returns the invoice as the outcome left it.
@@ -512,7 +513,10 @@ async def charge_invoice(
     provider can charge: ``InvalidStateError`` (rule ``payment_method``), nothing written.
     ``keyed``: the caller's idempotency key (``billing.invoices.pay``), claimed with the
     attempt and completed with the invoice once it settles. ``off_session``: the job runner
-    charges (a dunning retry), with no customer there to authenticate.
+    charges (a dunning retry), with no customer there to authenticate. ``attempts_seen``:
+    the ``attempt_count`` the caller read when it decided to charge (a dunning retry); if
+    another attempt was opened since, this one is refused (``InvalidStateError``, rule
+    ``attempted_since``), nothing written, so one decision makes one charge.
     """
     provider = context.provider.name
     async with context.unit_of_work() as uow:
@@ -550,6 +554,13 @@ async def charge_invoice(
             counted = await uow.tx.increment(Invoice, invoice.id, "attempt_count", 1, at=uow.now)
             if counted is not None:
                 check_payable(counted)
+                if attempts_seen is not None and counted.attempt_count != attempts_seen + 1:
+                    raise InvalidStateError(
+                        f"invoice {invoice.id} was attempted since it was read "
+                        f"({attempts_seen} attempts then, {counted.attempt_count - 1} now)",
+                        field="attempt_count",
+                        rule="attempted_since",
+                    )
             await idempotency.bind(uow, keyed, payment.id)
     seen: list[Invoice] = []
 

@@ -432,12 +432,13 @@ class JobsService:
         if status == SubscriptionStatus.PAST_DUE:
             charged = await renewals.retry(context, subscription)
             if charged == "nothing":
-                # Nothing to charge (no invoice, no card): the retry counts as failed.
+                # Nothing to charge (no invoice, no card): the retry counts as failed, once
+                # (a runner whose lease ran out finds the step counted and not due).
                 done = await self._apply(
                     context,
                     subscription,
                     lambda uow, current: charging.count_failed_retry(uow, context, current),
-                    still=lambda current: current.status == SubscriptionStatus.PAST_DUE,
+                    still=lambda current: schedule.still_due(current, subscription, now),
                 )
                 return "retry_failed" if done else "skipped"
             return _RETRIED.get(charged, "skipped")

@@ -333,19 +333,35 @@ def _failure(error: Exception) -> str:
 
 async def retry(context: ServiceContext, subscription: Subscription) -> Charged:
     """A dunning retry: charge the past-due subscription's open invoice again (a new
-    attempt: a new payment row, a new provider key)."""
+    attempt: a new payment row, a new provider key), once per step of the policy.
+
+    Two runners may hold the same step (one's lease ran out mid-retry). The invoice is read
+    before the subscription, so whichever commit lands between the reads is seen: an
+    attempt opened before the invoice read is in flight (left to reconciliation) or settled
+    (its outcome moved the subscription on, seen by the later read); one opened after it
+    moves ``attempt_count`` past what was read, and ``charge_invoice`` refuses to open a
+    second. Each read sees the last commit, so no snapshot is needed.
+    """
     async with context.unit_of_work(readonly=True) as uow:
+        invoice = await open_invoice(uow, subscription)
+        if invoice is not None and await _in_flight(uow, invoice):
+            return "skipped"  # its outcome is reconciled, never charged again
         current = await uow.tx.get(Subscription, subscription.id)
         if current is None or not schedule.still_due(current, subscription, context.now()):
             return "skipped"  # another runner retried it since this one claimed it
-        invoice = await open_invoice(uow, current)
     if invoice is None:
         # Past due with nothing invoiced: a trial whose end charge failed (or found no
         # card). Its first paid period is invoiced now, once, and charged like any retry.
         invoice = await _invoice_current_period(context, subscription)
         if invoice is None:
             return "skipped"
-    return await charge(context, invoice)
+    return await charge(context, invoice, attempts_seen=invoice.attempt_count)
+
+
+async def _in_flight(uow: UnitOfWork, invoice: Invoice) -> bool:
+    """Whether the invoice's newest attempt is still waiting for its outcome."""
+    latest = await uow.tx.list(Payment, filters={"invoice_id": invoice.id}, limit=1)
+    return bool(latest.items) and latest.items[0].status in charging.OPEN
 
 
 async def _invoice_current_period(
@@ -379,23 +395,28 @@ async def _invoice_current_period(
         return None  # due again after the lease; charged then
 
 
-async def charge(context: ServiceContext, invoice: Invoice) -> Charged:
-    """Charge the invoice, unless nothing is due on it (finalized paid: a free period)."""
+async def charge(
+    context: ServiceContext, invoice: Invoice, *, attempts_seen: int | None = None
+) -> Charged:
+    """Charge the invoice, unless nothing is due on it (finalized paid: a free period).
+    ``attempts_seen``: its ``attempt_count`` when the charge was decided; ``skipped`` if
+    another attempt was opened since."""
     if invoice.status == InvoiceStatus.PAID:
         return "charged"
     try:
-        charged = await invoicing.charge_invoice(context, invoice.id, off_session=True)
+        charged = await invoicing.charge_invoice(
+            context, invoice.id, off_session=True, attempts_seen=attempts_seen
+        )
     except InvalidStateError as refused:
-        if refused.rule == "one_attempt_in_flight":
-            return "skipped"  # reconciled, not charged again
+        if refused.rule in ("one_attempt_in_flight", "attempted_since"):
+            return "skipped"  # reconciled or retried by another runner, not charged again
         if refused.rule == "payment_method":
             return "nothing"  # no card to charge: a failed charge, with no payment row
         raise
     if charged.status == InvoiceStatus.PAID:
         return "charged"
     async with context.unit_of_work(readonly=True) as uow:
-        latest = await uow.tx.list(Payment, filters={"invoice_id": invoice.id}, limit=1)
-    pending = bool(latest.items) and latest.items[0].status in charging.OPEN
+        pending = await _in_flight(uow, charged)
     return "skipped" if pending else "failed"
 
 

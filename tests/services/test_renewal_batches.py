@@ -441,3 +441,90 @@ async def test_a_past_due_trial_invoiced_by_two_runners_at_once_is_invoiced_once
 
     [invoice] = await _rows(billing, Invoice, subscription_id=sub.id)
     assert (invoice.status, invoice.period_start) == ("open", past_due.current_period_start)
+
+
+@pytest.mark.parametrize(
+    ("stops_at", "kind", "calls"),
+    [
+        ("before reading the invoice", Invoice, ("list",)),
+        ("before opening its attempt", Payment, ("insert",)),
+    ],
+)
+async def test_a_dunning_step_retried_by_two_runners_at_once_charges_once(
+    billing: Billing,
+    fake: FakeProvider,
+    clock: FrozenClock,
+    store_factory: Any,
+    stops_at: str,
+    kind: type[Any],
+    calls: tuple[str, ...],
+) -> None:
+    """Two runners hold the same dunning step (a lease ran out mid-retry). The late one
+    stops, the other retries (declined) and commits, then the late one goes on: it must
+    find the step done, not charge the invoice a second time. Found with two lanes and
+    1 ms leases: seven charges where the policy makes six."""
+    if store_factory.kind != "postgres":
+        pytest.skip("one transaction at a time on this store: no commit lands between reads")
+    [sub] = await _declining(billing, await _book(billing, 1))
+    clock.advance(timedelta(days=31))
+    await billing.jobs.run_due()
+    past_due = await billing.subscriptions.get(sub.id)
+    assert (past_due.status, past_due.dunning_attempts) == ("past_due", 0)
+    assert past_due.past_due_at is not None
+    clock.set(past_due.past_due_at + timedelta(days=1))
+    before = len(fake.charges)
+    gate = _Gate(billing.storage, kind=kind, calls=calls)
+    late = attrs.evolve(billing._context, storage=cast(StoragePort, gate))
+    outcome: list[renewals.Charged] = []
+
+    async def late_retry() -> None:
+        outcome.append(await renewals.retry(late, past_due))
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:
+            group.start_soon(late_retry)
+            await gate.reached.wait()
+            assert await renewals.retry(billing._context, past_due) == "failed"
+            gate.release.set()
+
+    assert outcome == ["skipped"], stops_at
+    assert len(fake.charges) - before == 1
+    [invoice] = await _rows(billing, Invoice, subscription_id=sub.id)
+    assert invoice.attempt_count == 2  # the renewal's and one retry's
+    assert (await billing.subscriptions.get(sub.id)).dunning_attempts == 1
+
+
+async def test_a_retry_with_no_card_counted_by_two_runners_at_once_counts_once(
+    billing: Billing, clock: FrozenClock, store_factory: Any
+) -> None:
+    """No card to charge: the retry counts as failed with no payment row. Two runners with
+    the same step (a lease ran out): the late one's count conflicts with the other's, and
+    on the row as it now is the step is done, so it is not counted twice (a dunning policy
+    ended a step early)."""
+    if store_factory.kind != "postgres":
+        pytest.skip("one transaction at a time on this store: no commit lands between reads")
+    [sub] = await _declining(billing, await _book(billing, 1))
+    clock.advance(timedelta(days=31))
+    await billing.jobs.run_due()
+    for method in (await billing.payment_methods.list(sub.customer_id)).items:
+        await billing.payment_methods.detach(method.id)
+    past_due = await billing.subscriptions.get(sub.id)
+    assert past_due.past_due_at is not None
+    clock.set(past_due.past_due_at + timedelta(days=1))
+    gate = _Gate(billing.storage, kind=Subscription, calls=("update",))
+    late = JobsService(attrs.evolve(billing._context, storage=cast(StoragePort, gate)))
+    outcome: list[Any] = []
+
+    async def late_retry() -> None:
+        outcome.append(await late._work(late._context, past_due))
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:
+            group.start_soon(late_retry)
+            await gate.reached.wait()
+            on_time = JobsService(billing._context)
+            assert await on_time._work(billing._context, past_due) == "retry_failed"
+            gate.release.set()
+
+    assert outcome == ["skipped"]
+    assert (await billing.subscriptions.get(sub.id)).dunning_attempts == 1
