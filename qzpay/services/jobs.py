@@ -466,19 +466,24 @@ class JobsService:
             )
             return updated
 
-        done = await self._apply(context, subscription, remind, still=_trialing)
+        done = await self._apply(context, subscription, remind, still=_to_remind)
         return "reminded" if done else "skipped"
 
     async def _end_period(self, context: ServiceContext, subscription: Subscription) -> Outcome:
-        """A cancel scheduled for the period's end: the period ended, so does it."""
+        """A cancel scheduled for the period's end: the period ended, so does it (unless
+        the cancel was undone since the claim: then it renews)."""
+        now = context.now()
         return await self._change(
             context,
             subscription,
             SubscriptionStatus.CANCELED,
             "canceled",
             outcome="canceled",
+            still=lambda current: (
+                current.cancel_at_period_end and now >= current.current_period_end
+            ),
             ended_at=subscription.current_period_end,
-            canceled_at=subscription.canceled_at or context.now(),
+            canceled_at=subscription.canceled_at or now,
         )
 
     async def _resume(self, context: ServiceContext, subscription: Subscription) -> Outcome:
@@ -491,7 +496,15 @@ class JobsService:
             invoices[:] = [invoice]
             return resumed
 
-        done = await self._apply(context, subscription, resume, still=_paused)
+        now = context.now()
+        done = await self._apply(
+            context,
+            subscription,
+            resume,
+            still=lambda current: (
+                _paused(current) and current.resumes_at is not None and now >= current.resumes_at
+            ),
+        )
         if not done:
             return "skipped"
         if invoices and invoices[0].status == InvoiceStatus.OPEN:
@@ -506,15 +519,21 @@ class JobsService:
         event: str,
         *,
         outcome: Outcome,
+        still: Callable[[Subscription], bool] = lambda current: True,
         **changes: Any,
     ) -> Outcome:
+        """Move the subscription to ``target`` while it keeps the status it was claimed in
+        and ``still`` holds on the row as it now is."""
         status = subscription.status
 
         async def move(uow: UnitOfWork, current: Subscription) -> Subscription:
             return await charging.move(uow, context, current, target, event, **changes)
 
         done = await self._apply(
-            context, subscription, move, still=lambda current: current.status == status
+            context,
+            subscription,
+            move,
+            still=lambda current: current.status == status and still(current),
         )
         return outcome if done else "skipped"
 
@@ -646,7 +665,9 @@ class JobsService:
         start, end = periods.period_bounds(
             subscription.billing_anchor, subscription.interval, subscription.interval_count, 0
         )
-        unpaid = {} if paid else {"past_due_at": context.now(), "dunning_attempts": 0}
+        unpaid: dict[str, Any] = (
+            {} if paid else {"past_due_at": context.now(), "dunning_attempts": 0}
+        )
         return await self._change(
             context,
             subscription,
@@ -669,6 +690,11 @@ _RETRIED: dict[str, Outcome] = {"charged": "retried", "failed": "retry_failed"}
 
 def _trialing(subscription: Subscription) -> bool:
     return subscription.status == SubscriptionStatus.TRIALING
+
+
+def _to_remind(subscription: Subscription) -> bool:
+    """Still trialing and not reminded yet: a runner whose lease ran out finds it sent."""
+    return _trialing(subscription) and subscription.trial_reminded_at is None
 
 
 def _paused(subscription: Subscription) -> bool:

@@ -20,6 +20,8 @@ from qzpay.domain.customers import Customer
 from qzpay.domain.enums import InvoiceStatus
 from qzpay.domain.invoices import Invoice
 from qzpay.domain.records import JobExecution
+from qzpay.domain.subscriptions import Subscription
+from qzpay.services.jobs import JobsService
 
 pytestmark = pytest.mark.anyio
 TEST = Scope(livemode=False)
@@ -141,14 +143,20 @@ async def test_a_retry_with_a_new_card_recovers_the_subscription(
     assert invoice.status == "paid"
 
 
-async def test_a_trial_reminder_is_sent_once_before_the_trial_ends(
-    billing: Billing, clock: FrozenClock
-) -> None:
+async def _trial_to_remind(billing: Billing) -> tuple[Subscription, list[str]]:
+    """A 14-day trial, and the ``trial_will_end`` events it has had (due 3 days before)."""
     ann = await _customer(billing)
     price = await _price(billing)
     events: list[str] = []
     billing.on("subscription.trial_will_end", lambda event: events.append(event.type))
     sub = await billing.subscriptions.create(customer_id=ann.id, price_id=price.id, trial_days=14)
+    return sub, events
+
+
+async def test_a_trial_reminder_is_sent_once_before_the_trial_ends(
+    billing: Billing, clock: FrozenClock
+) -> None:
+    sub, events = await _trial_to_remind(billing)
     assert sub.trial_end is not None
     assert sub.due_at == sub.trial_end - timedelta(days=3)
 
@@ -246,15 +254,20 @@ async def test_a_pause_ends_by_itself_at_resumes_at_and_bills_the_new_period(
     assert len(fake.charges) == 1
 
 
+async def _ending_now(billing: Billing, clock: FrozenClock) -> Subscription:
+    """A paid monthly subscription canceled at its period's end, and the clock at that end."""
+    ann = await _customer(billing)
+    price = await _price(billing)
+    sub = await billing.subscriptions.create(customer_id=ann.id, price_id=price.id)
+    await billing.subscriptions.cancel(sub.id, at_period_end=True)
+    clock.set(sub.current_period_end)
+    return sub
+
+
 async def test_a_cancel_at_period_end_ends_it_then_and_charges_nothing_more(
     runner: Billing, fake: FakeProvider, clock: FrozenClock
 ) -> None:
-    ann = await _customer(runner)
-    price = await _price(runner)
-    sub = await runner.subscriptions.create(customer_id=ann.id, price_id=price.id)
-    await runner.subscriptions.cancel(sub.id, at_period_end=True)
-
-    clock.set(sub.current_period_end)
+    sub = await _ending_now(runner, clock)
     assert (await runner.jobs.run_due()).canceled == 1
 
     ended = await runner.subscriptions.get(sub.id)
@@ -332,3 +345,54 @@ async def test_a_trial_that_ended_without_a_card_is_canceled_when_dunning_gives_
     assert fake.charges == []
     [invoice] = await _invoices(runner, sub.id)
     assert invoice.status == "open"  # billed once, never paid
+
+
+# A runner whose lease ran out works from the row as it claimed it, after another runner
+# (or the app) changed it: the work it then does is decided again on the row as it now is.
+
+
+async def test_a_trial_reminder_is_sent_once_by_two_runners_with_the_same_claim(
+    billing: Billing, clock: FrozenClock
+) -> None:
+    sub, events = await _trial_to_remind(billing)
+    clock.advance(timedelta(days=11))
+    claimed = await billing.subscriptions.get(sub.id)
+    jobs = JobsService(billing._context)
+
+    assert await jobs._work(billing._context, claimed) == "reminded"
+    assert await jobs._work(billing._context, claimed) == "skipped"  # the late runner
+    assert events == ["subscription.trial_will_end"]
+
+
+async def test_a_cancel_undone_after_the_claim_is_not_carried_out(
+    billing: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    sub = await _ending_now(billing, clock)
+    claimed = await billing.subscriptions.get(sub.id)
+    await billing.subscriptions.uncancel(sub.id)
+
+    jobs = JobsService(billing._context)
+    assert await jobs._work(billing._context, claimed) == "skipped"
+    kept = await billing.subscriptions.get(sub.id)
+    assert (kept.status, kept.cancel_at_period_end, kept.ended_at) == ("active", False, None)
+    assert (await billing.jobs.run_due()).renewals == 1  # it renews, as uncancel promised
+    assert len(fake.charges) == 2
+
+
+async def test_a_pause_moved_later_after_the_claim_is_not_resumed_early(
+    billing: Billing, clock: FrozenClock
+) -> None:
+    ann = await _customer(billing)
+    price = await _price(billing)
+    sub = await billing.subscriptions.create(customer_id=ann.id, price_id=price.id)
+    await billing.subscriptions.pause(sub.id, resumes_at=clock.now() + timedelta(days=10))
+    clock.advance(timedelta(days=10))
+    claimed = await billing.subscriptions.get(sub.id)
+    await billing.subscriptions.resume(sub.id)
+    later = clock.now() + timedelta(days=5)
+    await billing.subscriptions.pause(sub.id, resumes_at=later)
+
+    jobs = JobsService(billing._context)
+    assert await jobs._work(billing._context, claimed) == "skipped"
+    paused = await billing.subscriptions.get(sub.id)
+    assert (paused.status, paused.resumes_at) == ("paused", later)
