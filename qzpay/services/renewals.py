@@ -337,14 +337,14 @@ async def retry(context: ServiceContext, subscription: Subscription) -> Charged:
 
     Two runners may hold the same step (one's lease ran out mid-retry). The invoice is read
     before the subscription, so whichever commit lands between the reads is seen: an
-    attempt opened before the invoice read is in flight (left to reconciliation) or settled
-    (its outcome moved the subscription on, seen by the later read); one opened after it
-    moves ``attempt_count`` past what was read, and ``charge_invoice`` refuses to open a
-    second. Each read sees the last commit, so no snapshot is needed.
+    attempt opened before the invoice read is pending (left to reconciliation) or has its
+    outcome written (which moved the subscription on, seen by the later read); one opened
+    after it moves ``attempt_count`` past what was read, and ``charge_invoice`` refuses to
+    open a second. Each read sees the last commit, so no snapshot is needed.
     """
     async with context.unit_of_work(readonly=True) as uow:
         invoice = await open_invoice(uow, subscription)
-        if invoice is not None and await _in_flight(uow, invoice):
+        if invoice is not None and await _unsettled(uow, invoice):
             return "skipped"  # its outcome is reconciled, never charged again
         current = await uow.tx.get(Subscription, subscription.id)
         if current is None or not schedule.still_due(current, subscription, context.now()):
@@ -358,10 +358,19 @@ async def retry(context: ServiceContext, subscription: Subscription) -> Charged:
     return await charge(context, invoice, attempts_seen=invoice.attempt_count)
 
 
-async def _in_flight(uow: UnitOfWork, invoice: Invoice) -> bool:
-    """Whether the invoice's newest attempt is still waiting for its outcome."""
+async def _newest_attempt(uow: UnitOfWork, invoice: Invoice) -> Payment | None:
     latest = await uow.tx.list(Payment, filters={"invoice_id": invoice.id}, limit=1)
-    return bool(latest.items) and latest.items[0].status in charging.OPEN
+    return latest.items[0] if latest.items else None
+
+
+async def _unsettled(uow: UnitOfWork, invoice: Invoice) -> bool:
+    """Whether the invoice's newest attempt has no outcome written yet (``pending``).
+
+    Only ``pending``: an outcome still open at the provider (``processing``, or
+    ``requires_action`` waiting for the customer) was written, and moved the subscription on
+    (a step counted), so the next step's retry goes ahead, as it always has."""
+    newest = await _newest_attempt(uow, invoice)
+    return newest is not None and newest.status == PaymentStatus.PENDING
 
 
 async def _invoice_current_period(
@@ -416,8 +425,8 @@ async def charge(
     if charged.status == InvoiceStatus.PAID:
         return "charged"
     async with context.unit_of_work(readonly=True) as uow:
-        pending = await _in_flight(uow, charged)
-    return "skipped" if pending else "failed"
+        newest = await _newest_attempt(uow, charged)
+    return "skipped" if newest is not None and newest.status in charging.OPEN else "failed"
 
 
 async def open_invoice(uow: UnitOfWork, subscription: Subscription) -> Invoice | None:

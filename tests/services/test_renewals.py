@@ -396,3 +396,26 @@ async def test_a_pause_moved_later_after_the_claim_is_not_resumed_early(
     assert await jobs._work(billing._context, claimed) == "skipped"
     paused = await billing.subscriptions.get(sub.id)
     assert (paused.status, paused.resumes_at) == ("paused", later)
+
+
+async def test_dunning_goes_on_past_retries_that_wait_for_the_customer(
+    runner: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    """A retry the bank answers with 3-D Secure (``requires_action``: nobody is there to
+    authenticate) counts as failed; the next step still retries, and dunning ends."""
+    ann = await _customer(runner)
+    price = await _price(runner)
+    sub = await runner.subscriptions.create(customer_id=ann.id, price_id=price.id)
+    await _switch_card(runner, ann, "pm_card_chargeDeclined")
+    clock.advance(timedelta(days=31))
+    await runner.jobs.run_due()
+    past_due = await runner.subscriptions.get(sub.id)
+    assert past_due.past_due_at is not None
+    await _switch_card(runner, ann, "pm_card_authenticationRequired")
+
+    for day in (1, 3, 5, 7):
+        clock.set(past_due.past_due_at + timedelta(days=day))
+        await runner.jobs.run_due()
+    ended = await runner.subscriptions.get(sub.id)
+    assert ended.status == "canceled"
+    assert [c.result.status for c in fake.charges[-4:]] == ["requires_action"] * 4
