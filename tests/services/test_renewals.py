@@ -91,26 +91,30 @@ async def test_an_active_subscription_renews_every_period_that_ended(
     assert (await billing.jobs.run_due()).charged == 0  # nothing is due any more
 
 
+async def _declined_renewal(billing: Billing, clock: FrozenClock) -> tuple[Customer, Subscription]:
+    """A monthly subscription whose first renewal was declined: past due, as it is now."""
+    ann = await _customer(billing)
+    price = await _price(billing)
+    sub = await billing.subscriptions.create(customer_id=ann.id, price_id=price.id)
+    await _switch_card(billing, ann, "pm_card_chargeDeclined")
+    clock.advance(timedelta(days=31))
+    await billing.jobs.run_due()
+    return ann, await billing.subscriptions.get(sub.id)
+
+
 async def test_a_declined_renewal_goes_past_due_then_dunning_ends_it(
     runner: Billing, fake: FakeProvider, clock: FrozenClock
 ) -> None:
-    ann = await _customer(runner)
-    price = await _price(runner)
-    sub = await runner.subscriptions.create(customer_id=ann.id, price_id=price.id)
-    await _switch_card(runner, ann, "pm_card_chargeDeclined")
-
-    clock.advance(timedelta(days=31))
-    await runner.jobs.run_due()
-    past_due = await runner.subscriptions.get(sub.id)
+    _, past_due = await _declined_renewal(runner, clock)
     assert (past_due.status, past_due.dunning_attempts) == ("past_due", 0)
     assert past_due.past_due_at == clock.now()
-    [invoice] = await _invoices(runner, sub.id)
+    [invoice] = await _invoices(runner, past_due.id)
     assert invoice.status == "open"
 
     for day in (1, 3, 5, 7):
         clock.set(past_due.past_due_at + timedelta(days=day))
         await runner.jobs.run_due()
-    ended = await runner.subscriptions.get(sub.id)
+    ended = await runner.subscriptions.get(past_due.id)
     assert ended.status == "canceled"
     assert ended.ended_at is not None
     keys = [c.request.idempotency_key for c in fake.charges]
@@ -120,13 +124,8 @@ async def test_a_declined_renewal_goes_past_due_then_dunning_ends_it(
 async def test_a_retry_with_a_new_card_recovers_the_subscription(
     runner: Billing, fake: FakeProvider, clock: FrozenClock
 ) -> None:
-    ann = await _customer(runner)
-    price = await _price(runner)
-    sub = await runner.subscriptions.create(customer_id=ann.id, price_id=price.id)
-    await _switch_card(runner, ann, "pm_card_chargeDeclined")
-    clock.advance(timedelta(days=31))
-    await runner.jobs.run_due()
-    assert (await runner.subscriptions.get(sub.id)).status == "past_due"
+    ann, sub = await _declined_renewal(runner, clock)
+    assert sub.status == "past_due"
 
     await _switch_card(runner, ann, "pm_card_visa")
     clock.advance(timedelta(days=1))
@@ -403,19 +402,13 @@ async def test_dunning_goes_on_past_retries_that_wait_for_the_customer(
 ) -> None:
     """A retry the bank answers with 3-D Secure (``requires_action``: nobody is there to
     authenticate) counts as failed; the next step still retries, and dunning ends."""
-    ann = await _customer(runner)
-    price = await _price(runner)
-    sub = await runner.subscriptions.create(customer_id=ann.id, price_id=price.id)
-    await _switch_card(runner, ann, "pm_card_chargeDeclined")
-    clock.advance(timedelta(days=31))
-    await runner.jobs.run_due()
-    past_due = await runner.subscriptions.get(sub.id)
+    ann, past_due = await _declined_renewal(runner, clock)
     assert past_due.past_due_at is not None
     await _switch_card(runner, ann, "pm_card_authenticationRequired")
 
     for day in (1, 3, 5, 7):
         clock.set(past_due.past_due_at + timedelta(days=day))
         await runner.jobs.run_due()
-    ended = await runner.subscriptions.get(sub.id)
+    ended = await runner.subscriptions.get(past_due.id)
     assert ended.status == "canceled"
     assert [c.result.status for c in fake.charges[-4:]] == ["requires_action"] * 4
