@@ -67,7 +67,7 @@ SIGNATURE_HEADER: Final = "fake-signature"
 FAKE_CHECKOUT_URL: Final = "https://fake.qzpay.local/checkout/"
 _FAKE_3DS_URL: Final = "https://fake.qzpay.local/3ds/"
 
-_Behavior = Literal["succeed", "decline", "authenticate", "processing_error"]
+_Behavior = Literal["succeed", "decline", "authenticate", "processing_error", "processing"]
 
 Operation = Literal[
     "create_customer",
@@ -126,6 +126,7 @@ _TEST_CARDS: Final[Mapping[str, _TestCard]] = {
         brand="visa", last4="3184", behavior="authenticate"
     ),
     "pm_card_processingError": _TestCard(brand="visa", last4="0119", behavior="processing_error"),
+    "pm_card_processing": _TestCard(brand="visa", last4="0077", behavior="processing"),
 }
 
 FAKE_TEST_TOKENS: Final[tuple[str, ...]] = tuple(_TEST_CARDS)
@@ -247,6 +248,9 @@ class FakeProvider:
       ``next_action_url`` (3-D Secure).
     - ``pm_card_processingError``: the first attempt per idempotency key raises
       ``ProviderError(retryable=True)``; a retry with the same key succeeds.
+    - ``pm_card_processing``: status ``processing``, the outcome decided later (a payment
+      held for review, as MercadoPago's ``in_process``, or a bank debit's days);
+      ``finish_processing`` decides it. qzpay's own name: Stripe has no such card.
 
     All attach fine (declines happen at charge time) and expire 12/2034.
 
@@ -262,7 +266,8 @@ class FakeProvider:
     ``namespace=""`` for bare, reproducible ids (``cus_fake_000001``, ``pm_fake_000001``,
     ``ch_fake_000001``, ``re_fake_000001``, ``cs_fake_000001``). Tests can inject
     faults with ``fail_next`` (also a response lost after the work was done), finish 3-D
-    Secure with ``complete_authentication``, and inspect ``customers``,
+    Secure with ``complete_authentication`` and a processing charge with
+    ``finish_processing``, and inspect ``customers``,
     ``payment_methods``, ``charges`` and ``refunds``. With ``ledger=path`` the fake keeps
     its state in that file, so another process (a crash test's next run, the demo run
     again) sees what an earlier one charged.
@@ -563,6 +568,8 @@ class FakeProvider:
                 failure_message=card.failure_message,
                 provider_failure_code=card.failure_code,
             )
+        elif card.behavior == "processing":
+            result = ChargeResult(provider_id=charge_id, status="processing")
         elif card.behavior == "authenticate":
             result = ChargeResult(
                 provider_id=charge_id,
@@ -599,18 +606,40 @@ class FakeProvider:
         Stands in for the customer's browser: the charge becomes ``succeeded``, or
         ``failed`` with ``authentication_failed``; ``payments.confirm`` then settles it.
         """
+        return self._decide(
+            provider_id,
+            "requires_action",
+            "is not a charge waiting for 3-D Secure",
+            failure=None
+            if succeed
+            else ("authentication_failed", "The customer did not complete 3-D Secure."),
+        )
+
+    def finish_processing(self, provider_id: str, *, succeed: bool = True) -> ChargeResult:
+        """The provider decided a ``processing`` charge: ``succeeded``, or ``failed`` with
+        ``card_declined``; ``payments.reconcile`` (or the job runner) then settles it."""
+        return self._decide(
+            provider_id,
+            "processing",
+            "is not a processing charge",
+            failure=None if succeed else ("card_declined", "Your card was declined."),
+        )
+
+    def _decide(
+        self, provider_id: str, waiting: str, refusal: str, *, failure: tuple[str, str] | None
+    ) -> ChargeResult:
         state = self._charges.get(provider_id)
-        if state is None or state.result.status != "requires_action":
-            raise ValidationError("is not a charge waiting for 3-D Secure", field="provider_id")
+        if state is None or state.result.status != waiting:
+            raise ValidationError(refusal, field="provider_id")
         state.result = (
             ChargeResult(provider_id=provider_id, status="succeeded")
-            if succeed
+            if failure is None
             else ChargeResult(
                 provider_id=provider_id,
                 status="failed",
-                failure_code="authentication_failed",
-                failure_message="The customer did not complete 3-D Secure.",
-                provider_failure_code="authentication_failed",
+                failure_code=failure[0],
+                failure_message=failure[1],
+                provider_failure_code=failure[0],
             )
         )
         self._save()

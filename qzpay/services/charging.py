@@ -53,6 +53,9 @@ SETTLE_ATTEMPTS = 5
 
 OPEN = frozenset({PaymentStatus.PENDING, PaymentStatus.PROCESSING, PaymentStatus.REQUIRES_ACTION})
 """Statuses whose outcome may still change at the provider."""
+IN_FLIGHT = frozenset({PaymentStatus.PENDING, PaymentStatus.PROCESSING})
+"""An attempt the provider has not decided yet: no other attempt on its invoice meanwhile
+(``requires_action`` waits for the customer, who may never come: a new attempt may go)."""
 PAID = frozenset(
     {PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED, PaymentStatus.REFUNDED}
 )
@@ -210,12 +213,22 @@ async def _open_invoice_attempt(uow: UnitOfWork, payment: Payment) -> None:
         await uow.tx.insert(payment)
         await uow.tx.flush()
     except ConflictError:
-        raise InvalidStateError(
-            f"invoice {payment.invoice_id} already has a payment attempt in flight: "
-            "wait for its outcome (payments.reconcile) before trying again",
-            field="invoice_id",
-            rule="one_attempt_in_flight",
-        ) from None
+        raise _in_flight(payment) from None
+    # A processing attempt is past the key (it holds pending rows only). Looked for after
+    # the insert: one still pending then would have conflicted above, so any attempt that
+    # turned processing before this one was stored is seen here.
+    filters = {"invoice_id": payment.invoice_id, "status": PaymentStatus.PROCESSING}
+    if (await uow.tx.list(Payment, filters=filters, limit=1)).items:
+        raise _in_flight(payment)
+
+
+def _in_flight(payment: Payment) -> InvalidStateError:
+    return InvalidStateError(
+        f"invoice {payment.invoice_id} already has a payment attempt in flight: "
+        "wait for its outcome (payments.reconcile) before trying again",
+        field="invoice_id",
+        rule="one_attempt_in_flight",
+    )
 
 
 async def call_provider(
@@ -467,7 +480,10 @@ async def _apply_to_subscription(
     - an invoice's payment (a renewal, a dunning retry): failing moves an active
       subscription to ``past_due`` and starts dunning, or counts one more retry, and the
       last retry's failure ends it as the dunning policy says (``canceled`` or ``unpaid``);
-      succeeding brings a past-due or unpaid one back to ``active``.
+      succeeding brings a past-due or unpaid one back to ``active``;
+    - ``processing`` (the provider decides later) moves nothing: it has neither paid nor
+      failed, and the attempt holds its invoice until it does. ``requires_action`` off
+      session, with nobody there to authenticate, counts as not paid.
     Whatever the path that settled it (the call itself, reconciliation, a webhook), the
     outcome is applied here, once, and ``due_at`` follows ``qzpay.domain.schedule``.
     """
@@ -477,8 +493,8 @@ async def _apply_to_subscription(
         if known is not None and known.id == payment.subscription_id
         else await uow.tx.get(Subscription, payment.subscription_id)
     )
-    if subscription is None:
-        return None
+    if subscription is None or payment.status == PaymentStatus.PROCESSING:
+        return subscription
     paid = payment.status == PaymentStatus.SUCCEEDED
     status = subscription.status
     if status == SubscriptionStatus.INCOMPLETE:

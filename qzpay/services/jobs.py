@@ -44,6 +44,7 @@ import attrs
 
 from qzpay import periods
 from qzpay import validation as check
+from qzpay.contracts.filters import one_of
 from qzpay.domain import schedule
 from qzpay.domain.enums import InvoiceStatus, JobStatus, PaymentStatus, SubscriptionStatus
 from qzpay.domain.invoices import Invoice
@@ -329,6 +330,8 @@ class JobsService:
                             dunning_attempts=0,
                         )
                     ] += 1
+                elif renewed.charged == "waiting":  # its open invoice's attempt: undecided
+                    outcomes[await self._wait(context, renewed.subscription or item)] += 1
                 else:
                     outcomes[_RENEWED.get(renewed.charged, "skipped")] += 1
                     if renewed.charged == "charged":
@@ -441,6 +444,8 @@ class JobsService:
                     still=lambda current: schedule.still_due(current, subscription, now),
                 )
                 return "retry_failed" if done else "skipped"
+            if charged == "waiting":
+                return await self._wait(context, subscription)
             return _RETRIED.get(charged, "skipped")
         if status == SubscriptionStatus.INCOMPLETE and now >= (
             subscription.created_at + schedule.INCOMPLETE_EXPIRES_AFTER
@@ -537,6 +542,25 @@ class JobsService:
         )
         return outcome if done else "skipped"
 
+    async def _wait(self, context: ServiceContext, subscription: Subscription) -> Outcome:
+        """An attempt the provider has not decided holds the work (``charging.IN_FLIGHT``):
+        looked at again after ``reconcile_after``, when reconciliation has asked about it,
+        instead of at once (a run claiming it again and again while it lasts). Settling the
+        attempt reschedules the subscription as its outcome says."""
+        now = context.now()
+
+        async def later(uow: UnitOfWork, current: Subscription) -> Subscription:
+            due = uow.now + context.settings.reconcile_after
+            return await uow.tx.update(attrs.evolve(current, due_at=due, updated_at=uow.now))
+
+        await self._apply(
+            context,
+            subscription,
+            later,
+            still=lambda current: schedule.still_due(current, subscription, now),
+        )
+        return "skipped"
+
     async def _reschedule(self, context: ServiceContext, subscription: Subscription) -> Outcome:
         """Claimed but nothing due (a user's change moved it): ``due_at`` set right."""
 
@@ -612,9 +636,11 @@ class JobsService:
                 subscription.default_payment_method_id,
                 context.provider.name,
             )
-            earlier = await uow.tx.find(
-                Payment, subscription_id=subscription.id, status=PaymentStatus.PENDING
-            )
+            # An attempt still undecided (pending, or processing at the provider) is
+            # reconciled, never charged again.
+            undecided = {"subscription_id": subscription.id, "status": one_of(charging.IN_FLIGHT)}
+            found = await uow.tx.list(Payment, filters=undecided, limit=1)
+            earlier = found.items[0] if found.items else None
             # A promo code redeemed at sign-up comes off the first charge (later periods:
             # the invoices of the lifecycle issue apply its duration).
             usage = (
@@ -653,8 +679,8 @@ class JobsService:
             settled = await charging.settle(
                 context, payment.id, result, known=payment, subscription=subscription
             )
-        if settled.status in (PaymentStatus.PENDING, PaymentStatus.PROCESSING):
-            return "skipped"  # left claimed: reconciled and moved on once its outcome is known
+        if settled.status in charging.IN_FLIGHT:
+            return await self._wait(context, subscription)
         return "trial_charged" if settled.status == PaymentStatus.SUCCEEDED else "trial_failed"
 
     async def _end_unpaid_trial(

@@ -49,9 +49,10 @@ from qzpay.services import charging, invoicing
 from qzpay.services.context import ServiceContext, UnitOfWork, every
 from qzpay.services.side_by_side import at_most
 
-Charged = Literal["charged", "failed", "skipped", "nothing"]
-"""What charging an invoice came to: paid, declined, its outcome not known yet, or nothing
-charged (no open invoice, or no card to charge it to)."""
+Charged = Literal["charged", "failed", "skipped", "nothing", "waiting"]
+"""What charging an invoice came to: paid, declined, skipped (another runner did the work),
+nothing charged (no open invoice, or no card to charge it to), or waiting (an attempt the
+provider has not decided, pending or processing, holds the invoice until it settles)."""
 ATTEMPTS = 3
 """How often a round's first transaction is tried again after a concurrent edit of one of
 its subscriptions (each time on the rows as they now are)."""
@@ -337,7 +338,7 @@ async def retry(context: ServiceContext, subscription: Subscription) -> Charged:
 
     Two runners may hold the same step (one's lease ran out mid-retry). The invoice is read
     before the subscription, so whichever commit lands between the reads is seen: an
-    attempt opened before the invoice read is pending (left to reconciliation) or has its
+    attempt opened before the invoice read is undecided (left to reconciliation) or has its
     outcome written (which moved the subscription on, seen by the later read); one opened
     after it moves ``attempt_count`` past what was read, and ``charge_invoice`` refuses to
     open a second. Each read sees the last commit, so no snapshot is needed.
@@ -345,7 +346,7 @@ async def retry(context: ServiceContext, subscription: Subscription) -> Charged:
     async with context.unit_of_work(readonly=True) as uow:
         invoice = await open_invoice(uow, subscription)
         if invoice is not None and await _unsettled(uow, invoice):
-            return "skipped"  # its outcome is reconciled, never charged again
+            return "waiting"  # its outcome is reconciled, never charged again
         current = await uow.tx.get(Subscription, subscription.id)
         if current is None or not schedule.still_due(current, subscription, context.now()):
             return "skipped"  # another runner retried it since this one claimed it
@@ -364,13 +365,13 @@ async def _newest_attempt(uow: UnitOfWork, invoice: Invoice) -> Payment | None:
 
 
 async def _unsettled(uow: UnitOfWork, invoice: Invoice) -> bool:
-    """Whether the invoice's newest attempt has no outcome written yet (``pending``).
+    """Whether the invoice's newest attempt is undecided (``charging.IN_FLIGHT``): no
+    outcome written yet, or ``processing``, which counts no step until the provider decides.
 
-    Only ``pending``: an outcome still open at the provider (``processing``, or
-    ``requires_action`` waiting for the customer) was written, and moved the subscription on
-    (a step counted), so the next step's retry goes ahead, as it always has."""
+    Not ``requires_action``: that outcome was written and counted its step (nobody is there
+    to authenticate), so the next step's retry goes ahead."""
     newest = await _newest_attempt(uow, invoice)
-    return newest is not None and newest.status == PaymentStatus.PENDING
+    return newest is not None and newest.status in charging.IN_FLIGHT
 
 
 async def _invoice_current_period(
@@ -409,7 +410,8 @@ async def charge(
 ) -> Charged:
     """Charge the invoice, unless nothing is due on it (finalized paid: a free period).
     ``attempts_seen``: its ``attempt_count`` when the charge was decided; ``skipped`` if
-    another attempt was opened since."""
+    another attempt was opened since. ``waiting``: an attempt the provider has not decided
+    (this one or an earlier one) holds the invoice until reconciliation settles it."""
     if invoice.status == InvoiceStatus.PAID:
         return "charged"
     try:
@@ -417,8 +419,10 @@ async def charge(
             context, invoice.id, off_session=True, attempts_seen=attempts_seen
         )
     except InvalidStateError as refused:
-        if refused.rule in ("one_attempt_in_flight", "attempted_since"):
-            return "skipped"  # reconciled or retried by another runner, not charged again
+        if refused.rule == "one_attempt_in_flight":
+            return "waiting"  # reconciled, not charged again
+        if refused.rule == "attempted_since":
+            return "skipped"  # retried by another runner meanwhile
         if refused.rule == "payment_method":
             return "nothing"  # no card to charge: a failed charge, with no payment row
         raise
@@ -426,7 +430,7 @@ async def charge(
         return "charged"
     async with context.unit_of_work(readonly=True) as uow:
         newest = await _newest_attempt(uow, charged)
-    return "skipped" if newest is not None and newest.status in charging.OPEN else "failed"
+    return "waiting" if newest is not None and newest.status in charging.IN_FLIGHT else "failed"
 
 
 async def open_invoice(uow: UnitOfWork, subscription: Subscription) -> Invoice | None:

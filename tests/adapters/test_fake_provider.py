@@ -315,6 +315,30 @@ async def test_authentication_required_asks_for_3d_secure(fake: FakeProvider) ->
     assert result.failure_code is None
 
 
+@pytest.mark.parametrize(
+    ("succeed", "status", "code"), [(True, "succeeded", None), (False, "failed", "card_declined")]
+)
+@pytest.mark.anyio
+async def test_a_processing_charge_stays_processing_until_decided(
+    fake: FakeProvider, succeed: bool, status: str, code: str | None
+) -> None:
+    customer_id, method_id = await customer_with_card(fake, "pm_card_processing")
+    request = charge_request(customer_id, method_id)
+    result = await fake.charge(request)
+    assert result.status == "processing"
+    looked_up = await fake.retrieve_charge(idempotency_key=request.idempotency_key)
+    assert looked_up is not None
+    assert looked_up.status == "processing"
+
+    decided = fake.finish_processing(result.provider_id, succeed=succeed)
+    assert (decided.status, decided.failure_code) == (status, code)
+    again = await fake.retrieve_charge(idempotency_key=request.idempotency_key)
+    assert again is not None
+    assert again.status == status
+    with pytest.raises(ValidationError, match="is not a processing charge"):
+        fake.finish_processing(result.provider_id)
+
+
 @pytest.mark.anyio
 async def test_processing_error_fails_once_then_succeeds_on_retry_with_the_same_key(
     fake: FakeProvider,

@@ -122,6 +122,48 @@ async def test_trial_renewal_decline_dunning_and_refund_through_mercadopago(
     assert len(keys) == len(set(keys)) == 4  # one key per attempt, none reused
 
 
+async def test_a_renewal_mercadopago_holds_for_review_is_charged_once(
+    tmp_path: Path, mp: MercadoPagoAPI, api: LoopbackAPI, provider: MercadoPagoProvider
+) -> None:
+    """MercadoPago answers ``in_process`` (held for review, decided hours later): the
+    subscription stays active, no dunning retry charges the invoice again meanwhile, and
+    the approval, when it comes, pays it."""
+    clock = FrozenClock(START)
+    storage = SQLiteStorage(tmp_path / "billing.db")
+    async with create_billing(storage=storage, provider=provider, clock=clock) as billing:
+        ann = await billing.customers.create(email="ann@example.com", name="Ann Lee")
+        card = await billing.payment_methods.attach(
+            ann.id, token=mp.card_token("APRO", brand="master", last4="0604"), set_default=True
+        )
+        plan = await billing.plans.create(name="Pro")
+        price = await billing.prices.create(
+            plan_id=plan.id, unit_amount=4990, currency="BRL", interval="month"
+        )
+        sub = await billing.subscriptions.create(customer_id=ann.id, price_id=price.id)
+        mp.set_holder(card.provider_id.split(":")[1], "CONT")  # the next one goes to review
+        clock.set(sub.current_period_end)
+        await billing.jobs.run_due()
+        held = (await billing.payments.list(subscription_id=sub.id, status="processing")).items
+        assert len(held) == 1
+        assert held[0].provider_id is not None
+        assert mp.payments[held[0].provider_id].body["status"] == "in_process"
+
+        for _ in range(3):  # the days dunning would have retried on
+            clock.advance(timedelta(days=1))
+            await billing.jobs.run_due()
+            assert (await billing.subscriptions.get(sub.id)).status == "active"
+        assert len(mp.payments) == 2  # the first period, the renewal: nothing more
+
+        mp.settle(held[0].provider_id, "approved", "accredited")
+        clock.advance(timedelta(days=1))
+        await billing.jobs.run_due()
+        renewal = await billing.payments.get(held[0].id)
+        assert renewal.status == "succeeded"
+        assert renewal.invoice_id is not None
+        assert (await billing.invoices.get(renewal.invoice_id)).status == "paid"
+    assert len([r for r in api.sent("POST", "/v1/payments") if r.path == "/v1/payments"]) == 2
+
+
 async def test_a_preapproval_is_authorized_by_the_payer_mirrored_and_canceled(
     tmp_path: Path, mp: MercadoPagoAPI, provider: MercadoPagoProvider
 ) -> None:

@@ -1,7 +1,7 @@
 """A hypothesis state machine: random lifecycle calls, card changes and clock travel.
 
 After every step the books must hold: every status is one the transition table can reach
-and a canceled subscription never moves again, renewal periods are contiguous, every paid
+and a canceled subscription never moves again, an invoice has one undecided attempt at most, renewal periods are contiguous, every paid
 invoice is paid by exactly its payments, no invoice is charged twice, invoice numbers are
 gapless. The model is small on purpose: which subscriptions exist, which ended.
 """
@@ -86,9 +86,17 @@ class Lifecycle(RuleBasedStateMachine):
         )
         self.subs.append(sub.id)
 
-    @rule(token=st.sampled_from(["pm_card_visa", "pm_card_chargeDeclined"]))
+    @rule(token=st.sampled_from(["pm_card_visa", "pm_card_chargeDeclined", "pm_card_processing"]))
     def change_card(self, token: str) -> None:
         self.call(lambda: self._card(token))
+
+    @rule(succeed=st.booleans())
+    def provider_decides(self, succeed: bool) -> None:
+        """Every charge left processing is decided at the provider (the runner learns it
+        when it reconciles)."""
+        for charge in self.fake.charges:
+            if charge.result.status == "processing":
+                self.fake.finish_processing(charge.result.provider_id, succeed=succeed)
 
     @rule(days=st.integers(min_value=1, max_value=40))
     def travel_and_run(self, days: int) -> None:
@@ -171,8 +179,15 @@ class Lifecycle(RuleBasedStateMachine):
         applied = Counter[UUID]()
         for link in links:
             applied[link.invoice_id] += link.amount_applied
+        undecided = Counter(
+            p.invoice_id
+            for p in payments
+            if p.invoice_id is not None
+            and p.status in (PaymentStatus.PENDING, PaymentStatus.PROCESSING)
+        )
         for invoice in invoices:
             assert succeeded[invoice.id] <= 1
+            assert undecided[invoice.id] <= 1  # one attempt in flight at a time
             if invoice.status == InvoiceStatus.PAID and invoice.total > 0:
                 assert succeeded[invoice.id] == 1
                 assert applied[invoice.id] == invoice.amount_paid == invoice.total

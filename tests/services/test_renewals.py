@@ -21,6 +21,7 @@ from qzpay.domain.enums import InvoiceStatus
 from qzpay.domain.invoices import Invoice
 from qzpay.domain.records import JobExecution
 from qzpay.domain.subscriptions import Subscription
+from qzpay.errors import InvalidStateError
 from qzpay.services.jobs import JobsService
 
 pytestmark = pytest.mark.anyio
@@ -91,15 +92,23 @@ async def test_an_active_subscription_renews_every_period_that_ended(
     assert (await billing.jobs.run_due()).charged == 0  # nothing is due any more
 
 
-async def _declined_renewal(billing: Billing, clock: FrozenClock) -> tuple[Customer, Subscription]:
-    """A monthly subscription whose first renewal was declined: past due, as it is now."""
+async def _renewed_on(
+    billing: Billing, clock: FrozenClock, token: str
+) -> tuple[Customer, Subscription]:
+    """A monthly subscription whose first renewal was charged to a ``token`` card, as the
+    renewal left it."""
     ann = await _customer(billing)
     price = await _price(billing)
     sub = await billing.subscriptions.create(customer_id=ann.id, price_id=price.id)
-    await _switch_card(billing, ann, "pm_card_chargeDeclined")
+    await _switch_card(billing, ann, token)
     clock.advance(timedelta(days=31))
     await billing.jobs.run_due()
     return ann, await billing.subscriptions.get(sub.id)
+
+
+async def _declined_renewal(billing: Billing, clock: FrozenClock) -> tuple[Customer, Subscription]:
+    """Past due: the first renewal was declined."""
+    return await _renewed_on(billing, clock, "pm_card_chargeDeclined")
 
 
 async def test_a_declined_renewal_goes_past_due_then_dunning_ends_it(
@@ -299,20 +308,26 @@ async def test_a_free_subscription_renews_without_a_charge(
     assert (await runner.subscriptions.get(sub.id)).current_period_end > clock.now()
 
 
+async def _trial_ended(billing: Billing, clock: FrozenClock, token: str) -> Subscription:
+    """A 7-day trial on a ``token`` card, run at its end (the end charge made)."""
+    ann = await _customer(billing, token=token)
+    price = await _price(billing)
+    sub = await billing.subscriptions.create(customer_id=ann.id, price_id=price.id, trial_days=7)
+    assert sub.trial_end is not None
+    clock.set(sub.trial_end)
+    await billing.jobs.run_due()
+    return sub
+
+
 async def test_a_trial_whose_end_charge_failed_is_retried_and_recovers_with_a_new_card(
     runner: Billing, fake: FakeProvider, clock: FrozenClock
 ) -> None:
-    ann = await _customer(runner, token="pm_card_chargeDeclined")
-    price = await _price(runner)
-    sub = await runner.subscriptions.create(customer_id=ann.id, price_id=price.id, trial_days=7)
-    assert sub.trial_end is not None
-    clock.set(sub.trial_end)
-    await runner.jobs.run_due()
+    sub = await _trial_ended(runner, clock, "pm_card_chargeDeclined")
     past_due = await runner.subscriptions.get(sub.id)
     assert past_due.status == "past_due"
     assert past_due.past_due_at is not None
 
-    await _switch_card(runner, ann, "pm_card_visa")
+    await _switch_card(runner, await runner.customers.get(sub.customer_id), "pm_card_visa")
     clock.set(past_due.past_due_at + timedelta(days=1))
     report = await runner.jobs.run_due()
 
@@ -412,3 +427,84 @@ async def test_dunning_goes_on_past_retries_that_wait_for_the_customer(
     ended = await runner.subscriptions.get(past_due.id)
     assert ended.status == "canceled"
     assert [c.result.status for c in fake.charges[-4:]] == ["requires_action"] * 4
+
+
+# A charge whose outcome the provider decides later (``processing``: a payment held for
+# review, as MercadoPago's ``in_process``, or a bank debit) is an attempt in flight: no
+# second charge while it lasts, and no failure counted before it fails.
+
+
+async def _renewal_processing(billing: Billing, clock: FrozenClock) -> Subscription:
+    """The first renewal is one the provider is still deciding."""
+    _, sub = await _renewed_on(billing, clock, "pm_card_processing")
+    return sub
+
+
+async def test_a_renewal_still_processing_is_neither_failed_nor_charged_again(
+    runner: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    sub = await _renewal_processing(runner, clock)
+    renewing = await runner.subscriptions.get(sub.id)
+    assert (renewing.status, renewing.past_due_at) == ("active", None)
+    [invoice] = await _invoices(runner, sub.id)
+    assert invoice.status == "open"
+    charged = len(fake.charges)
+    assert fake.charges[-1].result.status == "processing"
+
+    for _ in range(3):  # days pass, reconciliation asks, dunning would have retried
+        clock.advance(timedelta(days=1))
+        await runner.jobs.run_due()
+    assert len(fake.charges) == charged
+    assert (await runner.subscriptions.get(sub.id)).status == "active"
+
+    fake.finish_processing(fake.charges[-1].result.provider_id)
+    clock.advance(timedelta(days=1))
+    assert (await runner.jobs.run_due()).payments_reconciled == 1
+    [invoice] = await _invoices(runner, sub.id)
+    assert invoice.status == "paid"
+    assert len(fake.charges) == charged
+
+
+async def test_a_renewal_that_fails_after_processing_starts_dunning_then(
+    runner: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    sub = await _renewal_processing(runner, clock)
+
+    fake.finish_processing(fake.charges[-1].result.provider_id, succeed=False)
+    clock.advance(timedelta(days=1))
+    await runner.jobs.run_due()
+    failed = await runner.subscriptions.get(sub.id)
+    assert (failed.status, failed.dunning_attempts) == ("past_due", 0)
+    assert failed.past_due_at is not None
+
+
+async def test_an_invoice_with_a_processing_attempt_is_not_paid_again(
+    billing: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    sub = await _renewal_processing(billing, clock)
+    [invoice] = await _invoices(billing, sub.id)
+    charged = len(fake.charges)
+
+    with pytest.raises(InvalidStateError) as refused:
+        await billing.invoices.pay(invoice.id)
+    assert refused.value.rule == "one_attempt_in_flight"
+    assert len(fake.charges) == charged
+    assert (await billing.invoices.get(invoice.id)).attempt_count == 1
+
+
+async def test_a_trial_end_charge_still_processing_is_not_charged_again(
+    runner: Billing, fake: FakeProvider, clock: FrozenClock
+) -> None:
+    sub = await _trial_ended(runner, clock, "pm_card_processing")
+    assert len(fake.charges) == 1
+    for _ in range(3):
+        clock.advance(timedelta(days=1))
+        await runner.jobs.run_due()
+    assert len(fake.charges) == 1
+    assert (await runner.subscriptions.get(sub.id)).status == "trialing"
+
+    fake.finish_processing(fake.charges[0].result.provider_id)
+    clock.advance(timedelta(days=1))
+    await runner.jobs.run_due()
+    assert (await runner.subscriptions.get(sub.id)).status == "active"
+    assert len(fake.charges) == 1
