@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from qzpay import create_billing
+from qzpay import Billing, create_billing
 from qzpay.adapters.clock import FrozenClock
 from qzpay.adapters.mercadopago import MercadoPagoProvider
 from qzpay.adapters.sqlite import SQLiteStorage
+from qzpay.domain.customers import Customer
+from qzpay.domain.payments import PaymentMethod
 from tests.providers.loopback import LoopbackAPI
 from tests.providers.mercadopago_api import ACCESS_TOKEN, LoopbackHttpClient, MercadoPagoAPI
 
@@ -46,16 +48,22 @@ def provider(api: LoopbackAPI) -> MercadoPagoProvider:
     )
 
 
+async def _ann_with_a_card(billing: Billing, mp: MercadoPagoAPI) -> tuple[Customer, PaymentMethod]:
+    """A customer with a Mastercard that MercadoPago approves, as her default."""
+    ann = await billing.customers.create(email="ann@example.com", name="Ann Lee")
+    card = await billing.payment_methods.attach(
+        ann.id, token=mp.card_token("APRO", brand="master", last4="0604"), set_default=True
+    )
+    return ann, card
+
+
 async def test_trial_renewal_decline_dunning_and_refund_through_mercadopago(
     tmp_path: Path, mp: MercadoPagoAPI, api: LoopbackAPI, provider: MercadoPagoProvider
 ) -> None:
     clock = FrozenClock(START)
     storage = SQLiteStorage(tmp_path / "billing.db")
     async with create_billing(storage=storage, provider=provider, clock=clock) as billing:
-        ann = await billing.customers.create(email="ann@example.com", name="Ann Lee")
-        card = await billing.payment_methods.attach(
-            ann.id, token=mp.card_token("APRO", brand="master", last4="0604"), set_default=True
-        )
+        ann, card = await _ann_with_a_card(billing, mp)
         assert (card.provider, card.brand, card.last4) == ("mercadopago", "master", "0604")
         mp_customer, mp_card = card.provider_id.split(":")
         assert mp.customers[mp_customer]["email"] == "ann@example.com"
@@ -131,10 +139,7 @@ async def test_a_renewal_mercadopago_holds_for_review_is_charged_once(
     clock = FrozenClock(START)
     storage = SQLiteStorage(tmp_path / "billing.db")
     async with create_billing(storage=storage, provider=provider, clock=clock) as billing:
-        ann = await billing.customers.create(email="ann@example.com", name="Ann Lee")
-        card = await billing.payment_methods.attach(
-            ann.id, token=mp.card_token("APRO", brand="master", last4="0604"), set_default=True
-        )
+        ann, card = await _ann_with_a_card(billing, mp)
         plan = await billing.plans.create(name="Pro")
         price = await billing.prices.create(
             plan_id=plan.id, unit_amount=4990, currency="BRL", interval="month"
