@@ -188,6 +188,14 @@ def pending_payment(
     )
 
 
+async def undecided_attempt(tx: StorageTransaction, subscription_id: UUID) -> Payment | None:
+    """The subscription's attempt the provider has not decided yet (``IN_FLIGHT``), if any:
+    its outcome is asked for (reconciled), never charged again."""
+    filters = {"subscription_id": subscription_id, "status": one_of(IN_FLIGHT)}
+    found = await tx.list(Payment, filters=filters, limit=1)
+    return found.items[0] if found.items else None
+
+
 async def open_attempt(uow: UnitOfWork, payment: Payment, *, new_invoice: bool = False) -> None:
     """Store the pending row (committed with ``uow``, before any provider call).
 

@@ -44,7 +44,6 @@ import attrs
 
 from qzpay import periods
 from qzpay import validation as check
-from qzpay.contracts.filters import one_of
 from qzpay.domain import schedule
 from qzpay.domain.enums import InvoiceStatus, JobStatus, PaymentStatus, SubscriptionStatus
 from qzpay.domain.invoices import Invoice
@@ -450,6 +449,15 @@ class JobsService:
         if status == SubscriptionStatus.INCOMPLETE and now >= (
             subscription.created_at + schedule.INCOMPLETE_EXPIRES_AFTER
         ):
+            async with context.unit_of_work(readonly=True) as uow:
+                first = await charging.undecided_attempt(uow.tx, subscription.id)
+            if first is not None:  # its first charge may still pay: asked before it expires
+                if (await reconcile(context, first.id)).status in charging.IN_FLIGHT:
+                    return await self._wait(context, subscription)
+                fresh = await self._reread(context, subscription.id)
+                if fresh is None or fresh.status != SubscriptionStatus.INCOMPLETE:
+                    return "skipped"  # it paid: started by the settle
+                subscription = fresh
             return await self._change(
                 context, subscription, SubscriptionStatus.INCOMPLETE_EXPIRED, "incomplete_expired",
                 outcome="expired",
@@ -636,11 +644,7 @@ class JobsService:
                 subscription.default_payment_method_id,
                 context.provider.name,
             )
-            # An attempt still undecided (pending, or processing at the provider) is
-            # reconciled, never charged again.
-            undecided = {"subscription_id": subscription.id, "status": one_of(charging.IN_FLIGHT)}
-            found = await uow.tx.list(Payment, filters=undecided, limit=1)
-            earlier = found.items[0] if found.items else None
+            earlier = await charging.undecided_attempt(uow.tx, subscription.id)
             # A promo code redeemed at sign-up comes off the first charge (later periods:
             # the invoices of the lifecycle issue apply its duration).
             usage = (

@@ -508,3 +508,25 @@ async def test_a_trial_end_charge_still_processing_is_not_charged_again(
     await runner.jobs.run_due()
     assert (await runner.subscriptions.get(sub.id)).status == "active"
     assert len(fake.charges) == 1
+
+
+@pytest.mark.parametrize(("approved", "ends"), [(True, "active"), (False, "incomplete_expired")])
+async def test_an_incomplete_subscription_waits_for_a_first_charge_still_processing(
+    runner: Billing, fake: FakeProvider, clock: FrozenClock, approved: bool, ends: str
+) -> None:
+    """Its 23 hours pass while the provider decides: it does not expire meanwhile (the
+    charge may yet pay); approved it starts, declined it expires."""
+    ann = await _customer(runner, token="pm_card_processing")
+    price = await _price(runner)
+    sub = await runner.subscriptions.create(customer_id=ann.id, price_id=price.id)
+    assert sub.status == "incomplete"
+    clock.advance(timedelta(hours=30))
+    assert (await runner.jobs.run_due()).expired == 0
+    assert (await runner.subscriptions.get(sub.id)).status == "incomplete"
+
+    fake.finish_processing(fake.charges[0].result.provider_id, succeed=approved)
+    clock.advance(timedelta(hours=1))
+    report = await runner.jobs.run_due()
+    assert (report.errors, report.expired) == (0, 0 if approved else 1)
+    assert (await runner.subscriptions.get(sub.id)).status == ends
+    assert len(fake.charges) == 1
