@@ -7,7 +7,8 @@ still succeeds), does the work, and writes the outcome with an optimistic-lock u
 moves ``due_at`` on. If a user's edit moved the version meanwhile, the outcome is applied
 again to the row as it now is. Charges go intent first (``qzpay.services.charging``): a
 pending payment is committed before the provider is called, with a key derived from its
-row, and a subscription whose attempt is still pending is reconciled, never charged again.
+row, and a subscription whose attempt is undecided (pending, or processing at the
+provider) is reconciled, never charged again, and looked at again after ``reconcile_after``.
 Payments left pending past ``reconcile_after`` are reconciled (``qzpay.services.reconciliation``),
 and webhooks stored but not applied (a process died in between) or whose applying failed
 are applied again (``qzpay.services.webhooks``).
