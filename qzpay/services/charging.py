@@ -188,10 +188,11 @@ def pending_payment(
     )
 
 
-async def undecided_attempt(tx: StorageTransaction, subscription_id: UUID) -> Payment | None:
-    """The subscription's attempt the provider has not decided yet (``IN_FLIGHT``), if any:
-    its outcome is asked for (reconciled), never charged again."""
-    filters = {"subscription_id": subscription_id, "status": one_of(IN_FLIGHT)}
+async def undecided_attempt(tx: StorageTransaction, **owner: UUID) -> Payment | None:
+    """The attempt the provider has not decided yet (``IN_FLIGHT``) of ``owner``
+    (``subscription_id=`` or ``invoice_id=``), if any: its outcome is asked for
+    (reconciled), never charged again."""
+    filters: dict[str, object] = {**owner, "status": one_of(IN_FLIGHT)}
     found = await tx.list(Payment, filters=filters, limit=1)
     return found.items[0] if found.items else None
 

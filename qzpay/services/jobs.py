@@ -451,7 +451,7 @@ class JobsService:
             subscription.created_at + schedule.INCOMPLETE_EXPIRES_AFTER
         ):
             async with context.unit_of_work(readonly=True) as uow:
-                first = await charging.undecided_attempt(uow.tx, subscription.id)
+                first = await charging.undecided_attempt(uow.tx, subscription_id=subscription.id)
             if first is not None:  # its first charge may still pay: asked before it expires
                 if (await reconcile(context, first.id)).status in charging.IN_FLIGHT:
                     return await self._wait(context, subscription)
@@ -645,7 +645,7 @@ class JobsService:
                 subscription.default_payment_method_id,
                 context.provider.name,
             )
-            earlier = await charging.undecided_attempt(uow.tx, subscription.id)
+            earlier = await charging.undecided_attempt(uow.tx, subscription_id=subscription.id)
             # A promo code redeemed at sign-up comes off the first charge (later periods:
             # the invoices of the lifecycle issue apply its duration).
             usage = (

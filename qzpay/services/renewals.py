@@ -359,19 +359,13 @@ async def retry(context: ServiceContext, subscription: Subscription) -> Charged:
     return await charge(context, invoice, attempts_seen=invoice.attempt_count)
 
 
-async def _newest_attempt(uow: UnitOfWork, invoice: Invoice) -> Payment | None:
-    latest = await uow.tx.list(Payment, filters={"invoice_id": invoice.id}, limit=1)
-    return latest.items[0] if latest.items else None
-
-
 async def _unsettled(uow: UnitOfWork, invoice: Invoice) -> bool:
-    """Whether the invoice's newest attempt is undecided (``charging.IN_FLIGHT``): no
-    outcome written yet, or ``processing``, which counts no step until the provider decides.
+    """Whether an attempt on the invoice is undecided (``charging.IN_FLIGHT``): no outcome
+    written yet, or ``processing``, which counts no step until the provider decides.
 
     Not ``requires_action``: that outcome was written and counted its step (nobody is there
     to authenticate), so the next step's retry goes ahead."""
-    newest = await _newest_attempt(uow, invoice)
-    return newest is not None and newest.status in charging.IN_FLIGHT
+    return await charging.undecided_attempt(uow.tx, invoice_id=invoice.id) is not None
 
 
 async def _invoice_current_period(
@@ -429,8 +423,7 @@ async def charge(
     if charged.status == InvoiceStatus.PAID:
         return "charged"
     async with context.unit_of_work(readonly=True) as uow:
-        newest = await _newest_attempt(uow, charged)
-    return "waiting" if newest is not None and newest.status in charging.IN_FLIGHT else "failed"
+        return "waiting" if await _unsettled(uow, charged) else "failed"
 
 
 async def open_invoice(uow: UnitOfWork, subscription: Subscription) -> Invoice | None:
